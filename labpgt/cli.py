@@ -1,0 +1,185 @@
+"""The ``labpgt`` command line."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from labpgt import __version__
+
+
+class Terminated(Exception):
+    """SIGTERM turned into an exception, so every ``with`` block leaves the rig safe."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(f"terminated by signal {signum}")
+
+
+# --------------------------------------------------------------------------- sim serve
+def cmd_sim_serve(args) -> int:
+    from sim.server import SimServer
+
+    with SimServer(seed=args.seed, flavour=args.flavour, realtime=args.realtime) as server:
+        text = server.station_toml()
+        path = Path(args.station_out)
+        path.write_text(text)
+        print(text)
+        print(f"# station file written to {path.resolve()}")
+        print(f"# use: labpgt check --station {path}    (Ctrl-C stops the simulated instruments)", flush=True)
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            print("stopping the simulated instruments")
+    return 0
+
+
+# --------------------------------------------------------------------------- check
+def cmd_check(args) -> int:
+    from labpgt.embedded import open_station
+
+    with open_station(args.station, seed=args.seed) as (station, _):
+        report = station.check()
+    print(report)
+    return 0
+
+
+# --------------------------------------------------------------------------- measure
+def cmd_measure(args) -> int:
+    import numpy as np
+
+    from labpgt.embedded import open_station
+    from labpgt.spectra import strongest_peaks
+
+    with open_station(args.station, seed=args.seed) as (station, _):
+        sg, cs, sa = station.signal_generator, station.current_source, station.spectrum_analyzer
+        cs.ramp_to(args.current)
+        sa.configure(center_hz=args.center if args.center is not None else args.frequency,
+                     span_hz=args.span if args.span is not None else sa.span_hz,
+                     rbw_hz=sa.rbw_hz, points=sa.points, reference_level_dbm=sa.reference_level_dbm)
+        sg.configure_cw(args.frequency, args.power)
+        sg.output_enabled = True
+        freqs, dbm = sa.measure()
+    peaks = strongest_peaks(freqs, dbm, count=args.peaks)
+    print(f"spectrum: {freqs[0] / 1e9:.6f}-{freqs[-1] / 1e9:.6f} GHz, {len(freqs)} points, "
+          f"floor {np.median(dbm):.1f} dBm")
+    if not peaks:
+        print("no line stands out of the noise floor")
+    for rank, peak in enumerate(peaks, 1):
+        print(f"peak {rank}: {peak.frequency_hz / 1e9:.6f} GHz  {peak.power_dbm:7.2f} dBm")
+    if args.plot:
+        from labpgt.plots import plot_trace
+
+        plot_trace(freqs, dbm, peaks, args.plot,
+                   title=f"drive {args.frequency / 1e9:.4f} GHz, {args.power:g} dBm, {args.current:g} A")
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+# --------------------------------------------------------------------------- train
+def cmd_train(args) -> int:
+    from labpgt.experiment import run_training
+
+    return run_training(args, argv=sys.argv)
+
+
+def cmd_replay(args) -> int:
+    from labpgt.experiment import run_replay
+
+    return run_replay(args.run)
+
+
+def cmd_report(args) -> int:
+    from labpgt.report import report
+
+    out = args.out or str(Path(args.run).with_suffix("")) + "-report"
+    for path in report(args.run, out):
+        print(path)
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from labpgt.runfile import inspect
+
+    print(inspect(args.run))
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="labpgt", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"labpgt {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sim = sub.add_parser("sim", help="the simulated ring")
+    sim_sub = sim.add_subparsers(dest="sim_command", required=True)
+    serve = sim_sub.add_parser("serve", help="serve the simulated instruments on loopback until Ctrl-C")
+    serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument("--flavour", choices=["keysight", "alt"], default="keysight",
+                       help="keysight: MXG + Kepco BOP + X-series; alt: Windfreak SynthHD + Keithley 2400 + R&S FSV")
+    serve.add_argument("--realtime", action="store_true", help="instruments really take their time")
+    serve.add_argument("--station-out", default="sim-station.toml", help="where to write the station file")
+    serve.set_defaults(func=cmd_sim_serve)
+
+    check = sub.add_parser("check", help="connect each instrument, print identities, confirm the safe state")
+    check.add_argument("--station", help="station TOML (default: the embedded simulated ring)")
+    check.add_argument("--seed", type=int, default=0, help="seed of the embedded simulated ring")
+    check.set_defaults(func=cmd_check)
+
+    measure = sub.add_parser("measure", help="one spectrum at given settings; prints the strongest peaks")
+    measure.add_argument("--frequency", type=float, default=2.07e9, help="drive frequency, Hz")
+    measure.add_argument("--power", type=float, default=-10.0, help="drive power, dBm")
+    measure.add_argument("--current", type=float, default=1.8, help="bias current, A")
+    measure.add_argument("--center", type=float, help="analyzer centre, Hz (default: the drive frequency)")
+    measure.add_argument("--span", type=float, help="analyzer span, Hz (default: the station's)")
+    measure.add_argument("--peaks", type=int, default=5, help="how many peaks to print")
+    measure.add_argument("--plot", help="write a PNG of the trace here")
+    measure.add_argument("--station", help="station TOML (default: the embedded simulated ring)")
+    measure.add_argument("--seed", type=int, default=0, help="seed of the embedded simulated ring")
+    measure.set_defaults(func=cmd_measure)
+
+    from labpgt.experiment import add_train_arguments
+
+    train = sub.add_parser("train", help="train the hybrid network through the ring")
+    add_train_arguments(train)
+    train.set_defaults(func=cmd_train)
+
+    replay = sub.add_parser("replay", help="rerun a recorded run against its recorded measurements")
+    replay.add_argument("run", help="run file (.h5)")
+    replay.set_defaults(func=cmd_replay)
+
+    rep = sub.add_parser("report", help="PNG plots and a text summary of a run")
+    rep.add_argument("run", help="run file (.h5)")
+    rep.add_argument("--out", help="output directory (default: next to the run file)")
+    rep.set_defaults(func=cmd_report)
+
+    insp = sub.add_parser("inspect", help="what a run file holds")
+    insp.add_argument("run", help="run file (.h5)")
+    insp.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted; the rig was left safe", file=sys.stderr)
+        return 130
+    except Terminated as exc:
+        print(f"{exc}; the rig was left safe", file=sys.stderr)
+        return 143
+    except (ValueError, OSError, RuntimeError) as exc:
+        # our own errors (station files, limits, run files, instruments) all say what was
+        # wrong and what is allowed; a traceback would bury that
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
