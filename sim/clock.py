@@ -1,0 +1,60 @@
+"""The simulated rig's clock.
+
+Virtual (the default): time stands still between instrument operations and only moves when an
+instrument spends time (a synthesizer locking, a sweep, a coil settling) and somebody waits for
+it (``*OPC?``, ``*WAI``, a polled lock bit). Runs are deterministic and as fast as the host.
+
+Real time (``realtime=True``): ``now()`` follows the wall clock from the moment the clock was
+made, and waiting for an operation really sleeps until it is done -- the instrument's own
+latency, the one place in ``sim`` where ``time.sleep`` is used.
+
+Standard library only.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+
+class VirtualClock:
+    """Seconds since the rig was switched on."""
+
+    def __init__(self, t0: float = 0.0, realtime: bool = False):
+        self.realtime = bool(realtime)
+        self._t = float(t0)
+        self._t0 = float(t0)
+        self._wall0 = time.monotonic()
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        if self.realtime:
+            return self._t0 + (time.monotonic() - self._wall0)
+        return self._t
+
+    def advance(self, dt: float, release=None) -> float:
+        """Spend ``dt`` seconds; see :meth:`advance_to`."""
+        return self.advance_to(self.now() + max(0.0, float(dt)), release)
+
+    def advance_to(self, t: float, release=None) -> float:
+        """Move time forward to ``t`` (never backwards) and return the new time.
+
+        In real time this sleeps until the wall clock reaches ``t``. ``release`` is an optional
+        lock held by the caller that is released while sleeping, so other instruments of the
+        rig keep answering meanwhile.
+        """
+        if self.realtime:
+            delay = float(t) - self.now()
+            if delay > 0:
+                if release is not None:
+                    release.release()
+                    try:
+                        time.sleep(delay)  # the instrument's own latency, not synchronisation
+                    finally:
+                        release.acquire()
+                else:
+                    time.sleep(delay)
+            return self.now()
+        with self._lock:
+            if t > self._t:
+                self._t = float(t)
+            return self._t
