@@ -1,0 +1,201 @@
+"""The training loop: batch -> estimator -> optimizer -> record -> evaluate -> checkpoint.
+
+Budgets are in measurements (one per sample per virtual node). Training measurements and
+evaluation measurements are counted separately; the loop stops once the training
+measurements reach ``budget`` (the last step may overshoot it by less than one step's cost).
+
+Resumability: ``state_dict()`` holds everything that changes during a run (parameters,
+optimizer state, estimator state, the generator's ``bit_generator.state``, step, counters,
+and the reservoir's measurement counter, which keys the simulated noise). A new Trainer on the
+same configuration that loads it continues bit for bit.
+
+Optimisation happens in scaled coordinates params / model.param_scale(), so the bias current
+(A, scale ~1 mA) and the weights (scale 1) take comparable steps under one learning rate.
+"""
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+import numpy as np
+
+from .interfaces import NullRecorder
+from .optim import SGD, Adam, Transformation
+
+
+class Trainer:
+    """Train ``model`` through ``reservoir`` on ``dataset`` with ``estimator`` and ``optimizer``.
+
+    batch_size: samples per step; budget: training measurements to spend; eval_every: steps
+    between evaluations on the test split (0 = only at the end); checkpoint_every: steps
+    between checkpoints (0 = only at the end); seed: seeds the generator for batches and
+    perturbations; recorder: a Recorder (run file) or None; progress: callable(record) called
+    after every step and evaluation (record["kind"] is "step" or "eval").
+    Set ``stop_requested = True`` (e.g. from a signal handler) to stop after the current step;
+    ``run()`` then writes a checkpoint and returns "aborted".
+    """
+
+    def __init__(
+        self,
+        model,
+        reservoir,
+        estimator,
+        dataset,
+        optimizer: Transformation | None = None,
+        *,
+        batch_size: int = 16,
+        budget: int = 30_000,
+        eval_every: int = 25,
+        checkpoint_every: int = 100,
+        seed: int = 0,
+        eval_batch_size: int = 64,
+        recorder=None,
+        progress: Callable[[dict], None] | None = None,
+    ):
+        if optimizer is None:
+            optimizer = SGD(lr=1.0) if estimator.supplies_step else Adam(lr=0.02)
+        if estimator.supplies_step and not (
+            isinstance(optimizer, SGD) and optimizer.lr == 1.0 and optimizer.momentum == 0.0
+        ):
+            raise ValueError(
+                f"estimator {estimator.name!r} supplies its own step (gains included); "
+                f"pair it with SGD(lr=1.0, momentum=0.0), got {optimizer.config()}"
+            )
+        if batch_size < 1 or batch_size > len(dataset.y_train):
+            raise ValueError(f"batch_size must be in [1, {len(dataset.y_train)}], got {batch_size}")
+        self.model, self.reservoir, self.estimator, self.optimizer = model, reservoir, estimator, optimizer
+        self.dataset = dataset
+        self.batch_size, self.budget = int(batch_size), int(budget)
+        self.eval_every, self.checkpoint_every = int(eval_every), int(checkpoint_every)
+        self.eval_batch_size = int(eval_batch_size)
+        self.recorder = recorder if recorder is not None else NullRecorder()
+        self.progress = progress
+        self.stop_requested = False
+        self.seed = int(seed)
+        self.rng = np.random.default_rng(self.seed)
+        self.scale = model.param_scale()
+        self.trainable = model.trainable_mask()
+        self.opt_state = optimizer.init_state(model.params() / self.scale)
+        self.step = 0
+        self.train_measurements = 0
+        self.eval_measurements = 0
+        self.evaluations: list[dict] = []  # every evaluation record, in order
+        self.status = "created"
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> str:
+        """Train until the budget is spent; returns "completed", "aborted" or "diverged"."""
+        self.status = "running"
+        while self.train_measurements < self.budget:
+            if self.stop_requested:
+                return self._finish("aborted")
+            x, y, index = self.next_batch()
+            est = self.estimator.estimate(self.model, self.reservoir, x, y, index, self.step, self.rng)
+            self.train_measurements += est.measurements_spent
+            if not (np.all(np.isfinite(est.grad)) and np.isfinite(est.loss)):
+                return self._finish("diverged")
+            self.apply(est.grad)
+            self.step += 1
+            self.record_step(est)
+            if self.eval_every and self.step % self.eval_every == 0:
+                self.evaluate()
+            if self.checkpoint_every and self.step % self.checkpoint_every == 0:
+                self.checkpoint()
+        if not self.evaluations or self.evaluations[-1]["step"] != self.step:
+            self.evaluate()
+        return self._finish("completed")
+
+    # ------------------------------------------------------------------ the pieces
+    def next_batch(self):
+        index = self.rng.choice(len(self.dataset.y_train), size=self.batch_size, replace=False)
+        return self.dataset.x_train[index], self.dataset.y_train[index], index
+
+    def apply(self, grad: np.ndarray) -> None:
+        """One optimizer update in scaled coordinates; frozen parameters never move."""
+        grad_scaled = np.where(self.trainable, grad, 0.0) * self.scale
+        scaled, self.opt_state = self.optimizer.update(grad_scaled, self.opt_state, self.model.params() / self.scale)
+        new = np.where(self.trainable, scaled * self.scale, self.model.params())
+        self.model.set_params(new)
+
+    def record_step(self, est) -> None:
+        record = {
+            "kind": "step",
+            "step": self.step,
+            "loss": est.loss,
+            "accuracy": est.accuracy,
+            "grad_norm": float(np.linalg.norm(est.grad)),
+            "measurements_spent": int(est.measurements_spent),
+            "measurements": self.train_measurements,
+            "current_a": self.model.current_a(),
+            **{k: v for k, v in est.extra.items() if np.isscalar(v)},
+        }
+        self.recorder.step(record)
+        if self.progress:
+            self.progress(record)
+
+    def evaluate(self) -> dict | None:
+        """Loss and accuracy on the test split, measured (kind "eval", counted separately)."""
+        x, y = self.dataset.x_test, self.dataset.y_test
+        start = self.reservoir.measurements
+        features = []
+        for lo in range(0, len(y), self.eval_batch_size):
+            if self.stop_requested:
+                return None
+            u, _ = self.model.encode(x[lo : lo + self.eval_batch_size])
+            features.append(
+                self.reservoir.measure(
+                    u, current_a=self.model.current_a(), kind="eval", step=self.step,
+                    sample_index=np.arange(lo, lo + len(u)),
+                )
+            )
+        loss, accuracy = self.model.loss_and_accuracy(np.concatenate(features), y)
+        self.eval_measurements += self.reservoir.measurements - start
+        record = {
+            "kind": "eval",
+            "step": self.step,
+            "loss": loss,
+            "accuracy": accuracy,
+            "measurements": self.train_measurements,
+            "eval_measurements": self.eval_measurements,
+        }
+        self.evaluations.append(record)
+        self.recorder.evaluation(record)
+        if self.progress:
+            self.progress(record)
+        return record
+
+    def checkpoint(self) -> None:
+        self.recorder.checkpoint(self.state_dict())
+
+    def _finish(self, status: str) -> str:
+        self.status = status
+        self.checkpoint()
+        return status
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """Everything needed to continue bit for bit (arrays, ints, and the rng state as JSON text)."""
+        return {
+            "params": self.model.params(),
+            "optimizer": {k: np.array(v, copy=True) for k, v in self.opt_state.items()},
+            "estimator": {k: np.array(v, copy=True) for k, v in self.estimator.state_dict().items()},
+            # PCG64's state holds 128-bit integers: JSON keeps them exact and fits an HDF5 attribute
+            "rng": json.dumps(self.rng.bit_generator.state),
+            "step": self.step,
+            "train_measurements": self.train_measurements,
+            "eval_measurements": self.eval_measurements,
+            "reservoir_measurements": int(self.reservoir.measurements),
+            "status": self.status,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.set_params(np.asarray(state["params"]))
+        self.opt_state = {k: np.array(v, copy=True) for k, v in state["optimizer"].items()}
+        self.estimator.load_state_dict(dict(state["estimator"]))
+        rng_state = state["rng"]
+        self.rng.bit_generator.state = json.loads(rng_state) if isinstance(rng_state, (str, bytes)) else rng_state
+        self.step = int(state["step"])
+        self.train_measurements = int(state["train_measurements"])
+        self.eval_measurements = int(state["eval_measurements"])
+        # the simulated noise is keyed by this counter; a station just continues its count
+        self.reservoir.measurements = int(state["reservoir_measurements"])
