@@ -1,0 +1,127 @@
+"""The trainer: budgets, resume bit for bit, abort, optimizers; a short run on the simulated ring."""
+import numpy as np
+import pytest
+
+from labpgt.datasets import load
+from labpgt.estimators import make_estimator
+from labpgt.model import HybridModel
+from labpgt.optim import SGD, Adam, Chain, ClipByNorm
+from labpgt.reservoirs import ToyReservoir
+from labpgt.trainer import Trainer
+
+
+class ListRecorder:
+    def __init__(self):
+        self.steps, self.evals, self.checkpoints, self.measurements = [], [], [], []
+
+    def measurement(self, record):
+        self.measurements.append(record)
+
+    def step(self, record):
+        self.steps.append(record)
+
+    def evaluation(self, record):
+        self.evals.append(record)
+
+    def checkpoint(self, state):
+        self.checkpoints.append(state)
+
+
+def toy_trainer(estimator="node", budget=2000, seed=0, recorder=None, optimizer=None, **kw):
+    ds = load("iris")
+    res = ToyReservoir(n_nodes=2, features_per_node=8, noise_std=0.05, seed=seed)
+    model = HybridModel(4, res.n_inputs, res.n_features, 3, hidden_before=(6,), seed=seed)
+    est = make_estimator(estimator)
+    if optimizer is None and not est.supplies_step:
+        optimizer = Adam(lr=0.03)
+    return Trainer(model, res, est, ds, optimizer, batch_size=10, budget=budget, eval_every=5,
+                   checkpoint_every=7, seed=seed, recorder=recorder, **kw)
+
+
+@pytest.mark.parametrize("estimator", ["node", "spsa", "pgt", "oracle"])
+def test_resume_is_bit_identical(estimator):
+    rec = ListRecorder()
+    full = toy_trainer(estimator, budget=1600, recorder=rec)
+    assert full.run() == "completed"
+
+    # as after a killed process: continue from the periodic checkpoint at step 14
+    state = next(c for c in rec.checkpoints if c["step"] == 14)
+    resumed = toy_trainer(estimator, budget=1600)
+    resumed.load_state_dict(state)
+    assert resumed.run() == "completed"
+    np.testing.assert_array_equal(resumed.model.params(), full.model.params())
+    assert (resumed.step, resumed.train_measurements, resumed.eval_measurements) == (
+        full.step, full.train_measurements, full.eval_measurements)
+
+    # as after Ctrl-C: stop at step N, checkpoint, new trainer, load, finish
+    first = toy_trainer(estimator, budget=1600)
+    first.progress = lambda r: setattr(first, "stop_requested", r["kind"] == "step" and r["step"] == 9)
+    assert first.run() == "aborted"
+    second = toy_trainer(estimator, budget=1600)
+    second.load_state_dict(first.state_dict())
+    assert second.run() == "completed"
+    np.testing.assert_array_equal(second.model.params(), full.model.params())
+
+
+def test_budget_counts_and_records():
+    rec = ListRecorder()
+    tr = toy_trainer("node", budget=1000, recorder=rec)
+    tr.run()
+    per_step = 2 * 10 * 2  # two half-steps x batch x nodes
+    assert tr.train_measurements == 1000 // per_step * per_step + (per_step if 1000 % per_step else 0)
+    assert [r["measurements_spent"] for r in rec.steps] == [per_step] * tr.step
+    assert rec.steps[-1]["measurements"] == tr.train_measurements
+    # evaluations every 5 steps plus the final one, each measuring the 30 test samples x 2 nodes
+    assert [e["step"] for e in rec.evals] == list(range(5, tr.step + 1, 5)) + ([tr.step] if tr.step % 5 else [])
+    assert tr.eval_measurements == len(rec.evals) * 30 * 2
+    assert tr.reservoir.measurements == tr.train_measurements + tr.eval_measurements
+    assert rec.checkpoints[-1]["status"] == "completed" and rec.checkpoints[-1]["step"] == tr.step
+
+
+def test_stop_requested_aborts_with_a_checkpoint():
+    rec = ListRecorder()
+    tr = toy_trainer("node", budget=100_000, recorder=rec)
+
+    def progress(record):
+        if record["kind"] == "step" and record["step"] == 12:
+            tr.stop_requested = True  # what a SIGINT handler would do
+
+    tr.progress = progress
+    assert tr.run() == "aborted"
+    assert tr.step == 12
+    assert rec.checkpoints[-1]["status"] == "aborted" and rec.checkpoints[-1]["step"] == 12
+    np.testing.assert_array_equal(rec.checkpoints[-1]["params"], tr.model.params())
+
+
+def test_spsa_requires_plain_sgd_with_unit_lr():
+    with pytest.raises(ValueError, match="supplies its own step"):
+        toy_trainer("spsa", optimizer=Adam(lr=0.01))
+    assert isinstance(toy_trainer("spsa").optimizer, SGD)
+
+
+def test_frozen_current_never_moves():
+    tr = toy_trainer("node", budget=600)
+    tr.model.train_current = False
+    tr.trainable = tr.model.trainable_mask()
+    before = tr.model.current_a()
+    tr.run()
+    assert tr.model.current_a() == before
+
+
+def test_optimizers_follow_their_formulas():
+    params = np.array([1.0, -2.0])
+    grad = np.array([0.5, 1.0])
+    sgd = SGD(lr=0.1, momentum=0.9)
+    state = sgd.init_state(params)
+    p1, state = sgd.update(grad, state, params)
+    p2, state = sgd.update(grad, state, p1)
+    np.testing.assert_allclose(p1, params - 0.1 * grad)
+    np.testing.assert_allclose(p2, p1 - 0.1 * (0.9 * grad + grad))
+    adam = Adam(lr=0.01)
+    state = adam.init_state(params)
+    p1, state = adam.update(grad, state, params)
+    np.testing.assert_allclose(p1, params - 0.01 * np.sign(grad), rtol=1e-6)  # first Adam step is lr * sign
+    assert int(state["count"]) == 1
+    chain = Chain(ClipByNorm(0.1), SGD(lr=1.0))
+    p, _ = chain.update(np.array([3.0, 4.0]), chain.init_state(params), params)
+    np.testing.assert_allclose(p, params - [0.06, 0.08])
