@@ -167,12 +167,11 @@ class SPSA(_Estimator):
                     calibration_pairs=self.calibration_pairs, c_min=self.c_min, readout_lr=self.readout_lr)
 
     def state_dict(self):
-        return {"a": np.array(np.nan if self.a is None else self.a), "c": np.array(np.nan if self.c is None else self.c)}
+        return {"a": self.a, "c": self.c}  # JSON-friendly floats (None = not calibrated yet)
 
     def load_state_dict(self, state):
-        a, c = float(state["a"]), float(state["c"])
-        self.a = None if np.isnan(a) else a
-        self.c = None if np.isnan(c) else c
+        self.a = None if state.get("a") is None else float(state["a"])
+        self.c = None if state.get("c") is None else float(state["c"])
 
     def _calibrate(self, model, reservoir, theta, scale, mask, x, y, kw, rng):
         """Spall's practical rules: c ~ std of one loss measurement, a from the wanted first step."""

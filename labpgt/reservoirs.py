@@ -158,24 +158,29 @@ class DirectRingReservoir:
         return per_node.reshape(len(u), self.n_features)
 
     def _record(self, settings, traces, per_node, kind, step, sample_index, perturbation):
+        """One row per sample x node, sample-major (the order they were 'measured')."""
         b = len(sample_index)
-        freq = settings["drive_frequency_hz"].reshape(b, self.n_nodes)
-        power = settings["drive_power_dbm"].reshape(b, self.n_nodes)
-        for i in range(b):
-            for node in range(self.n_nodes):
-                row = i * self.n_nodes + node
-                self.recorder.measurement(
-                    {
-                        "kind": kind,
-                        "step": int(step),
-                        "sample_index": int(sample_index[i]),
-                        "node": node,
-                        "direction": perturbation.direction,
-                        "sign": perturbation.sign,
-                        "drive_frequency_hz": float(freq[i, node]),
-                        "drive_power_dbm": float(power[i, node]),
-                        "current_a": float(settings["current_a"]),
-                        "trace_dbm": traces[row],
-                        "features": per_node[row],
-                    }
-                )
+        batch = {
+            "kind": kind,
+            "step": int(step),
+            "sample_index": np.repeat(np.asarray(sample_index), self.n_nodes),
+            "node": np.tile(np.arange(self.n_nodes), b),
+            "perturbation_direction": perturbation.direction,
+            "perturbation_sign": perturbation.sign,
+            "frequency_hz": settings["drive_frequency_hz"].ravel(),
+            "power_dbm": settings["drive_power_dbm"].ravel(),
+            "current_a": settings["current_a"],
+            "frequency_axis": (self._freqs_hz[0], self._freqs_hz[-1], len(self._freqs_hz)),
+            "time_s": (self.measurements + np.arange(b * self.n_nodes)) * self.seconds_per_measurement,
+            "trace_dbm": traces,
+            "features": per_node,
+        }
+        if hasattr(self.recorder, "measurements_batch"):  # the run file's fast path
+            self.recorder.measurements_batch(batch)
+            return
+        for row in range(b * self.n_nodes):
+            self.recorder.measurement({
+                key: (value[row] if isinstance(value, np.ndarray) and value.ndim >= 1 and len(value) == b * self.n_nodes
+                      else value)
+                for key, value in batch.items()
+            })

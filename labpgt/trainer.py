@@ -155,6 +155,8 @@ class Trainer:
             "step": self.step,
             "loss": loss,
             "accuracy": accuracy,
+            "test_loss": loss,  # the run file's column names
+            "test_accuracy": accuracy,
             "measurements": self.train_measurements,
             "eval_measurements": self.eval_measurements,
         }
@@ -174,28 +176,38 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        """Everything needed to continue bit for bit (arrays, ints, and the rng state as JSON text)."""
+        """Everything needed to continue bit for bit, in the run file's checkpoint layout.
+
+        params (float64 [n_params]), optimizer ({name: array}), step, measurements (training
+        measurements so far), rng_state (JSON of ``bit_generator.state``: PCG64 holds 128-bit
+        integers, which JSON keeps exact) and extra (JSON: estimator state, evaluation count,
+        the reservoir's counter, status).
+        """
         return {
             "params": self.model.params(),
             "optimizer": {k: np.array(v, copy=True) for k, v in self.opt_state.items()},
-            "estimator": {k: np.array(v, copy=True) for k, v in self.estimator.state_dict().items()},
-            # PCG64's state holds 128-bit integers: JSON keeps them exact and fits an HDF5 attribute
-            "rng": json.dumps(self.rng.bit_generator.state),
             "step": self.step,
-            "train_measurements": self.train_measurements,
-            "eval_measurements": self.eval_measurements,
-            "reservoir_measurements": int(self.reservoir.measurements),
-            "status": self.status,
+            "measurements": self.train_measurements,
+            "rng_state": json.dumps(self.rng.bit_generator.state),
+            "extra": json.dumps({
+                "estimator": self.estimator.state_dict(),
+                "eval_measurements": self.eval_measurements,
+                "reservoir_measurements": int(self.reservoir.measurements),
+                "status": self.status,
+            }),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.set_params(np.asarray(state["params"]))
-        self.opt_state = {k: np.array(v, copy=True) for k, v in state["optimizer"].items()}
-        self.estimator.load_state_dict(dict(state["estimator"]))
-        rng_state = state["rng"]
-        self.rng.bit_generator.state = json.loads(rng_state) if isinstance(rng_state, (str, bytes)) else rng_state
+        """Restore from state_dict() or from a run file's checkpoint (same keys)."""
+        extra = json.loads(state["extra"])
+        self.model.set_params(np.asarray(state["params"], dtype=np.float64))
+        # the run file stores every optimizer array as float64; keep each array's own dtype here
+        template = self.optimizer.init_state(self.model.params() / self.scale)
+        self.opt_state = {k: np.array(state["optimizer"][k], dtype=np.asarray(v).dtype) for k, v in template.items()}
+        self.estimator.load_state_dict(extra["estimator"])
+        self.rng.bit_generator.state = json.loads(state["rng_state"])
         self.step = int(state["step"])
-        self.train_measurements = int(state["train_measurements"])
-        self.eval_measurements = int(state["eval_measurements"])
+        self.train_measurements = int(state["measurements"])
+        self.eval_measurements = int(extra["eval_measurements"])
         # the simulated noise is keyed by this counter; a station just continues its count
-        self.reservoir.measurements = int(state["reservoir_measurements"])
+        self.reservoir.measurements = int(extra["reservoir_measurements"])

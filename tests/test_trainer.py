@@ -1,4 +1,6 @@
 """The trainer: budgets, resume bit for bit, abort, optimizers; a short run on the simulated ring."""
+import json
+
 import numpy as np
 import pytest
 
@@ -75,7 +77,8 @@ def test_budget_counts_and_records():
     assert [e["step"] for e in rec.evals] == list(range(5, tr.step + 1, 5)) + ([tr.step] if tr.step % 5 else [])
     assert tr.eval_measurements == len(rec.evals) * 30 * 2
     assert tr.reservoir.measurements == tr.train_measurements + tr.eval_measurements
-    assert rec.checkpoints[-1]["status"] == "completed" and rec.checkpoints[-1]["step"] == tr.step
+    assert json.loads(rec.checkpoints[-1]["extra"])["status"] == "completed"
+    assert rec.checkpoints[-1]["step"] == tr.step and rec.checkpoints[-1]["measurements"] == tr.train_measurements
 
 
 def test_stop_requested_aborts_with_a_checkpoint():
@@ -89,7 +92,7 @@ def test_stop_requested_aborts_with_a_checkpoint():
     tr.progress = progress
     assert tr.run() == "aborted"
     assert tr.step == 12
-    assert rec.checkpoints[-1]["status"] == "aborted" and rec.checkpoints[-1]["step"] == 12
+    assert json.loads(rec.checkpoints[-1]["extra"])["status"] == "aborted" and rec.checkpoints[-1]["step"] == 12
     np.testing.assert_array_equal(rec.checkpoints[-1]["params"], tr.model.params())
 
 
