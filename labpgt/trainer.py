@@ -211,3 +211,36 @@ class Trainer:
         self.eval_measurements = int(extra["eval_measurements"])
         # the simulated noise is keyed by this counter; a station just continues its count
         self.reservoir.measurements = int(extra["reservoir_measurements"])
+
+
+# ---------------------------------------------------------------------- tuned defaults
+#: per estimator: its options, the optimizer and learning rate, the batch size (tuned on Iris
+#: through DirectRingReservoir at the default noise; scripts/bench_training.py measures them)
+DEFAULTS = {
+    "node": {"options": {"epsilon": 0.05}, "optimizer": "adam", "lr": 0.03, "batch_size": 16},
+    "oracle": {"options": {"fd_step": 0.01}, "optimizer": "adam", "lr": 0.03, "batch_size": 16},
+    "pgt": {"options": {"epsilon": 0.02, "n_directions": 1}, "optimizer": "adam", "lr": 0.01, "batch_size": 16},
+    "spsa": {"options": {}, "optimizer": "sgd", "lr": 1.0, "batch_size": 16},
+}
+MODEL_DEFAULTS = {"hidden_before": (8,), "hidden_after": (), "u_scale": 0.9, "current_scale_a": 1e-3}
+
+
+def make_trainer(dataset, estimator_name: str, reservoir, *, seed: int = 0, budget: int = 30_000,
+                 batch_size: int | None = None, lr: float | None = None, estimator_options: dict | None = None,
+                 model_options: dict | None = None, current_a: float = 1.8, **trainer_options) -> Trainer:
+    """A Trainer wired with the tuned defaults above; every default can be overridden."""
+    from .estimators import make_estimator
+    from .model import HybridModel
+    from .optim import make_optimizer
+
+    if estimator_name not in DEFAULTS:
+        raise ValueError(f"unknown estimator {estimator_name!r}; allowed: {', '.join(DEFAULTS)}")
+    d = DEFAULTS[estimator_name]
+    estimator = make_estimator(estimator_name, **{**d["options"], **(estimator_options or {})})
+    model = HybridModel(
+        dataset.n_features, reservoir.n_inputs, reservoir.n_features, dataset.n_classes,
+        current_a=current_a, seed=seed, **{**MODEL_DEFAULTS, **(model_options or {})},
+    )
+    optimizer = make_optimizer(d["optimizer"], lr=d["lr"] if lr is None else lr)
+    return Trainer(model, reservoir, estimator, dataset, optimizer, seed=seed, budget=budget,
+                   batch_size=batch_size or d["batch_size"], **trainer_options)
