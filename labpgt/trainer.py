@@ -15,6 +15,7 @@ Optimisation happens in scaled coordinates params / model.param_scale(), so the 
 from __future__ import annotations
 
 import json
+import time
 from typing import Callable
 
 import numpy as np
@@ -127,6 +128,7 @@ class Trainer:
             "measurements_spent": int(est.measurements_spent),
             "measurements": self.train_measurements,
             "current_a": self.model.current_a(),
+            "time_s": time.time(),  # wall clock, for the run file; not part of the state
             **{k: v for k, v in est.extra.items() if np.isscalar(v)},
         }
         self.recorder.step(record)
@@ -159,6 +161,7 @@ class Trainer:
             "test_accuracy": accuracy,
             "measurements": self.train_measurements,
             "eval_measurements": self.eval_measurements,
+            "time_s": time.time(),
         }
         self.evaluations.append(record)
         self.recorder.evaluation(record)

@@ -128,3 +128,23 @@ def test_optimizers_follow_their_formulas():
     chain = Chain(ClipByNorm(0.1), SGD(lr=1.0))
     p, _ = chain.update(np.array([3.0, 4.0]), chain.init_state(params), params)
     np.testing.assert_allclose(p, params - [0.06, 0.08])
+
+
+def test_resume_from_a_run_file_checkpoint(tmp_path):
+    runfile = pytest.importorskip("labpgt.runfile")
+    full = toy_trainer("node", budget=1200)
+    full.run()
+
+    first = toy_trainer("node", budget=1200)
+    shapes = {k: np.shape(v) for k, v in first.opt_state.items()}
+    path = tmp_path / "run.h5"
+    with runfile.RunFile.create(path, n_params=first.model.size, features_per_measurement=8,
+                                trace_points=4, optimizer_state_shapes=shapes) as rf:
+        first.recorder = rf
+        first.progress = lambda r: setattr(first, "stop_requested", r["kind"] == "step" and r["step"] == 11)
+        assert first.run() == "aborted"
+    state = runfile.RunReader(path).last_checkpoint()
+    second = toy_trainer("node", budget=1200)
+    second.load_state_dict(state)
+    second.run()
+    np.testing.assert_array_equal(second.model.params(), full.model.params())
