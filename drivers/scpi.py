@@ -1,0 +1,94 @@
+"""IEEE 488.2 / SCPI common ground: identification, ``*OPC?`` synchronisation, the error queue.
+
+``control`` (the one-line property declaration) lives in :mod:`instruments.controls` because
+the roles use it too; it is re-exported here for the vendor modules.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+from instruments.controls import control, parse_bool
+from instruments.errors import InstrumentError
+from instruments.roles import Instrument, Setting
+
+from .transport import VisaTransport, parse_block, parse_block_header
+
+__all__ = ["control", "parse_bool", "parse_error", "parse_overflow", "join_commands", "SCPIInstrument",
+           "parse_block", "parse_block_header", "OVERFLOW"]
+
+#: what SCPI instruments answer for "no number here" (marker off screen, measurement overflow)
+OVERFLOW = 9.91e37
+
+
+def parse_overflow(reply: str) -> float:
+    """A number, with the SCPI overflow value 9.91e37 read as NaN."""
+    value = float(reply)
+    return math.nan if abs(value) >= 9.9e37 else value
+
+
+def parse_error(reply: str) -> tuple[int, str]:
+    """``-113,"Undefined header"`` -> (-113, 'Undefined header'); split at the first comma only."""
+    code_text, _, message = reply.partition(",")
+    try:
+        code = int(code_text.strip())
+    except ValueError as exc:
+        raise InstrumentError(f"not an error-queue entry: {reply!r}") from exc
+    return code, message.strip().strip("\"'").strip()
+
+
+def join_commands(commands: Sequence[str]) -> str:
+    """Join SCPI commands into one message; ``;:`` restarts each at the root of the tree."""
+    parts = []
+    for index, command in enumerate(commands):
+        if index and not command.startswith(("*", ":")):
+            command = ":" + command
+        parts.append(command)
+    return ";".join(parts)
+
+
+class SCPIInstrument(Instrument):
+    """Behaviour shared by SCPI instruments: settings batches end with ``*OPC?`` and an empty error queue."""
+
+    read_termination = "\n"
+    write_termination = "\n"
+    transport_options = ("timeout_s", "visa_library")
+    #: commands sent once after connecting (vendor modules fill this in)
+    init_commands: tuple[str, ...] = ()
+    #: an entry that never ends would be a fault, not a queue
+    max_error_entries = 100
+
+    @classmethod
+    def open_transport(cls, resource: str, options: Mapping[str, object]):
+        return VisaTransport(resource, visa_library=str(options.get("visa_library", "@py")),
+                             timeout_s=float(options.get("timeout_s", cls.default_timeout_s)),
+                             read_termination=cls.read_termination, write_termination=cls.write_termination)
+
+    def identify(self) -> str:
+        return self.query("*IDN?").strip()
+
+    def synchronise(self) -> None:
+        reply = self.query("*OPC?").strip()
+        if reply not in ("1", "+1"):
+            raise InstrumentError(f"{self.role}: unexpected reply {reply!r} to *OPC?")
+
+    def errors(self) -> list[tuple[int, str]]:
+        entries = []
+        for _ in range(self.max_error_entries):
+            code, message = parse_error(self.query("SYST:ERR?"))
+            if code == 0:
+                return entries
+            entries.append((code, message))
+        raise InstrumentError(f"{self.role}: error queue still not empty after {self.max_error_entries} reads: "
+                              f"{entries[-3:]}")
+
+    def initialize(self) -> None:
+        if self.init_commands:
+            self._transmit_settings([Setting("init", None, command) for command in self.init_commands])
+
+    def _transmit_settings(self, settings: Sequence[Setting]) -> None:
+        """One joined write, one ``*OPC?``, then the error queue read empty."""
+        if settings:
+            self.write(join_commands([s.command for s in settings]))
+        self.synchronise()
+        self.check_errors("setting " + ", ".join(f"{s.name}={s.value!r}" for s in settings) if settings else "")

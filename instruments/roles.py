@@ -1,0 +1,607 @@
+"""Vendor-neutral instrument roles, in SI units: SignalGenerator, CurrentSource, SpectrumAnalyzer.
+
+A role says *what* an instrument does and enforces the station's safety rules; a driver (in
+``drivers/``) says *how*, by declaring each role property once with :class:`~instruments.controls.control`
+and implementing the few wire-level hooks below (``identify``, ``errors``, ``synchronise``,
+``_transmit_settings``, ``open_transport``).
+
+Limits: every instrument holds ``limits`` (quantity -> (min, max)), made of the vendor's own
+ranges (class attribute ``instrument_ranges``) narrowed by the station file. A value outside is
+a :class:`LimitError` raised before anything is sent; nothing is ever clamped.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, NamedTuple, Optional, Sequence
+
+import numpy as np
+
+from .errors import (
+    InstrumentError,
+    InstrumentReportedError,
+    LimitError,
+    NoAnswerError,
+    TransportTimeout,
+)
+
+_UNIT_SUFFIXES = (("_dbm", "dBm"), ("_db", "dB"), ("_hz", "Hz"), ("_a", "A"), ("_v", "V"), ("_s", "s"))
+
+
+def unit_of(quantity: str) -> str:
+    for suffix, unit in _UNIT_SUFFIXES:
+        if quantity.endswith(suffix):
+            return unit
+    return ""
+
+
+@dataclass(frozen=True)
+class LimitSpec:
+    """What a key of ``[<role>.limits]`` means.
+
+    shape: "range" ([min, max] -> limits[quantity]); "max" (a number -> upper bound of
+    limits[quantity], the lower bound stays the instrument's); "positive" (a number > 0 kept as
+    a parameter of the role, e.g. a ramp rate).
+    """
+
+    shape: str
+    quantity: Optional[str] = None
+    required: bool = False
+    doc: str = ""
+
+
+class Setting(NamedTuple):
+    """One validated setting on its way to the wire."""
+
+    name: str
+    value: object
+    command: str
+
+
+class Instrument:
+    """Base of every role. Owns a transport, a role name, limits and the safe state."""
+
+    #: station section name of the role ("signal_generator", ...)
+    role_kind: str = ""
+    #: the keys a station may put in ``[<role>.limits]``
+    station_limits: Mapping[str, LimitSpec] = {}
+    #: attributes a driver must provide to implement the role
+    required_members: tuple[str, ...] = ()
+    #: the instrument's own range per quantity (vendor class attribute)
+    instrument_ranges: Mapping[str, tuple[float, float]] = {}
+    #: keys allowed in ``[<role>.options]`` (the driver's transport options)
+    transport_options: tuple[str, ...] = ("timeout_s",)
+    default_timeout_s: float = 5.0
+
+    def __init__(
+        self,
+        transport,
+        *,
+        role: Optional[str] = None,
+        limits: Optional[Mapping[str, object]] = None,
+        station_file: str = "<no station file>",
+        pacing: str = "virtual",
+        wait: Optional[Callable[[float], None]] = None,
+    ):
+        self.transport = transport
+        self.role = role or self.role_kind
+        self.station_file = station_file
+        self.pacing = pacing
+        self.wait = wait if wait is not None else time.sleep
+        self._needs_clear = False
+        self.limits: dict[str, tuple[float, float]] = {}
+        self._limit_sources: dict[str, str] = {}
+        self.parameters: dict[str, float] = {}
+        self._set_instrument_ranges(self.instrument_ranges)
+        self._apply_station_limits(dict(limits or {}))
+
+    # ------------------------------------------------------------------ limits
+    def _set_instrument_ranges(self, ranges: Mapping[str, tuple[float, float]], model: str = "") -> None:
+        label = f"the instrument range of {type(self).__name__}{' ' + model if model else ''}"
+        for quantity, (low, high) in ranges.items():
+            self.limits[quantity] = (float(low), float(high))
+            self._limit_sources[quantity] = label
+
+    def _apply_station_limits(self, station: Mapping[str, object]) -> None:
+        for key, value in station.items():
+            spec = self.station_limits.get(key)
+            if spec is None:
+                raise InstrumentError(
+                    f"{self.role}: unknown limit {key!r}; allowed: {', '.join(self.station_limits)}"
+                )
+            source = f"station file {self.station_file}, [{self.role}.limits] {key}"
+            if spec.shape == "range":
+                low, high = value  # type: ignore[misc]
+                self.limits[spec.quantity] = (float(low), float(high))
+                self._limit_sources[spec.quantity] = source
+            elif spec.shape == "max":
+                low = self.limits.get(spec.quantity, (-math.inf, math.inf))[0]
+                self.limits[spec.quantity] = (low, float(value))  # type: ignore[arg-type]
+                self._limit_sources[spec.quantity] = source
+            else:
+                self.parameters[key] = float(value)  # type: ignore[arg-type]
+
+    @classmethod
+    def station_limit_problems(
+        cls, station: Mapping[str, object], ranges: Optional[Mapping[str, tuple[float, float]]] = None
+    ) -> list[tuple[str, str, str]]:
+        """Check a ``[<role>.limits]`` table against this role and the instrument's range.
+
+        Returns (key, problem, allowed) triples; empty when the table is acceptable. ``ranges``
+        overrides the class's instrument ranges (a model read from ``*IDN?``).
+        """
+        ranges = cls.instrument_ranges if ranges is None else ranges
+        problems: list[tuple[str, str, str]] = []
+        for key, spec in cls.station_limits.items():
+            if spec.required and key not in station:
+                problems.append((key, "is missing", f"{key}: {spec.doc or spec.shape}"))
+        for key, value in station.items():
+            spec = cls.station_limits.get(key)
+            if spec is None:
+                problems.append((key, "is not a known limit", ", ".join(cls.station_limits)))
+                continue
+            unit = unit_of(spec.quantity or key)
+            own = ranges.get(spec.quantity) if spec.quantity else None
+            own_text = f"[{own[0]:g}, {own[1]:g}] {unit} ({cls.__name__})" if own else ""
+            if spec.shape == "range":
+                if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) for v in value)):
+                    problems.append((key, f"must be [min, max] in {unit}, got {value!r}", "[min, max]"))
+                    continue
+                low, high = float(value[0]), float(value[1])
+                if low > high:
+                    problems.append((key, f"min {low:g} > max {high:g}", "min <= max"))
+                elif own and (low < own[0] or high > own[1]):
+                    problems.append((key, f"[{low:g}, {high:g}] {unit} exceeds the instrument's range", own_text))
+                elif cls._range_must_contain_zero(key) and not low <= 0.0 <= high:
+                    problems.append((key, f"[{low:g}, {high:g}] {unit} does not contain 0 (the safe state)",
+                                     "a range with min <= 0 <= max"))
+            else:
+                if not _is_number(value):
+                    problems.append((key, f"must be a number in {unit or 'SI units'}, got {value!r}", "a number"))
+                    continue
+                number = float(value)
+                if spec.shape == "positive" and not number > 0:
+                    problems.append((key, f"must be > 0, got {number:g}", "a positive number"))
+                elif spec.shape == "max" and own and not (own[0] <= number <= own[1]):
+                    problems.append((key, f"{number:g} {unit} exceeds the instrument's range", own_text))
+        return problems
+
+    @classmethod
+    def _range_must_contain_zero(cls, key: str) -> bool:
+        return False
+
+    def check_limit(self, quantity: str, value, *, name: Optional[str] = None) -> None:
+        """Raise LimitError unless ``value`` lies in ``limits[quantity]`` (no limit: accepted)."""
+        label = name or quantity
+        if isinstance(value, (bool, np.bool_)):
+            return  # switches have no range
+        if not _is_number(value) or not math.isfinite(float(value)):
+            raise LimitError(self.role, label, value, "finite numbers", "the role's rules")
+        bounds = self.limits.get(quantity)
+        if bounds is None:
+            return
+        low, high = bounds
+        if not low <= float(value) <= high:
+            unit = unit_of(quantity)
+            raise LimitError(self.role, label, value, f"[{low:g}, {high:g}] {unit}".rstrip(),
+                             self._limit_sources.get(quantity, "?"))
+
+    # ------------------------------------------------------------------ wire access
+    @property
+    def resource(self) -> str:
+        return getattr(self.transport, "resource", "?")
+
+    def _io(self, operation, command: str):
+        if self._needs_clear:
+            self._clear_quietly()
+        try:
+            return operation(command)
+        except TransportTimeout as timeout:
+            self._clear_quietly()  # drop a half-delivered reply before the next exchange
+            raise NoAnswerError(self.role, self.resource, timeout.seconds) from timeout
+        except BaseException:
+            # interrupted mid-exchange (Ctrl-C, a fault): a reply may still be on its way
+            self._needs_clear = True
+            raise
+
+    def _clear_quietly(self) -> None:
+        self._needs_clear = False
+        try:
+            self.transport.clear()
+        except Exception:  # a clear is a courtesy; the next exchange reports real trouble
+            pass
+
+    def write(self, command: str) -> None:
+        self._io(self.transport.write, command)
+
+    def query(self, command: str) -> str:
+        return self._io(self.transport.query, command)
+
+    def query_block(self, command: str) -> bytes:
+        return self._io(self.transport.query_block, command)
+
+    # ------------------------------------------------------------------ hooks for drivers
+    @classmethod
+    def open_transport(cls, resource: str, options: Mapping[str, object]):
+        """Open the transport this driver speaks over (drivers implement it)."""
+        raise NotImplementedError
+
+    @classmethod
+    def ranges_for_identity(cls, identity: str) -> Mapping[str, tuple[float, float]]:
+        """The instrument's own ranges for the model named in ``identity`` (default: the class's)."""
+        return cls.instrument_ranges
+
+    def identify(self) -> str:
+        raise NotImplementedError
+
+    def errors(self) -> list[tuple[int, str]]:
+        """Drain the error queue (until code 0). Instruments without a queue return []."""
+        return []
+
+    def check_errors(self, context: str = "") -> None:
+        entries = self.errors()
+        if entries:
+            raise InstrumentReportedError(self.role, entries, context)
+
+    def synchronise(self) -> None:
+        """Wait until the instrument has executed everything sent so far (SCPI: ``*OPC?``)."""
+
+    def initialize(self) -> None:
+        """Vendor set-up after connecting (modes, data formats)."""
+
+    def _transmit_settings(self, settings: Sequence[Setting]) -> None:
+        raise NotImplementedError
+
+    def _send_settings(self, settings: Sequence[Setting], changed: Iterable[str] = ()) -> None:
+        """Send validated settings as one batch (the driver decides how), then forget caches."""
+        try:
+            self._transmit_settings(settings)
+        finally:
+            self._settings_changed(tuple(s.name for s in settings))
+
+    def _settings_changed(self, names: tuple[str, ...]) -> None:
+        """Called after settings were sent (roles with caches invalidate them)."""
+
+    def _apply(self, values: Sequence[tuple[str, object]]) -> None:
+        """Validate every (property name, value) first, then send them as one batch."""
+        cls = type(self)
+        settings = [Setting(name, value, getattr(cls, name).command(self, value)) for name, value in values]
+        self._send_settings(settings)
+
+    # ------------------------------------------------------------------ lifetime
+    def safe_state(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.safe_state()
+        finally:
+            self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.role} at {self.resource}>"
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+# ====================================================================== signal generator
+class SignalGenerator(Instrument):
+    """A CW microwave source. Drivers declare ``frequency_hz``, ``power_dbm``, ``output_enabled``."""
+
+    role_kind = "signal_generator"
+    station_limits = {
+        "frequency_hz": LimitSpec("range", "frequency_hz", doc="[min, max] CW frequency in Hz"),
+        "power_dbm": LimitSpec("range", "power_dbm", doc="[min, max] output power in dBm"),
+    }
+    required_members = ("frequency_hz", "power_dbm", "output_enabled")
+
+    frequency_hz: float
+    power_dbm: float
+    output_enabled: bool
+
+    def configure_cw(self, frequency_hz: float, power_dbm: float) -> None:
+        """Set frequency and power as one batch (both validated before either is sent)."""
+        self._apply([("frequency_hz", frequency_hz), ("power_dbm", power_dbm)])
+
+    def safe_state(self) -> None:
+        self.output_enabled = False
+
+
+# ====================================================================== current source
+class CurrentSource(Instrument):
+    """A DC current source driving the bias electromagnet.
+
+    Drivers declare ``current_setpoint_a``, ``compliance_voltage_v``, ``measured_current_a``,
+    ``measured_voltage_v`` and ``output_enabled`` (the latter two setters guarded by the
+    methods below). The magnet is only ever moved by :meth:`ramp_to`.
+    """
+
+    role_kind = "current_source"
+    station_limits = {
+        "current_a": LimitSpec("range", "current_a", required=True, doc="[min, max] current in A, containing 0"),
+        "compliance_v": LimitSpec("max", "compliance_v", required=True,
+                                  doc="compliance voltage in V, applied at connect and never exceeded"),
+        "ramp_rate_a_per_s": LimitSpec("positive", required=True, doc="ramp rate in A/s"),
+        "ramp_step_a": LimitSpec("positive", required=True, doc="largest single step in A"),
+    }
+    required_members = ("current_setpoint_a", "compliance_voltage_v", "measured_current_a",
+                        "measured_voltage_v", "output_enabled")
+    #: |current| below which the magnet counts as de-energised
+    zero_tolerance_a: float = 0.01
+    #: read-backs allowed for the coil to decay after a ramp to zero before refusing output off
+    settle_polls: int = 50
+
+    current_setpoint_a: float
+    compliance_voltage_v: float
+    measured_current_a: float
+    measured_voltage_v: float
+    output_enabled: bool
+
+    @classmethod
+    def _range_must_contain_zero(cls, key: str) -> bool:
+        return key == "current_a"
+
+    @property
+    def ramp_rate_a_per_s(self) -> float:
+        return self.parameters.get("ramp_rate_a_per_s", 0.1)
+
+    @property
+    def ramp_step_a(self) -> float:
+        return self.parameters.get("ramp_step_a", 0.01)
+
+    def apply_compliance(self) -> None:
+        """Apply the station's compliance voltage (its ``compliance_v``)."""
+        self.compliance_voltage_v = self.limits["compliance_v"][1]
+
+    # -- ramping
+    def ramp_steps(self, start_a: float, target_a: float) -> list[float]:
+        """Setpoints from ``start_a`` (exclusive) to ``target_a`` (inclusive), each step <= ramp_step_a."""
+        distance = target_a - start_a
+        count = max(1, math.ceil(abs(distance) / self.ramp_step_a - 1e-9)) if distance else 0
+        return [start_a + distance * k / count for k in range(1, count + 1)]
+
+    def ramp_to(self, target_a: float) -> None:
+        """Ramp the current from its read-back value to ``target_a`` at the station's rate.
+
+        Steps of at most ``ramp_step_a``; with ``pacing = "real"`` each step is followed by a
+        wait of step/rate (the one legitimate wait: a real magnet's L dI/dt). If the output is
+        off it is switched on at 0 A first (unless the target is 0). Interrupting a ramp leaves a
+        valid setpoint behind, so ``safe_state()`` can always ramp back to zero afterwards.
+        """
+        self.check_limit("current_a", target_a, name="target current_a")
+        target_a = float(target_a)
+        cls = type(self)
+        if not self.output_enabled:
+            # no current flows, so programming 0 A cannot jump the magnet
+            self.write(cls.current_setpoint_a.command(self, 0.0, guarded=False))
+            if target_a == 0.0:
+                self.synchronise()
+                self.check_errors("setting 0 A with the output off")
+                return
+            self._send_settings([Setting("output_enabled", True,
+                                         cls.output_enabled.command(self, True, guarded=False))])
+            start = 0.0
+        else:
+            start = self._read_back_current()
+        self._ramp(start, target_a)
+
+    def _ramp(self, start_a: float, target_a: float) -> None:
+        setpoint = type(self).current_setpoint_a
+        previous = start_a
+        for value in self.ramp_steps(start_a, target_a):
+            # a step closer to zero than the start only moves back inside the limits
+            inwards = abs(value) <= abs(start_a)
+            self.write(setpoint.command(self, value, guarded=False, check_limit=not inwards))
+            if self.pacing == "real":
+                self.wait(abs(value - previous) / self.ramp_rate_a_per_s)
+            previous = value
+        self.synchronise()
+        self.check_errors(f"ramping to {target_a:g} A")
+
+    def _read_back_current(self) -> float:
+        measured = self.measured_current_a
+        if math.isnan(measured):  # overflow / no reading: fall back to what was programmed
+            measured = self.current_setpoint_a
+        return float(measured)
+
+    # -- guards used by the drivers' controls
+    def _guard_setpoint_jump(self, value: float) -> None:
+        """Direct setpoint changes may move at most one ramp step from the measured current."""
+        present = self._read_back_current()
+        if abs(float(value) - present) > self.ramp_step_a * (1 + 1e-9):
+            raise LimitError(self.role, "current_setpoint_a", value,
+                             f"within {self.ramp_step_a:g} A of the present {present:g} A (use ramp_to)",
+                             f"station file {self.station_file}, [{self.role}.limits] ramp_step_a")
+
+    def _guard_output_change(self, enable: bool) -> None:
+        if enable:
+            programmed = self.current_setpoint_a
+            if abs(programmed) > self.zero_tolerance_a:
+                raise InstrumentError(
+                    f"{self.role}: refusing to switch the output on with a setpoint of {programmed:g} A "
+                    f"(the magnet would jump); set 0 A first or use ramp_to()")
+        else:
+            measured = self.measured_current_a
+            if not abs(measured) <= self.zero_tolerance_a:  # NaN refuses too
+                self._refuse_output_off(measured)
+
+    def _refuse_output_off(self, measured_a: float) -> None:
+        raise InstrumentError(
+            f"{self.role}: refusing to switch the output off while {measured_a:g} A flows through "
+            f"the magnet (tolerance {self.zero_tolerance_a:g} A); ramp_to(0) first")
+
+    def ramp_to_zero(self) -> None:
+        """First half of the safe state: bring the magnet to 0 A (output left as it is)."""
+        self.ramp_to(0.0)
+
+    def switch_output_off(self) -> None:
+        """Second half of the safe state: wait for the coil to decay, then output off (refused if it does not)."""
+        if not self.output_enabled:
+            return
+        for _ in range(self.settle_polls):
+            measured = self.measured_current_a
+            if abs(measured) <= self.zero_tolerance_a:
+                break
+            self.synchronise()  # lets an instrument with a modelled coil catch up
+            if self.pacing == "real":
+                self.wait(self.ramp_step_a / self.ramp_rate_a_per_s)
+        else:
+            self._refuse_output_off(measured)
+        cls = type(self)
+        self._send_settings([Setting("output_enabled", False, cls.output_enabled.command(self, False, guarded=False))])
+
+    def safe_state(self) -> None:
+        """Ramp to zero from the read-back, then switch the output off."""
+        self.ramp_to_zero()
+        self.switch_output_off()
+
+
+# ====================================================================== spectrum analyzer
+class SpectrumAnalyzer(Instrument):
+    """A swept spectrum analyzer read as binary float32 traces.
+
+    Drivers declare ``center_hz``, ``span_hz``, ``start_hz``, ``stop_hz``, ``rbw_hz``,
+    ``reference_level_dbm``, ``points``, ``sweep_time_s`` (read), ``continuous``, plus
+    ``trace_query``, ``trace_big_endian``, ``sweep_and_wait_command`` and ``peak()``.
+    """
+
+    role_kind = "spectrum_analyzer"
+    station_limits = {
+        "frequency_hz": LimitSpec("range", "frequency_hz", doc="[min, max] of centre/start/stop in Hz"),
+        "max_input_dbm": LimitSpec("max", "reference_level_dbm",
+                                   doc="largest input expected in dBm (bounds the reference level)"),
+    }
+    required_members = ("center_hz", "span_hz", "start_hz", "stop_hz", "rbw_hz", "reference_level_dbm",
+                        "points", "sweep_time_s", "continuous")
+    #: settings a station may apply in ``[spectrum_analyzer.settings]``
+    settings_keys = ("center_hz", "span_hz", "rbw_hz", "points", "reference_level_dbm")
+    #: extra seconds on top of the sweep time before a sweep counts as unanswered
+    sweep_timeout_margin_s: float = 2.0
+    #: sweeps per measurement (averaging is not switched on by these drivers)
+    averages: int = 1
+    trace_query: str = ""
+    trace_big_endian: bool = False
+    sweep_and_wait_command: str = "INIT:IMM;*OPC?"
+
+    center_hz: float
+    span_hz: float
+    start_hz: float
+    stop_hz: float
+    rbw_hz: float
+    reference_level_dbm: float
+    points: int
+    sweep_time_s: float
+    continuous: bool
+
+    def __init__(self, transport, **kwargs):
+        super().__init__(transport, **kwargs)
+        self._axis_hz: Optional[np.ndarray] = None
+        self._sweep_time_s: Optional[float] = None
+        self._continuous: Optional[bool] = None  # unknown until set
+
+    _AXIS_SETTINGS = frozenset({"center_hz", "span_hz", "start_hz", "stop_hz", "points"})
+    _TIMING_SETTINGS = frozenset({"center_hz", "span_hz", "start_hz", "stop_hz", "points", "rbw_hz"})
+
+    def _settings_changed(self, names: tuple[str, ...]) -> None:
+        if self._AXIS_SETTINGS.intersection(names):
+            self._axis_hz = None
+        if self._TIMING_SETTINGS.intersection(names):
+            self._sweep_time_s = None
+        if "continuous" in names:
+            self._continuous = None  # re-learnt on the next single sweep
+
+    def configure(self, center_hz: Optional[float] = None, span_hz: Optional[float] = None,
+                  rbw_hz: Optional[float] = None, points: Optional[int] = None,
+                  reference_level_dbm: Optional[float] = None) -> None:
+        """Set the given settings as one batch (all validated first), then drain the error queue."""
+        values = [(name, value) for name, value in (
+            ("center_hz", center_hz), ("span_hz", span_hz), ("rbw_hz", rbw_hz), ("points", points),
+            ("reference_level_dbm", reference_level_dbm)) if value is not None]
+        if center_hz is not None and span_hz is not None:
+            self.check_limit("frequency_hz", center_hz - span_hz / 2.0, name="start_hz (centre - span/2)")
+            self.check_limit("frequency_hz", center_hz + span_hz / 2.0, name="stop_hz (centre + span/2)")
+        if points is not None and (not _is_number(points) or int(points) != points):
+            raise LimitError(self.role, "points", points, "whole numbers", "the role's rules")
+        self._apply([(name, int(value) if name == "points" else value) for name, value in values])
+
+    # -- sweeping and reading
+    def frequencies_hz(self) -> np.ndarray:
+        """The frequency axis of the trace (read from the instrument once per configuration)."""
+        if self._axis_hz is None:
+            start, stop, points = self.start_hz, self.stop_hz, int(self.points)
+            self._axis_hz = np.linspace(start, stop, points)
+        return self._axis_hz
+
+    def _sweep_time_cached(self) -> float:
+        if self._sweep_time_s is None:
+            self._sweep_time_s = float(self.sweep_time_s)
+        return self._sweep_time_s
+
+    def _ensure_single_sweep_mode(self) -> None:
+        if self._continuous is not False:
+            self.continuous = False
+            self._continuous = False
+
+    def single_sweep(self) -> None:
+        """Take one sweep and return when it is complete (``*OPC?`` with a sweep-sized timeout)."""
+        self._ensure_single_sweep_mode()
+        needed_s = self._sweep_time_cached() * self.averages + self.sweep_timeout_margin_s
+        base_s = self.transport.timeout_s
+        if needed_s > base_s:
+            self.transport.timeout_s = needed_s
+        try:
+            reply = self.query(self.sweep_and_wait_command)
+        finally:
+            if needed_s > base_s:
+                self.transport.timeout_s = base_s
+        if reply.strip() not in ("1", "+1"):
+            raise InstrumentError(f"{self.role}: unexpected reply {reply!r} to {self.sweep_and_wait_command!r}")
+
+    def read_trace(self) -> tuple[np.ndarray, np.ndarray]:
+        """(frequencies in Hz, power in dBm as float32) of the last sweep, via a REAL,32 block."""
+        axis = self.frequencies_hz()
+        payload = self.query_block(self.trace_query)
+        trace = decode_real32(payload, self.trace_big_endian, len(axis), self.role)
+        return axis, trace
+
+    def measure(self) -> tuple[np.ndarray, np.ndarray]:
+        """One sweep and its trace: two round trips once configured."""
+        self.single_sweep()
+        return self.read_trace()
+
+    def peak(self) -> tuple[float, float]:
+        """(frequency in Hz, power in dBm) of the highest point of the last sweep (NaN if none)."""
+        raise NotImplementedError
+
+    def safe_state(self) -> None:
+        self.continuous = True
+        self._continuous = True
+
+
+def decode_real32(payload: bytes, big_endian: bool, points: int, role: str = "spectrum_analyzer") -> np.ndarray:
+    """Decode a REAL,32 trace payload and check it is plausible for a dBm trace.
+
+    A wrong byte order turns dBm values into denormals or huge numbers; refusing those catches
+    a format/byte-order mismatch instead of handing garbage to the trainer.
+    """
+    if len(payload) != 4 * points:
+        raise InstrumentError(f"{role}: trace block holds {len(payload)} bytes, expected {4 * points} "
+                              f"({points} float32 points)")
+    trace = np.frombuffer(payload, dtype=">f4" if big_endian else "<f4").astype(np.float32)
+    magnitude = np.abs(trace)
+    plausible = np.isfinite(trace) & (magnitude <= 1000.0) & ((trace == 0) | (magnitude >= 1e-6))
+    if not plausible.all():
+        bad = int(np.count_nonzero(~plausible))
+        raise InstrumentError(
+            f"{role}: {bad} of {points} trace values are not plausible dBm values "
+            f"(e.g. {trace[~plausible][0]!r}); byte order or data format mismatch?")
+    return trace

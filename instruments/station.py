@@ -1,0 +1,443 @@
+"""A station: the rig described by a TOML file (which driver, where, and the limits of this rig).
+
+Everything in the file is validated before any instrument is touched; errors name the file,
+the key and what is allowed. ``connect()`` opens each role, reads its identity, drains its old
+errors, applies the vendor set-up and the station settings. Leaving the ``with`` block always
+puts the rig in its safe state, step by step, even when a step fails::
+
+    with Station.load("instruments/stations/lab-example.toml") as station:
+        station.current_source.ramp_to(1.8)
+        station.signal_generator.configure_cw(2.05e9, -10.0)
+        freqs_hz, dbm = station.spectrum_analyzer.measure()
+
+Drivers are named as ``"module:Class"`` strings and imported here at load time, so this package
+never imports ``drivers`` itself.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Optional
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from .errors import InstrumentError, NoAnswerError, StationFileError, TransportTimeout
+from .roles import CurrentSource, Instrument, SignalGenerator, SpectrumAnalyzer, unit_of
+
+#: roles in the order they are connected (and, reversed where it matters, made safe)
+ROLES = ("signal_generator", "current_source", "spectrum_analyzer")
+ROLE_CLASSES: dict[str, type] = {
+    "signal_generator": SignalGenerator,
+    "current_source": CurrentSource,
+    "spectrum_analyzer": SpectrumAnalyzer,
+}
+#: the drivers shipped with labpgt, per role (any importable subclass of the role works too)
+KNOWN_DRIVERS = {
+    "signal_generator": ("drivers.keysight:MXG", "drivers.windfreak:SynthHD"),
+    "current_source": ("drivers.kepco:BOP", "drivers.keithley:Keithley2400"),
+    "spectrum_analyzer": ("drivers.keysight:XSeries", "drivers.rohde:FSV"),
+}
+STATION_KEYS = ("name", "pacing")
+PACINGS = ("virtual", "real")
+ROLE_KEYS = ("driver", "resource", "options", "limits")
+SA_ROLE_KEYS = ROLE_KEYS + ("settings",)
+
+RESOURCE_FORMS = (
+    "TCPIP[n]::host::port::SOCKET",
+    "TCPIP[n]::host[::device]::INSTR",
+    "GPIB[n]::address[::secondary]::INSTR",
+    "USB[n]::vendor::product::serial[::interface]::INSTR",
+    "ASRL<port>::INSTR",
+)
+_RESOURCE_PATTERNS = (
+    re.compile(r"^TCPIP\d*::[A-Za-z0-9_.\-]+::(?P<port>\d{1,5})::SOCKET$", re.IGNORECASE),
+    re.compile(r"^TCPIP\d*::[A-Za-z0-9_.\-]+(::[A-Za-z0-9_,.\-]+)?::INSTR$", re.IGNORECASE),
+    re.compile(r"^GPIB\d*::\d{1,2}(::\d{1,3})?::INSTR$", re.IGNORECASE),
+    re.compile(r"^USB\d*::[^:\s]+::[^:\s]+::[^:\s]+(::\d+)?::INSTR$", re.IGNORECASE),
+    re.compile(r"^ASRL[^:\s]+::INSTR$", re.IGNORECASE),
+)
+
+#: option name -> (check, what is allowed)
+_OPTION_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "timeout_s": (lambda v: _number(v) and 0 < float(v) <= 3600, "a number of seconds in (0, 3600]"),
+    "visa_library": (lambda v: isinstance(v, str) and bool(v.strip()), 'a VISA library name such as "@py"'),
+    "baud_rate": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
+}
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def resource_is_valid(resource: str) -> bool:
+    for pattern in _RESOURCE_PATTERNS:
+        match = pattern.match(resource)
+        if match:
+            port = match.groupdict().get("port")
+            return port is None or 0 < int(port) < 65536
+    return False
+
+
+def resolve_driver(name: str, role: str, source: str) -> type:
+    """``"drivers.keysight:MXG"`` -> the class, checked to implement ``role``."""
+    key = f"{role}.driver"
+    known = ", ".join(f'"{d}"' for d in KNOWN_DRIVERS[role])
+    if not isinstance(name, str) or name.count(":") != 1:
+        raise StationFileError(source, key, f'{name!r} is not of the form "module:Class"', known)
+    module_name, class_name = name.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise StationFileError(source, key, f"unknown driver module {module_name!r} ({exc})", known) from exc
+    cls = getattr(module, class_name, None)
+    if not isinstance(cls, type):
+        raise StationFileError(source, key, f"module {module_name!r} has no driver class {class_name!r}", known)
+    role_class = ROLE_CLASSES[role]
+    if not issubclass(cls, role_class):
+        raise StationFileError(source, key, f"{name} is not a {role_class.__name__} driver", known)
+    missing = [m for m in role_class.required_members if not hasattr(cls, m)]
+    if missing:
+        raise StationFileError(source, key, f"{name} does not implement {', '.join(missing)}", known)
+    return cls
+
+
+@dataclass
+class RoleConfig:
+    role: str
+    driver_name: str
+    driver: type
+    resource: str
+    options: dict
+    limits: dict
+    settings: dict = field(default_factory=dict)
+
+
+# ====================================================================== check report
+@dataclass
+class RoleCheck:
+    role: str
+    driver: str
+    resource: str
+    identity: str = ""
+    errors: list = field(default_factory=list)
+    safe: bool = False
+    state: dict = field(default_factory=dict)
+    problem: str = ""
+
+
+@dataclass
+class StationCheck:
+    name: str
+    source: str
+    roles: list
+
+    @property
+    def ok(self) -> bool:
+        return all(r.safe and not r.problem for r in self.roles)
+
+    def __str__(self) -> str:
+        lines = [f"station {self.name!r} ({self.source}): {'OK' if self.ok else 'PROBLEMS'}"]
+        for r in self.roles:
+            lines.append(f"  {r.role}: {r.driver} at {r.resource}")
+            lines.append(f"    identity: {r.identity or '?'}")
+            lines.append(f"    errors drained: {r.errors if r.errors else 'none'}")
+            state = ", ".join(f"{k}={v}" for k, v in r.state.items())
+            lines.append(f"    safe state read back: {'yes' if r.safe else 'NO'} ({state})")
+            if r.problem:
+                lines.append(f"    problem: {r.problem}")
+        return "\n".join(lines)
+
+
+# ====================================================================== the station
+class Station:
+    """A validated station file; ``connect()`` (or ``with``) opens the instruments."""
+
+    def __init__(self, config: Mapping, config_text: str, source: str, path: Optional[Path] = None, *,
+                 resources: Optional[Mapping[str, str]] = None, transports: Optional[Mapping[str, object]] = None,
+                 wait: Optional[Callable[[float], None]] = None):
+        self.config_text = config_text
+        self.source = source
+        self.path = path
+        self._transports = dict(transports or {})
+        self._wait = wait
+        self.instruments: dict[str, Instrument] = {}
+        self.identities: dict[str, str] = {}
+        self.connect_errors: dict[str, list[tuple[int, str]]] = {}
+        self.name, self.pacing, self.roles = self._validate(config, dict(resources or {}))
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, path, **kwargs) -> "Station":
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise StationFileError(str(path), "(file)", f"cannot be read: {exc}") from exc
+        return cls.from_text(text, str(path), _path=path, **kwargs)
+
+    @classmethod
+    def from_text(cls, text: str, source_name: str = "<station text>", *, _path: Optional[Path] = None,
+                  **kwargs) -> "Station":
+        try:
+            config = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise StationFileError(source_name, "(file)", f"is not valid TOML: {exc}") from exc
+        return cls(config, text, source_name, _path, **kwargs)
+
+    def _validate(self, config: Mapping, resources: dict):
+        source = self.source
+        allowed_top = ("station",) + ROLES
+        for key in config:
+            if key not in allowed_top:
+                raise StationFileError(source, key, "is not a known section", ", ".join(allowed_top))
+        for key in resources:
+            if key not in ROLES:
+                raise StationFileError(source, f"resources override {key!r}", "is not a role", ", ".join(ROLES))
+        station = config.get("station", {})
+        if not isinstance(station, dict):
+            raise StationFileError(source, "station", "must be a table", "[station] with name, pacing")
+        for key in station:
+            if key not in STATION_KEYS:
+                raise StationFileError(source, f"station.{key}", "is not a known key", ", ".join(STATION_KEYS))
+        name = station.get("name", Path(source).stem)
+        if not isinstance(name, str):
+            raise StationFileError(source, "station.name", f"must be a string, got {name!r}", "a string")
+        pacing = station.get("pacing", "virtual")
+        if pacing not in PACINGS:
+            raise StationFileError(source, "station.pacing", f"is {pacing!r}", " or ".join(f'"{p}"' for p in PACINGS))
+        roles = {}
+        for role in ROLES:
+            roles[role] = self._validate_role(role, config.get(role), resources.get(role))
+        return name, pacing, roles
+
+    def _validate_role(self, role: str, table, resource_override: Optional[str]) -> RoleConfig:
+        source = self.source
+        allowed = SA_ROLE_KEYS if role == "spectrum_analyzer" else ROLE_KEYS
+        if table is None:
+            raise StationFileError(source, role, "is missing: every station needs all three roles",
+                                   f"[{role}] with {', '.join(allowed)}")
+        if not isinstance(table, dict):
+            raise StationFileError(source, role, "must be a table", f"[{role}] with {', '.join(allowed)}")
+        for key in table:
+            if key not in allowed:
+                raise StationFileError(source, f"{role}.{key}", "is not a known key", ", ".join(allowed))
+        for key in ("driver", "resource"):
+            if key not in table and not (key == "resource" and resource_override):
+                raise StationFileError(source, f"{role}.{key}", "is missing", "driver and resource are required")
+        driver_cls = resolve_driver(table["driver"], role, source)
+        resource = resource_override or table["resource"]
+        key = f"{role}.resource" if not resource_override else f"{role}.resource (override)"
+        if not isinstance(resource, str) or not resource_is_valid(resource):
+            raise StationFileError(source, key, f"{resource!r} is not a VISA resource string",
+                                   "; ".join(RESOURCE_FORMS))
+        options = self._sub_table(table, role, "options")
+        for option, value in options.items():
+            if option not in driver_cls.transport_options:
+                raise StationFileError(source, f"{role}.options.{option}",
+                                       f"is not an option of {table['driver']}", ", ".join(driver_cls.transport_options))
+            check, what = _OPTION_RULES.get(option, (lambda v: True, "any value"))
+            if not check(value):
+                raise StationFileError(source, f"{role}.options.{option}", f"is {value!r}", what)
+        limits = self._sub_table(table, role, "limits")
+        for key_, problem, allowed_ in driver_cls.station_limit_problems(limits):
+            raise StationFileError(source, f"{role}.limits.{key_}", problem, allowed_)
+        settings = self._sub_table(table, role, "settings") if role == "spectrum_analyzer" else {}
+        self._validate_settings(role, driver_cls, limits, settings)
+        return RoleConfig(role, table["driver"], driver_cls, resource, options, limits, settings)
+
+    def _sub_table(self, table: dict, role: str, name: str) -> dict:
+        value = table.get(name, {})
+        if not isinstance(value, dict):
+            raise StationFileError(self.source, f"{role}.{name}", "must be a table", f"[{role}.{name}]")
+        return dict(value)
+
+    def _validate_settings(self, role: str, driver_cls: type, limits: dict, settings: dict) -> None:
+        keys = SpectrumAnalyzer.settings_keys
+        # limits this station allows, without an instrument: the driver's ranges narrowed by the file
+        probe = driver_cls.__new__(driver_cls)
+        Instrument.__init__(probe, None, role=role, limits=limits, station_file=self.source)
+        for key, value in settings.items():
+            if key not in keys:
+                raise StationFileError(self.source, f"{role}.settings.{key}", "is not a known setting", ", ".join(keys))
+            if not _number(value) or (key == "points" and not float(value).is_integer()):
+                raise StationFileError(self.source, f"{role}.settings.{key}", f"is {value!r}",
+                                       "a whole number" if key == "points" else f"a number in {unit_of(key)}")
+            quantity = getattr(driver_cls, key).limit
+            bounds = probe.limits.get(quantity) if quantity else None
+            if bounds and not bounds[0] <= float(value) <= bounds[1]:
+                raise StationFileError(self.source, f"{role}.settings.{key}", f"{value!r} is outside the limits",
+                                       f"[{bounds[0]:g}, {bounds[1]:g}] {unit_of(quantity)}")
+
+    @property
+    def limits(self) -> dict[str, dict]:
+        """The ``[<role>.limits]`` tables as written in the file."""
+        return {role: dict(cfg.limits) for role, cfg in self.roles.items()}
+
+    # ------------------------------------------------------------------ connecting
+    def connect(self) -> "Station":
+        if self.instruments:
+            return self
+        try:
+            for role in ROLES:
+                self._connect_role(self.roles[role])
+        except BaseException as failure:
+            # an instrument that does not answer is not asked again (each try would time out)
+            problems = self._shutdown(skip_failed=isinstance(failure, NoAnswerError))
+            if problems:
+                failure.add_note("while leaving the connected roles safe: " + "; ".join(problems))
+            raise
+        return self
+
+    def _connect_role(self, cfg: RoleConfig) -> None:
+        role = cfg.role
+        transport = self._transports.get(role)
+        if transport is None:
+            try:
+                transport = cfg.driver.open_transport(cfg.resource, cfg.options)
+            except TransportTimeout as exc:
+                raise NoAnswerError(role, cfg.resource, exc.seconds) from exc
+        kwargs = {"wait": self._wait} if self._wait is not None else {}
+        instrument = cfg.driver(transport, role=role, limits=cfg.limits, station_file=self.source,
+                                pacing=self.pacing, **kwargs)
+        self.instruments[role] = instrument
+        self._failed_role = role
+        identity = instrument.identify()
+        self.identities[role] = identity
+        model_ranges = cfg.driver.ranges_for_identity(identity)
+        if model_ranges != cfg.driver.instrument_ranges:
+            for key, problem, allowed in cfg.driver.station_limit_problems(cfg.limits, model_ranges):
+                raise StationFileError(self.source, f"{role}.limits.{key}", f"{problem} (model {identity!r})", allowed)
+            instrument._set_instrument_ranges(model_ranges, model=identity.split(",")[1].strip()
+                                              if "," in identity else identity)
+            instrument._apply_station_limits(cfg.limits)
+        self.connect_errors[role] = instrument.errors()  # left over from before we connected
+        instrument.initialize()
+        if isinstance(instrument, CurrentSource):
+            instrument.apply_compliance()
+        if isinstance(instrument, SpectrumAnalyzer) and cfg.settings:
+            instrument.configure(**{k: (int(v) if k == "points" else float(v)) for k, v in cfg.settings.items()})
+        self._failed_role = None
+
+    _failed_role: Optional[str] = None
+
+    def _get(self, role: str):
+        try:
+            return self.instruments[role]
+        except KeyError:
+            raise InstrumentError(f"station {self.name!r}: {role} is not connected (use connect() or 'with')") from None
+
+    @property
+    def signal_generator(self) -> SignalGenerator:
+        return self._get("signal_generator")
+
+    @property
+    def current_source(self) -> CurrentSource:
+        return self._get("current_source")
+
+    @property
+    def spectrum_analyzer(self) -> SpectrumAnalyzer:
+        return self._get("spectrum_analyzer")
+
+    # ------------------------------------------------------------------ safety
+    def make_safe(self, *, skip: tuple[str, ...] = ()) -> list[str]:
+        """RF off -> current ramped to zero -> current output off -> analyzer continuous.
+
+        Every step is attempted even if an earlier one failed; returns what failed.
+        """
+        steps = (
+            ("signal_generator", "RF off", lambda sg: sg.safe_state()),
+            ("current_source", "ramp to 0 A", lambda cs: cs.ramp_to_zero()),
+            ("current_source", "output off", lambda cs: cs.switch_output_off()),
+            ("spectrum_analyzer", "continuous sweep", lambda sa: sa.safe_state()),
+        )
+        problems = []
+        for role, what, step in steps:
+            instrument = self.instruments.get(role)
+            if instrument is None or role in skip:
+                continue
+            try:
+                step(instrument)
+            except Exception as exc:
+                problems.append(f"{role}: {what} failed: {exc}")
+        return problems
+
+    def _shutdown(self, skip_failed: bool = False) -> list[str]:
+        skip = (self._failed_role,) if skip_failed and self._failed_role else ()
+        problems = self.make_safe(skip=skip)
+        for role, instrument in list(self.instruments.items()):
+            try:
+                instrument.close()
+            except Exception as exc:
+                problems.append(f"{role}: close failed: {exc}")
+        self.instruments.clear()
+        return problems
+
+    def close(self) -> None:
+        """Leave the rig safe and close every transport; raises if any step failed."""
+        problems = self._shutdown()
+        if problems:
+            raise InstrumentError(f"station {self.name!r}: leaving the rig safe had problems: " + "; ".join(problems))
+
+    def __enter__(self) -> "Station":
+        return self.connect()
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        problems = self._shutdown()
+        if problems:
+            message = f"station {self.name!r}: leaving the rig safe had problems: " + "; ".join(problems)
+            if exc is not None:
+                exc.add_note(message)
+            else:
+                raise InstrumentError(message)
+        return False
+
+    # ------------------------------------------------------------------ check
+    def check(self) -> StationCheck:
+        """Identity and drained error queue of each role, then the safe state applied and read back."""
+        report = StationCheck(self.name, self.source, [])
+        by_role = {}
+        for role in ROLES:
+            cfg = self.roles[role]
+            entry = RoleCheck(role, cfg.driver_name, cfg.resource)
+            by_role[role] = entry
+            report.roles.append(entry)
+            instrument = self.instruments.get(role)
+            if instrument is None:
+                entry.problem = "not connected"
+                continue
+            try:
+                entry.identity = instrument.identify()
+                entry.errors = list(self.connect_errors.get(role, [])) + instrument.errors()
+            except Exception as exc:
+                entry.problem = str(exc)
+        for problem in self.make_safe():
+            role = problem.split(":", 1)[0]
+            if role in by_role:
+                by_role[role].problem = problem
+        for role, instrument in self.instruments.items():
+            entry = by_role[role]
+            try:
+                if isinstance(instrument, SignalGenerator):
+                    entry.state = {"rf_output": instrument.output_enabled}
+                    entry.safe = entry.state["rf_output"] is False
+                elif isinstance(instrument, CurrentSource):
+                    on = instrument.output_enabled
+                    measured = instrument.measured_current_a if on else 0.0
+                    entry.state = {"output": on, "measured_current_a": measured}
+                    entry.safe = not on
+                elif isinstance(instrument, SpectrumAnalyzer):
+                    entry.state = {"continuous": instrument.continuous}
+                    entry.safe = entry.state["continuous"] is True
+            except Exception as exc:
+                entry.problem = entry.problem or str(exc)
+        return report
+
+    def __repr__(self) -> str:
+        state = "connected" if self.instruments else "not connected"
+        return f"<Station {self.name!r} from {self.source}, {state}>"
