@@ -69,7 +69,7 @@ class control:
         return self.parse(instrument.query(self.get_command))
 
     def __set__(self, instrument, value) -> None:
-        instrument._send_settings([self.command(instrument, value)], changed=(self.name,))
+        instrument._apply([(self.name, value)])
 
     def command(self, instrument, value, *, guarded: bool = True, check_limit: bool = True) -> str:
         """Validate ``value`` (limits, guard) and return the command that sets it. Sends nothing.

@@ -253,7 +253,7 @@ class Instrument:
     def _transmit_settings(self, settings: Sequence[Setting]) -> None:
         raise NotImplementedError
 
-    def _send_settings(self, settings: Sequence[Setting], changed: Iterable[str] = ()) -> None:
+    def _send_settings(self, settings: Sequence[Setting]) -> None:
         """Send validated settings as one batch (the driver decides how), then forget caches."""
         try:
             self._transmit_settings(settings)
