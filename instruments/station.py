@@ -363,8 +363,8 @@ class Station:
                 continue
             try:
                 step(instrument)
-            except Exception as exc:
-                problems.append(f"{role}: {what} failed: {exc}")
+            except (Exception, KeyboardInterrupt) as exc:  # a second Ctrl-C must not skip the other steps
+                problems.append(f"{role}: {what} failed: {type(exc).__name__}: {exc}")
         return problems
 
     def _shutdown(self, skip_failed: bool = False) -> list[str]:
