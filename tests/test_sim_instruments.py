@@ -391,3 +391,17 @@ def test_faults_drop_reply_and_queue_error(rig):
     assert q(g, "*OPC?") == b"1\n"
     g.faults.queue_error(-310, "System error")
     assert err(g) == b'-310,"System error"\n'
+
+
+def test_realtime_instruments_really_take_their_time():
+    import time
+
+    rig = SimRig(seed=0, realtime=True, ring=StandInRing(seed=0))
+    g, sa = SimKeysightMXG(rig), SimKeysightXSA(rig)
+    t = time.perf_counter()
+    assert q(g, ":SOUR:FREQ 2.07e9;*OPC?") == b"1\n"
+    assert time.perf_counter() - t >= 0.0045
+    setup_sa(sa)  # 20 ms sweep
+    t = time.perf_counter()
+    assert q(sa, ":INIT;*OPC?") == b"1\n"
+    assert time.perf_counter() - t >= 0.019
