@@ -82,6 +82,29 @@ class ClipByNorm(Transformation):
         return {"name": "clip_by_norm", "max_norm": self.max_norm}
 
 
+class InverseTimeDecay(Transformation):
+    """Multiply the incoming update by 1 / (1 + k / decay_steps) at the k-th update (k from 0).
+
+    Put it after SGD/Adam in a Chain: the step size falls to half after decay_steps updates,
+    which settles the noisy late phase of a perturbative run.
+    """
+
+    def __init__(self, decay_steps: float):
+        if decay_steps <= 0:
+            raise ValueError(f"decay_steps must be > 0, got {decay_steps}")
+        self.decay_steps = float(decay_steps)
+
+    def init_state(self, params):
+        return {"count": np.array(0, dtype=np.int64)}
+
+    def transform(self, grad, state, params):
+        k = int(state["count"])
+        return grad / (1.0 + k / self.decay_steps), {"count": np.array(k + 1, dtype=np.int64)}
+
+    def config(self):
+        return {"name": "inverse_time_decay", "decay_steps": self.decay_steps}
+
+
 class Chain(Transformation):
     """Apply transformations in order; each one's output is the next one's input."""
 

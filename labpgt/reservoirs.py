@@ -99,8 +99,9 @@ class DirectRingReservoir:
     ):
         from sim.ring import Ring, RingParams  # the simulator is only needed for this reservoir
 
-        self.ring = Ring(ring_params if ring_params is not None else RingParams())
         self.seed = int(seed)
+        self.params = ring_params if ring_params is not None else RingParams()
+        self.ring = Ring(self.params, seed=self.seed)
         self.n_nodes = int(n_nodes)
         self.recorder = recorder
         # a virtual clock from the counter, so drift (if the ring has any) replays identically
@@ -126,12 +127,16 @@ class DirectRingReservoir:
         self.measurements = 0
 
     def _free_running_hz(self, current_a: float) -> float:
-        line = self.ring.free_running(self.ring.field_oe(current_a))
+        line = self.ring.free_running(self.field_oe(current_a))
         if line is None:
             raise ValueError(
                 f"the ring does not oscillate at {current_a} A: give encoding={{'reference_hz': ...}} explicitly"
             )
         return float(line[0])
+
+    def field_oe(self, current_a: float) -> float:
+        """Bias field (Oe) once the magnet has settled at current_a (the coil lag is not simulated here)."""
+        return self.params.coil_oe_per_a * current_a + self.params.remanence_oe
 
     def _traces(self, u: np.ndarray, current_a: float, rng) -> tuple[dict, np.ndarray]:
         settings = self.encoder.encode(u, current_a)
@@ -139,7 +144,7 @@ class DirectRingReservoir:
         drive_dbm = settings["drive_power_dbm"].ravel()
         t_s = self.measurements * self.seconds_per_measurement
         traces = self.ring.spectra(
-            self._freqs_hz, self.readout.rbw_hz, self.ring.field_oe(current_a), drive_hz, drive_dbm, rng, t_s
+            self._freqs_hz, self.readout.rbw_hz, self.field_oe(current_a), drive_hz, drive_dbm, rng, t_s
         )
         return settings, np.asarray(traces)
 

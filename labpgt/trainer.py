@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from .interfaces import NullRecorder
-from .optim import SGD, Adam, Transformation
+from .optim import SGD, Adam, Chain, InverseTimeDecay, Transformation
 
 
 class Trainer:
@@ -220,10 +220,12 @@ class Trainer:
 #: per estimator: its options, the optimizer and learning rate, the batch size (tuned on Iris
 #: through DirectRingReservoir at the default noise; scripts/bench_training.py measures them)
 DEFAULTS = {
-    "node": {"options": {"epsilon": 0.05}, "optimizer": "adam", "lr": 0.03, "batch_size": 16},
-    "oracle": {"options": {"fd_step": 0.01}, "optimizer": "adam", "lr": 0.03, "batch_size": 16},
-    "pgt": {"options": {"epsilon": 0.02, "n_directions": 1}, "optimizer": "adam", "lr": 0.01, "batch_size": 16},
-    "spsa": {"options": {}, "optimizer": "sgd", "lr": 1.0, "batch_size": 16},
+    "node": {"options": {"epsilon": 0.05}, "optimizer": "adam", "lr": 0.02, "decay_steps": 300, "batch_size": 16},
+    "oracle": {"options": {"fd_step": 0.05}, "optimizer": "adam", "lr": 0.02, "decay_steps": 300, "batch_size": 16},
+    "pgt": {"options": {"epsilon": 0.02, "n_directions": 1}, "optimizer": "adam", "lr": 0.01, "decay_steps": 300,
+            "batch_size": 16},
+    # SPSA brings its own gain sequence a_k: no decay, SGD(lr=1)
+    "spsa": {"options": {}, "optimizer": "sgd", "lr": 1.0, "decay_steps": None, "batch_size": 16},
 }
 MODEL_DEFAULTS = {"hidden_before": (8,), "hidden_after": (), "u_scale": 0.9, "current_scale_a": 1e-3}
 
@@ -245,5 +247,8 @@ def make_trainer(dataset, estimator_name: str, reservoir, *, seed: int = 0, budg
         current_a=current_a, seed=seed, **{**MODEL_DEFAULTS, **(model_options or {})},
     )
     optimizer = make_optimizer(d["optimizer"], lr=d["lr"] if lr is None else lr)
+    decay_steps = trainer_options.pop("decay_steps", d["decay_steps"])
+    if decay_steps:
+        optimizer = Chain(optimizer, InverseTimeDecay(decay_steps))
     return Trainer(model, reservoir, estimator, dataset, optimizer, seed=seed, budget=budget,
                    batch_size=batch_size or d["batch_size"], **trainer_options)

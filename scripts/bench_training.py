@@ -40,21 +40,23 @@ ESTIMATORS = ("oracle", "node", "spsa", "pgt")
 COST_PER_SAMPLE = {"oracle": 1, "node": 2, "spsa": 2, "pgt": 2}
 
 
-def make_reservoir(kind: str, seed: int, n_nodes: int, n_bands: int, noise_scale: float):
+def make_reservoir(kind: str, seed: int, n_nodes: int, n_bands: int, noise_scale: float, drift: bool = False):
     from labpgt.reservoirs import DirectRingReservoir, ToyReservoir
 
     if kind == "toy":
         return ToyReservoir(n_nodes=n_nodes, features_per_node=n_bands, noise_std=0.05 * noise_scale, seed=seed)
     from sim.ring import RingParams
 
-    return DirectRingReservoir(RingParams(noise_scale=noise_scale), seed=seed, n_nodes=n_nodes,
+    # drift is its own benchmark condition (--drift); the default condition is noise only
+    return DirectRingReservoir(RingParams(noise_scale=noise_scale, drift_enabled=drift), seed=seed, n_nodes=n_nodes,
                                readout={"n_bands": n_bands})
 
 
 def run_one(job: dict) -> dict:
     t0 = time.perf_counter()
     ds = load(job["dataset"])
-    reservoir = make_reservoir(job["reservoir"], job["seed"], job["n_nodes"], job["n_bands"], job["noise_scale"])
+    reservoir = make_reservoir(job["reservoir"], job["seed"], job["n_nodes"], job["n_bands"], job["noise_scale"],
+                               job["drift"])
     batch = job["batch_size"] or DEFAULTS[job["estimator"]]["batch_size"]
     step_cost = COST_PER_SAMPLE[job["estimator"]] * batch * job["n_nodes"]
     eval_every = max(1, round(job["eval_interval"] / step_cost))
@@ -137,12 +139,13 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=int, default=30_000, help="training measurements per run")
     ap.add_argument("--pgt-budget", type=int, default=None,
                     help="budget for pgt and spsa (default: the same as --budget)")
-    ap.add_argument("--report-budgets", type=int, nargs="+", default=[5_000, 10_000, 30_000])
+    ap.add_argument("--report-budgets", type=int, nargs="+", default=[3_000, 10_000, 30_000])
     ap.add_argument("--eval-interval", type=int, default=500, help="training measurements between evaluations")
     ap.add_argument("--reservoir", choices=["ring", "toy"], default="ring")
     ap.add_argument("--nodes", type=int, default=1, help="virtual nodes per sample")
     ap.add_argument("--bands", type=int, default=10, help="readout bands per node")
     ap.add_argument("--noise-scale", type=float, default=1.0)
+    ap.add_argument("--drift", action="store_true", help="let the ring drift on a 50 ms/measurement virtual clock")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", type=Path, default=ROOT / "scripts" / "results" / "bench_training.json")
@@ -155,7 +158,7 @@ def main(argv=None) -> int:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 jobs.append(dict(dataset=dataset, estimator=name, seed=seed, budget=budget,
                                  reservoir=args.reservoir, n_nodes=args.nodes, n_bands=args.bands,
-                                 noise_scale=args.noise_scale, batch_size=args.batch_size,
+                                 noise_scale=args.noise_scale, drift=args.drift, batch_size=args.batch_size,
                                  eval_interval=args.eval_interval))
     t0 = time.perf_counter()
     if args.workers > 1:

@@ -148,3 +148,36 @@ def test_resume_from_a_run_file_checkpoint(tmp_path):
     second.load_state_dict(state)
     second.run()
     np.testing.assert_array_equal(second.model.params(), full.model.params())
+
+
+def test_node_on_the_simulated_ring_learns_iris():
+    """A short node run through the simulated ring (DirectRingReservoir, default noise, no drift)."""
+    ring = pytest.importorskip("sim.ring")
+    from labpgt.reservoirs import DirectRingReservoir
+    from labpgt.trainer import make_trainer
+
+    res = DirectRingReservoir(ring.RingParams(drift_enabled=False), seed=0)
+    tr = make_trainer(load("iris"), "node", res, seed=0, budget=8000, eval_every=0, checkpoint_every=0)
+    assert tr.run() == "completed"
+    assert tr.train_measurements == 8000 and tr.step == 8000 // 32  # exactly 2 x batch 16 x 1 node per step
+    assert tr.evaluations[-1]["accuracy"] > 0.8
+
+
+def test_direct_ring_reservoir_counts_replays_and_rejects():
+    ring = pytest.importorskip("sim.ring")
+    from labpgt.reservoirs import DirectRingReservoir
+
+    res = DirectRingReservoir(ring.RingParams(drift_enabled=False), seed=3, n_nodes=2)
+    u = np.random.default_rng(0).uniform(-0.9, 0.9, (5, res.n_inputs))
+    a = res.measure(u, current_a=1.8, kind="train", step=0, sample_index=np.arange(5))
+    assert a.shape == (5, res.n_features) and res.measurements == 10
+    res.measurements = 0  # same counter, same noise: a replay is bit-identical
+    np.testing.assert_array_equal(res.measure(u, current_a=1.8, kind="train", step=0, sample_index=np.arange(5)), a)
+    b = res.measure(u, current_a=1.8, kind="train", step=0, sample_index=np.arange(5))
+    assert not np.array_equal(a, b)  # the next measurement has fresh noise
+    clean = res.noiseless(u, 1.8)
+    assert np.abs(clean - a).mean() < 0.2 and res.measurements == 20  # noiseless costs nothing
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        res.measure(u * 1.2, current_a=1.8, kind="train", step=0, sample_index=np.arange(5))
+    with pytest.raises(ValueError, match="current"):
+        res.measure(u, current_a=5.0, kind="train", step=0, sample_index=np.arange(5))
