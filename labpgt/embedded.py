@@ -10,13 +10,19 @@ from instruments.station import Station
 
 @contextlib.contextmanager
 def open_station(station_path: str | Path | None, *, seed: int = 0, flavour: str = "keysight",
-                 ring_params=None) -> Iterator[tuple[Station, object | None]]:
+                 ring_params=None, station_text: str | None = None) -> Iterator[tuple[Station, object | None]]:
     """Yield ``(station, sim_server)``; a connected station whose exit leaves the rig safe.
 
     With no station file the embedded simulated ring starts in-process: the same loopback
     servers as ``labpgt sim serve``, reached through the same drivers, so nothing but the
     station file differs from a bench run. ``sim_server`` is None for a station file.
+    ``station_text`` (a station recorded in a run file) takes the place of the file.
     """
+    if station_text is not None:
+        station = Station.from_text(station_text, source_name=f"{station_path or 'recorded station'}")
+        with station:
+            yield station, None
+        return
     if station_path is not None:
         station = Station.load(station_path)
         with station:

@@ -13,7 +13,7 @@ class Peak:
 
 
 def strongest_peaks(frequencies_hz: np.ndarray, power_dbm: np.ndarray, count: int = 5,
-                    min_prominence_db: float = 6.0) -> list[Peak]:
+                    min_prominence_db: float = 12.0) -> list[Peak]:
     """The ``count`` strongest local maxima that stand ``min_prominence_db`` above the trace median.
 
     The median is a robust estimate of the noise floor: a trace is mostly floor, lines are narrow.

@@ -31,6 +31,13 @@ class VirtualClock:
             return self._t0 + (time.monotonic() - self._wall0)
         return self._t
 
+    def set_time(self, t: float) -> None:
+        """Put a virtual clock at ``t`` (restoring a saved simulated world)."""
+        if self.realtime:
+            raise RuntimeError("a real-time clock follows the wall clock and cannot be set")
+        with self._lock:
+            self._t = float(t)
+
     def advance(self, dt: float, release=None) -> float:
         """Spend ``dt`` seconds; see :meth:`advance_to`."""
         return self.advance_to(self.now() + max(0.0, float(dt)), release)

@@ -165,6 +165,22 @@ class Ring:
         self._struct_cache.clear()
         self._grid_cache.clear()
 
+    # ------------------------------------------------------------------ world state
+    def get_state(self) -> dict:
+        """What changes as the ring is used: the sweep-noise stream and the coil's history.
+
+        JSON-able, so a checkpoint of a simulated run can hold it and a resumed run continue
+        with the very noise an uninterrupted one would have seen.
+        """
+        return {"rng": self._rng.bit_generator.state, "coil_t": list(self._coil_t),
+                "coil_seg": [list(seg) for seg in self._coil_seg], "current_a": self._current_a}
+
+    def set_state(self, state: dict) -> None:
+        self._rng.bit_generator.state = state["rng"]
+        self._coil_t = [float(t) for t in state["coil_t"]]
+        self._coil_seg = [tuple(float(v) for v in seg) for seg in state["coil_seg"]]
+        self._current_a = float(state["current_a"])
+
     # ------------------------------------------------------------------ the coil
     def set_current(self, t_s: float, current_a: float) -> None:
         """New current setpoint at virtual time t_s; the field follows with tau = coil_tau_s."""

@@ -300,6 +300,16 @@ class SimServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def world_state(self) -> dict:
+        """The simulated world's state (virtual time, ring noise stream, coil), JSON-able."""
+        with self.rig.lock:
+            return {"clock_s": self.rig.clock.now(), "ring": self.rig.ring.get_state()}
+
+    def load_world_state(self, state: dict) -> None:
+        with self.rig.lock:
+            self.rig.clock.set_time(state["clock_s"])
+            self.rig.ring.set_state(state["ring"])
+
     def station_toml(self) -> str:
         if not self.resources:
             raise RuntimeError("start the SimServer first")

@@ -1,0 +1,390 @@
+"""An experiment: its options (CLI flags or a TOML file, the same names), and running it.
+
+Precedence: built-in defaults < the ``--config`` file < flags given on the command line.
+The effective configuration is written to the run file verbatim as TOML, so ``--resume`` and
+``labpgt replay`` rebuild exactly the same trainer.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from labpgt import __version__
+
+
+class ConfigError(ValueError):
+    """An experiment option that is unknown or has a value that is not allowed."""
+
+
+@dataclass(frozen=True)
+class Option:
+    type: type
+    default: object
+    help: str
+    choices: tuple | None = None
+
+
+#: every experiment option; each is a CLI flag (--name with - for _) and a TOML key
+OPTIONS: dict[str, Option] = {
+    "station": Option(str, None, "station TOML (default: the embedded simulated ring)"),
+    "dataset": Option(str, "iris", "data set", ("iris", "digits")),
+    "estimator": Option(str, "node", "gradient estimator", ("node", "pgt", "spsa", "oracle")),
+    "budget": Option(int, 6000, "training measurements to spend"),
+    "seed": Option(int, 0, "seed of batches, perturbations and the embedded simulated ring"),
+    "out": Option(str, "runs", "run file, or a directory for a new timestamped run file"),
+    "batch_size": Option(int, None, "samples per step (default: the estimator's tuned value)"),
+    "lr": Option(float, None, "learning rate (default: the estimator's tuned value)"),
+    "epsilon": Option(float, None, "perturbation size (node: knobs, pgt: parameters)"),
+    "directions": Option(int, None, "pgt: perturbation directions per step"),
+    "one_sided": Option(bool, None, "pgt: one-sided differences"),
+    "distribution": Option(str, None, "pgt: perturbation distribution", ("gaussian", "rademacher")),
+    "scope": Option(str, None, "pgt: parameters perturbed", ("all", "upstream")),
+    "nodes": Option(int, 1, "virtual nodes (measurements) per sample"),
+    "bands": Option(int, 10, "readout bands across the analyzer span"),
+    "hidden": Option(int, 8, "width of the digital layer before the ring"),
+    "current_a": Option(float, 1.8, "initial bias current, A"),
+    "reference_hz": Option(float, None, "drive reference frequency, Hz (default: found by a probe sweep)"),
+    "eval_every": Option(int, 25, "steps between evaluations on the test split"),
+    "checkpoint_every": Option(int, 25, "steps between checkpoints"),
+    "noise_scale": Option(float, 1.0, "embedded simulated ring: noise multiplier"),
+    "progress": Option(bool, True, "show a progress bar"),
+}
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="experiment TOML; every option below can be set there")
+    parser.add_argument("--resume", metavar="RUN.h5", help="continue an interrupted run")
+    for name, opt in OPTIONS.items():
+        flag = "--" + name.replace("_", "-")
+        if opt.type is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=opt.help)
+        else:
+            parser.add_argument(flag, type=opt.type, default=None, choices=opt.choices,
+                                help=f"{opt.help} (default: {opt.default})")
+
+
+def _check_value(name: str, value, source: str):
+    opt = OPTIONS[name]
+    if value is None:
+        return None
+    if opt.type is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if opt.type is bool and not isinstance(value, bool) or (
+            opt.type is not bool and (isinstance(value, bool) or not isinstance(value, opt.type))):
+        raise ConfigError(f"{source}: option {name!r} must be {opt.type.__name__}, got {value!r}")
+    if opt.choices and value not in opt.choices:
+        raise ConfigError(f"{source}: option {name!r} = {value!r} is not allowed; allowed: {', '.join(opt.choices)}")
+    if opt.type in (int, float) and name not in ("seed", "current_a") and value <= 0:
+        raise ConfigError(f"{source}: option {name!r} must be positive, got {value!r}")
+    return value
+
+
+def parse_config_text(text: str, source: str) -> dict:
+    """Options from an experiment TOML (flat keys, the CLI's names with _)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    data = data.get("experiment", data) if set(data) == {"experiment"} else data
+    unknown = sorted(set(data) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown option(s) {', '.join(map(repr, unknown))}; "
+                          f"allowed: {', '.join(OPTIONS)}")
+    return {k: _check_value(k, v, source) for k, v in data.items()}
+
+
+def resolve(args: argparse.Namespace) -> dict:
+    """Defaults < config file < flags given."""
+    config = {name: opt.default for name, opt in OPTIONS.items()}
+    if getattr(args, "config", None):
+        path = Path(args.config)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read experiment file {path}: {exc.strerror}") from None
+        config.update(parse_config_text(text, str(path)))
+    for name in OPTIONS:
+        value = getattr(args, name, None)
+        if value is not None:
+            config[name] = _check_value(name, value, "command line")
+    return config
+
+
+def config_to_toml(config: dict) -> str:
+    lines = ["# labpgt experiment (effective configuration)"]
+    for name, value in config.items():
+        if value is None:
+            continue
+        lines.append(f"{name} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- building
+def estimator_options(config: dict) -> dict:
+    name = config["estimator"]
+    opts = {}
+    if config["epsilon"] is not None and name in ("node", "pgt"):
+        opts["epsilon"] = config["epsilon"]
+    if name == "pgt":
+        if config["directions"] is not None:
+            opts["n_directions"] = config["directions"]
+        if config["one_sided"] is not None:
+            opts["two_sided"] = not config["one_sided"]
+        if config["distribution"] is not None:
+            opts["distribution"] = config["distribution"]
+        if config["scope"] is not None:
+            opts["scope"] = config["scope"]
+    return opts
+
+
+def build_trainer(config: dict, reservoir, recorder=None, progress=None):
+    from labpgt.datasets import load
+    from labpgt.trainer import make_trainer
+
+    dataset = load(config["dataset"])
+    return make_trainer(
+        dataset, config["estimator"], reservoir, seed=config["seed"], budget=config["budget"],
+        batch_size=config["batch_size"], lr=config["lr"], estimator_options=estimator_options(config),
+        model_options={"hidden_before": (config["hidden"],)}, current_a=config["current_a"],
+        eval_every=config["eval_every"], checkpoint_every=config["checkpoint_every"],
+        recorder=recorder, progress=progress,
+    )
+
+
+# --------------------------------------------------------------------------- running
+def find_reference_hz(station, current_a: float, span_hz: float = 200e6, center_hz: float = 2.07e9) -> tuple[float, np.ndarray, np.ndarray]:
+    """Probe sweep with RF off: the free-running line of the ring at ``current_a``.
+
+    Returns (line frequency Hz, frequency axis, trace) so the probe can be recorded.
+    """
+    from labpgt.spectra import strongest_peaks
+
+    sa = station.spectrum_analyzer
+    station.signal_generator.output_enabled = False
+    station.current_source.ramp_to(current_a)
+    points, rbw = sa.points, sa.rbw_hz
+    sa.configure(center_hz=center_hz, span_hz=span_hz, rbw_hz=max(rbw, span_hz / 2000), points=1001,
+                 reference_level_dbm=sa.reference_level_dbm)
+    freqs, trace = sa.measure()
+    peaks = strongest_peaks(freqs, trace, count=1, min_prominence_db=15.0)
+    if not peaks:
+        raise RuntimeError(
+            f"no free-running line found within {center_hz / 1e9:.3f} GHz ± {span_hz / 2e6:.0f} MHz at "
+            f"{current_a} A: the ring is below threshold or elsewhere; set reference_hz explicitly")
+    sa.configure(center_hz=peaks[0].frequency_hz, span_hz=sa.span_hz, rbw_hz=rbw, points=points,
+                 reference_level_dbm=sa.reference_level_dbm)
+    return peaks[0].frequency_hz, freqs, trace
+
+
+class _StopOnSignal:
+    """First Ctrl-C / SIGTERM: finish the step in flight, checkpoint, mark aborted.
+    A second one: stop at once (the station still leaves the rig safe on the way out)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.previous = {}
+
+    def _handle(self, signum, frame):
+        if self.trainer.stop_requested:
+            raise KeyboardInterrupt
+        self.trainer.stop_requested = True
+        print(f"\nsignal {signum}: finishing the step in flight, then checkpoint and stop "
+              f"(again to stop at once)", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _progress_bar(config: dict, start: int):
+    if not config["progress"]:
+        return None, None
+    from tqdm import tqdm
+
+    bar = tqdm(total=config["budget"], initial=start, unit="meas", dynamic_ncols=True,
+               desc=f"{config['estimator']} on {config['dataset']}")
+    state = {"last": start}
+
+    def progress(record):
+        if record["kind"] == "step":
+            bar.update(record["measurements"] - state["last"])
+            state["last"] = record["measurements"]
+            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.2f}", refresh=False)
+        else:
+            bar.write(f"step {record['step']:5d}  measurements {record['measurements']:7d}  "
+                      f"test loss {record['test_loss']:.3f}  test accuracy {record['test_accuracy']:.3f}")
+    return bar, progress
+
+
+def _new_run_path(out: str, config: dict) -> Path:
+    path = Path(out)
+    if path.suffix in (".h5", ".hdf5"):
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return path / f"{stamp}-{config['dataset']}-{config['estimator']}-s{config['seed']}.h5"
+
+
+def _ring_params(config: dict):
+    from sim.ring import RingParams
+
+    return RingParams(noise_scale=config["noise_scale"])
+
+
+def run_training(args, argv=None) -> int:
+    from labpgt.embedded import open_station
+    from labpgt.encoding import BandReadout, KnobEncoder
+    from labpgt.physical import StationReservoir
+    from labpgt.runfile import RunFile, RunReader
+
+    resume_state = None
+    if args.resume:
+        reader = RunReader(args.resume)
+        status = reader.status
+        if status == "completed":
+            raise ConfigError(f"{args.resume}: this run is already completed; nothing was changed "
+                              f"(start a new run instead of --resume)")
+        config = {name: opt.default for name, opt in OPTIONS.items()}
+        config.update(parse_config_text(reader.metadata["experiment_toml"], f"{args.resume} (experiment)"))
+        resume_state = reader.last_checkpoint()
+        layout = json.loads(reader.metadata["physical_layer"])
+        station_text = reader.metadata["station_toml"]
+        embedded = reader.metadata.get("embedded_simulator", False)
+        reader.close()
+        run_path = Path(args.resume)
+    else:
+        config = resolve(args)
+        layout = None
+        run_path = _new_run_path(config["out"], config)
+        embedded = config["station"] is None
+
+    station_arg = None if embedded else config["station"]
+    recorded_station = station_text if (args.resume and not embedded) else None
+    ring_params = _ring_params(config) if embedded else None
+    with open_station(station_arg, seed=config["seed"], ring_params=ring_params,
+                      station_text=recorded_station) as (station, sim):
+        if layout is None:
+            current = config["current_a"]
+            probe = None
+            if config["reference_hz"] is None:
+                reference_hz, probe_freqs, probe_trace = find_reference_hz(station, current)
+            else:
+                reference_hz = config["reference_hz"]
+            sa = station.spectrum_analyzer
+            cmin, cmax = station.current_source.limits.get("current_a", (0.0, 3.0)) if hasattr(
+                station.current_source, "limits") else (0.0, 3.0)
+            encoder = KnobEncoder(n_nodes=config["nodes"], reference_hz=reference_hz,
+                                  current_min_a=float(cmin), current_max_a=float(cmax))
+            readout = BandReadout(center_hz=reference_hz, span_hz=sa.span_hz, points=sa.points,
+                                  rbw_hz=sa.rbw_hz, n_bands=config["bands"])
+            layout = {"encoder": encoder.to_dict(), "readout": readout.to_dict()}
+        else:
+            encoder = KnobEncoder(**layout["encoder"])
+            readout = BandReadout(**layout["readout"])
+            probe = None
+        reservoir = StationReservoir(station, encoder, readout, simulated=embedded)
+        if embedded:
+            reservoir.noiseless = _noiseless_twin(config, encoder, readout)
+        trainer = build_trainer(config, reservoir)
+        if resume_state is not None:
+            trainer.load_state_dict(resume_state)
+            if sim is not None:
+                # bring the fresh simulator's magnet to the checkpointed current, then rewind
+                # its world to the checkpoint (clock, noise stream, coil history)
+                reservoir.set_current(trainer.model.current_a())
+                _restore_world(sim, resume_state)
+            run = RunFile.open_append(run_path)
+        else:
+            run = RunFile.create(
+                run_path, n_params=trainer.model.params().size,
+                param_names=None, features_per_measurement=readout.n_bands, trace_points=readout.points,
+                optimizer_state_shapes={k: np.shape(v) for k, v in trainer.opt_state.items()},
+                metadata={
+                    "station_toml": station.config_text,
+                    "experiment_toml": config_to_toml(config),
+                    "identities": dict(station.identities),
+                    "package_version": __version__,
+                    "command_line": shlex.join(argv or sys.argv),
+                    "seed": config["seed"],
+                    "physical_layer": json.dumps(layout),
+                    "embedded_simulator": embedded,
+                })
+        with run:
+            reservoir.recorder = run
+            trainer.recorder = _WorldRecorder(run, sim) if sim is not None else run
+            bar, trainer.progress = _progress_bar(config, trainer.train_measurements)
+            with _StopOnSignal(trainer):
+                try:
+                    status = trainer.run()
+                finally:
+                    if bar is not None:
+                        bar.close()
+            run.set_status("completed" if status == "completed" else ("aborted" if status == "aborted" else "failed"),
+                           message=status)
+    final = trainer.evaluations[-1] if trainer.evaluations else None
+    print(f"run {status}: {trainer.train_measurements} training measurements, {trainer.step} steps"
+          + (f", test accuracy {final['test_accuracy']:.3f}" if final else ""))
+    print(f"run file: {run_path}")
+    if status == "aborted":
+        print(f"continue with: labpgt train --resume {run_path}")
+    return 0 if status == "completed" else (130 if status == "aborted" else 1)
+
+
+def _noiseless_twin(config: dict, encoder, readout):
+    """The oracle's model: the embedded ring's physics, noise off (simulated stations only)."""
+    from labpgt.reservoirs import DirectRingReservoir
+
+    twin = DirectRingReservoir(_ring_params(config), seed=config["seed"], n_nodes=encoder.n_nodes,
+                               encoding=encoder, readout=readout, current_a=config["current_a"])
+    return twin.noiseless
+
+
+class _WorldRecorder:
+    """Adds the embedded simulator's state (clock, noise stream, coil) to every checkpoint.
+
+    A real rig cannot be rewound, but the simulated world can: with it, ``--resume`` of an
+    embedded run continues with exactly the noise an uninterrupted run would have seen.
+    """
+
+    def __init__(self, run, sim):
+        self.run, self.sim = run, sim
+
+    def measurement(self, record):
+        self.run.measurement(record)
+
+    def step(self, record):
+        self.run.step(record)
+
+    def evaluation(self, record):
+        self.run.evaluation(record)
+
+    def checkpoint(self, state):
+        extra = json.loads(state["extra"])
+        extra["sim_world"] = self.sim.world_state()
+        self.run.checkpoint({**state, "extra": json.dumps(extra)})
+
+
+def _restore_world(sim, state) -> None:
+    world = json.loads(state["extra"]).get("sim_world")
+    if world is None:
+        raise ConfigError("the checkpoint holds no simulator state; cannot resume an embedded run bit for bit")
+    sim.load_world_state(world)
