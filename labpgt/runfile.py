@@ -7,8 +7,8 @@ Layout (format_version 1)::
     /meta/                  scalar UTF-8 string datasets written once, before SWMR:
                             station_toml, experiment_toml, identities_json, package_version,
                             command_line, seed_json, metadata_json (the whole metadata dict)
-    /committed              int64 [5]: rows of measurements, steps, evaluations, checkpoints,
-                            status that are complete on disk. Written after the data and a
+    /committed              int64 [6]: rows of measurements, steps, evaluations, checkpoints,
+                            status, resumes that are complete on disk. Written after the data and a
                             flush, so rows below these counts are never half written.
     /measurements/          one row per measurement (sample x virtual node):
                             time_s, step, kind (enum train/probe/eval), sample_index, node,
@@ -17,8 +17,11 @@ Layout (format_version 1)::
                             trace_dbm [N, trace_points] float32, features [N, F] float64
     /steps/                 step, loss, accuracy, grad_norm, measurements, time_s, current_a
     /evaluations/           step, measurements, test_loss, test_accuracy, time_s
-    /checkpoints/           step, measurements, time_s, params [N, n_params],
+    /checkpoints/           step, measurements, time_s, measurement_rows, step_rows,
+                            evaluation_rows, params [N, n_params],
                             optimizer/<name> [N, *shape], rng_state_* and extra_* (text columns)
+    /resumes/               one row per --resume: the checkpoint continued from and the row ranges
+                            of measurements/steps/evaluations recorded after it (abandoned)
     /status/                the status log (the current status is the last committed row):
                             time_s, code (enum running/completed/failed/aborted), pid, message_*,
                             host_*
@@ -54,7 +57,7 @@ KINDS = ("train", "probe", "eval")
 STATUSES = ("running", "completed", "failed", "aborted")
 FLAG_BITS = {1: "overload", 2: "unlocked", 4: "repeated", 8: "fault", 16: "simulated"}
 BLOCK_ROWS = 64  # rows buffered before a block write (performance.md: ~6x cheaper than single rows)
-TABLES = ("measurements", "steps", "evaluations", "checkpoints", "status")
+TABLES = ("measurements", "steps", "evaluations", "checkpoints", "status", "resumes")
 
 KIND_DTYPE = h5py.enum_dtype({k: i for i, k in enumerate(KINDS)}, basetype="i1")
 STATUS_DTYPE = h5py.enum_dtype({k: i for i, k in enumerate(STATUSES)}, basetype="i1")
@@ -95,6 +98,19 @@ _CKPT_SCALARS = (
     ("step", "i8", "1", "steps completed when the checkpoint was taken"),
     ("measurements", "i8", "1", "measurements spent so far (cumulative)"),
     ("time_s", "f8", "s", "unix time of the checkpoint"),
+    ("measurement_rows", "i8", "1", "rows in /measurements when the checkpoint was written"),
+    ("step_rows", "i8", "1", "rows in /steps when the checkpoint was written"),
+    ("evaluation_rows", "i8", "1", "rows in /evaluations when the checkpoint was written"),
+)
+_RESUME_COLUMNS = (
+    ("time_s", "f8", "s", "unix time of the resume"),
+    ("checkpoint", "i8", "1", "checkpoint row the run continued from, -1 = from the start"),
+    ("measurements_start", "i8", "1", "first /measurements row abandoned (recorded after that checkpoint)"),
+    ("measurements_stop", "i8", "1", "end of the abandoned /measurements rows"),
+    ("steps_start", "i8", "1", "first /steps row abandoned"),
+    ("steps_stop", "i8", "1", "end of the abandoned /steps rows"),
+    ("evaluations_start", "i8", "1", "first /evaluations row abandoned"),
+    ("evaluations_stop", "i8", "1", "end of the abandoned /evaluations rows"),
 )
 _STATUS_COLUMNS = (
     ("time_s", "f8", "s", "unix time of the status change"),
@@ -344,6 +360,9 @@ class RunFile:
                 _new_column(st, *col, chunk_rows=64)
             _new_text_column(st, "message", "status message")
             _new_text_column(st, "host", "host name of the writer")
+            rs = f.create_group("resumes")
+            for col in _RESUME_COLUMNS:
+                _new_column(rs, *col, chunk_rows=16)
 
             f.swmr_mode = True  # from here on: no new objects, no attribute changes
         except BaseException:
@@ -384,6 +403,16 @@ class RunFile:
             f.close()
             raise
         rf = cls(f, path)
+        # the caller continues from the last checkpoint: rows recorded after it are abandoned
+        # (kept, but skipped by replay and by RunReader.effective_rows)
+        k = committed[3]
+        ck = f["checkpoints"]
+        start = [int(ck[c][k - 1]) if k else 0 for c in ("measurement_rows", "step_rows", "evaluation_rows")]
+        stop = committed[:3]
+        rf._append_row("resumes", _RESUME_COLUMNS, {
+            "time_s": time.time(), "checkpoint": k - 1,
+            "measurements_start": start[0], "measurements_stop": stop[0], "steps_start": start[1],
+            "steps_stop": stop[1], "evaluations_start": start[2], "evaluations_stop": stop[2]})
         rf.set_status("running", message)
         return rf
 
@@ -529,7 +558,9 @@ class RunFile:
         _append(g["params"], params[None])
         self._append_text(g, "rng_state", state.get("rng_state") or "")
         self._append_text(g, "extra", state.get("extra") or "")
-        self._append_row("checkpoints", _CKPT_SCALARS, {"time_s": time.time(), **state})
+        self._append_row("checkpoints", _CKPT_SCALARS, {
+            "time_s": time.time(), **state, "measurement_rows": self._n_rows["measurements"],
+            "step_rows": self._n_rows["steps"], "evaluation_rows": self._n_rows["evaluations"]})
         self.flush()
 
     def set_status(self, status: str, message: str = "") -> None:
@@ -614,7 +645,7 @@ class RunFile:
 
 def _first_column(table):
     return {"measurements": "time_s", "steps": "step", "evaluations": "step",
-            "checkpoints": "step", "status": "code"}[table]
+            "checkpoints": "step", "status": "code", "resumes": "checkpoint"}[table]
 
 
 def _truncate_group(g, n):
@@ -774,8 +805,13 @@ class RunReader:
             if isinstance(obj, h5py.Dataset):
                 obj.refresh()
         if self._f.swmr_mode:
+            # the counts first, then the data: rows below the counts were flushed before them
+            committed = self._f["committed"]
+            committed.refresh()
+            self._committed = [int(x) for x in committed[:]]
             self._f.visititems(visit)
-        self._committed = [int(x) for x in self._f["committed"][:]]
+        else:
+            self._committed = [int(x) for x in self._f["committed"][:]]
 
     # -- tables ---------------------------------------------------------------------------
 
@@ -799,6 +835,20 @@ class RunReader:
         off, length = int(g[f"{name}_offset"][i]), int(g[f"{name}_length"][i])
         return g[f"{name}_utf8"][off:off + length].tobytes().decode("utf-8")
 
+    def resumes(self) -> dict:
+        return self._table("resumes", _RESUME_COLUMNS)
+
+    def effective_rows(self, table: str = "measurements") -> np.ndarray:
+        """Row indices of ``table`` (measurements, steps, evaluations) on the run's path: rows
+        recorded after the checkpoint a resume continued from, and before that resume, are
+        left out (the resumed run did those steps again)."""
+        n = self._committed[TABLES.index(table)]
+        keep = np.ones(n, dtype=bool)
+        r = self.resumes()
+        for a, b in zip(r[f"{table}_start"], r[f"{table}_stop"]):
+            keep[a:b] = False
+        return np.flatnonzero(keep)
+
     @property
     def n_checkpoints(self) -> int:
         return self._committed[3]
@@ -811,6 +861,7 @@ class RunReader:
         g = self._f["checkpoints"]
         return {
             "step": int(g["step"][i]), "measurements": int(g["measurements"][i]), "time_s": float(g["time_s"][i]),
+            "measurement_rows": int(g["measurement_rows"][i]),
             "params": g["params"][i],
             "optimizer": {name: ds[i] for name, ds in g["optimizer"].items()},
             "rng_state": self._text("checkpoints", "rng_state", i),

@@ -250,6 +250,9 @@ WRITER_SCRIPT = textwrap.dedent("""
         for _ in range(50):
             rf.measurement(row(n, step=s)); n += 1
         rf.step(step_rec(s, n))
+        if s == 2:
+            rf.checkpoint({"step": 3, "measurements": n, "params": [0.5] * 5,
+                           "optimizer": {"m": [0.0] * 5, "v": [0.0] * 5, "t": 3.0}, "rng_state": "{}", "extra": "{}"})
         print("step", s, n, flush=True)
     for _ in range(150):  # the step in progress: two blocks written, not flushed, 22 buffered
         rf.measurement(row(n, step=6)); n += 1
@@ -314,6 +317,14 @@ def test_resume_after_kill_drops_in_flight_rows_and_appends(tmp_path):
         assert [h["status"] for h in r.status_history()] == ["running", "running", "completed"]
         assert r.status_history()[1]["message"] == "resumed by test"
         assert list(r.steps()["step"]) == list(range(7))
+        # the resumed trainer continued from the checkpoint after step 2 (150 measurements):
+        # what was recorded after it and before the resume is abandoned
+        res = r.resumes()
+        assert list(res["checkpoint"]) == [0]
+        assert (res["measurements_start"][0], res["measurements_stop"][0]) == (150, 300)
+        assert (res["steps_start"][0], res["steps_stop"][0]) == (3, 6)
+        assert list(r.effective_rows("measurements")) == list(range(150)) + list(range(300, 320))
+        assert list(r.effective_rows("steps")) == [0, 1, 2, 6]
 
 
 def test_open_append_on_completed_run_refuses_and_changes_nothing(tmp_path):
