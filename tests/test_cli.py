@@ -1,0 +1,132 @@
+"""The command line end to end, on the embedded simulated ring and on `labpgt sim serve`."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from labpgt.cli import main
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    proc = subprocess.run([sys.executable, "-m", "labpgt.cli", *args], capture_output=True, text=True, timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_measure_prints_the_ring_line_locked_to_the_drive(capsys, tmp_path):
+    png = tmp_path / "trace.png"
+    assert main(["measure", "--frequency", "2.07e9", "--power", "-10", "--current", "1.8", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    peaks = re.findall(r"peak (\d): (\d\.\d+) GHz\s+(-?\d+\.\d+) dBm", out)
+    assert peaks, out
+    rank, freq_ghz, power_dbm = peaks[0]
+    # at -10 dBm the drive sits well inside the ring's locking range: one strong line at the drive
+    assert abs(float(freq_ghz) - 2.07) < 1e-4
+    assert -30.0 < float(power_dbm) < 0.0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_measure_rejects_a_current_beyond_the_station_limit(capsys):
+    assert main(["measure", "--current", "7.5"]) == 2
+    err = capsys.readouterr().err
+    assert "current" in err and "7.5" in err and "2.5" in err
+
+
+def test_check_on_the_embedded_station_reports_identities_and_safe_state(capsys):
+    assert main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert "N5183B" in out and "BOP" in out and "N9020A" in out
+    assert "safe" in out.lower()
+
+
+def test_bad_station_file_names_file_and_key(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[station]\nname = "x"\n[signal_generator]\ndriver = "drivers.nowhere:Nothing"\n'
+                   'resource = "TCPIP::127.0.0.1::5025::SOCKET"\n')
+    assert main(["check", "--station", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "driver" in err
+
+
+def test_sim_serve_then_check_from_another_process(tmp_path):
+    station = tmp_path / "station.toml"
+    serve = subprocess.Popen([sys.executable, "-m", "labpgt.cli", "sim", "serve", "--seed", "3",
+                              "--station-out", str(station)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in serve.stdout:  # the server announces the station file once its ports are open
+            lines.append(line)
+            if "station file written to" in line:
+                break
+        assert station.exists(), "".join(lines)
+        code, out, err = run_cli("check", "--station", str(station))
+        assert code == 0, err
+        assert "N5183B" in out and "safe" in out.lower()
+    finally:
+        serve.send_signal(signal.SIGINT)
+        serve.wait(timeout=30)
+    assert serve.returncode == 0
+
+
+def _final_params(path: Path) -> np.ndarray:
+    with h5py.File(path, "r") as f:
+        return f["checkpoints/params"][-1]
+
+
+def test_train_then_inspect_and_resume_of_a_completed_run_changes_nothing(tmp_path):
+    run = tmp_path / "run.h5"
+    code, out, err = run_cli("train", "--budget", "320", "--out", str(run), "--no-progress", "--eval-every", "5")
+    assert code == 0, err
+    assert "test accuracy" in out and run.exists()
+    code, out, err = run_cli("inspect", str(run))
+    assert code == 0, err
+    assert "completed" in out
+    before = run.read_bytes()
+    code, out, err = run_cli("train", "--resume", str(run))
+    assert code == 2 and "completed" in err
+    assert run.read_bytes() == before
+
+
+def test_interrupted_run_resumes_to_the_same_final_parameters(tmp_path):
+    budget = "640"
+    straight = tmp_path / "straight.h5"
+    code, _, err = run_cli("train", "--budget", budget, "--seed", "5", "--out", str(straight), "--no-progress",
+                           "--eval-every", "4", "--checkpoint-every", "3")
+    assert code == 0, err
+
+    broken = tmp_path / "broken.h5"
+    proc = subprocess.Popen([sys.executable, "-m", "labpgt.cli", "train", "--budget", budget, "--seed", "5",
+                             "--out", str(broken), "--no-progress", "--eval-every", "4", "--checkpoint-every", "3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # stop it somewhere in the middle: wherever it stops, the resumed run must end identically
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with h5py.File(broken, "r", swmr=True, libver="latest") as f:
+                if len(f["steps/step"]) >= 6:
+                    break
+        except (OSError, KeyError):
+            pass
+        time.sleep(0.05)  # polling a file from outside, not synchronising instruments
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before it could be interrupted")
+    assert proc.returncode == 130, err
+    from labpgt.runfile import RunReader
+
+    with RunReader(broken) as reader:
+        assert reader.status == "aborted"
+
+    code, out, err = run_cli("train", "--resume", str(broken), "--no-progress")
+    assert code == 0, err
+    assert np.array_equal(_final_params(straight), _final_params(broken))
+    assert _final_params(straight).tobytes() == _final_params(broken).tobytes()
