@@ -1,0 +1,557 @@
+"""A small numpy transformer with one reservoir layer inside, trained through a black box.
+
+The architecture of the PGT paper's second demonstration (arXiv 2506.04523), built small::
+
+    x [B, T*F] -> tokens [B, T, F]
+    E  = tokens @ W_embed + b_embed + P                     token + learned positional embedding, [B, T, D]
+    h1 = E + MultiHeadSelfAttention(E)                       residual
+    h2 = h1 + MLP(h1)                                        residual, MLP D -> d_mlp -> D
+    u  = u_scale * tanh(h2 @ W_knob + b_knob)                per token, [B, T, k] -> [B, T*k]   ("before")
+    features = reservoir(u, current_a)                       measured, [B, T*M]                ("physical")
+    p  = tanh(features_t @ W_proj + b_proj)                  per token, [B, T, d_after]         ("readout")
+    logits = mean_t(p) @ W_head + b_head                     classes (softmax CE) or 1 (squared error)
+
+The tokens are the reservoir's virtual nodes: a sample with T tokens and k knobs per token is
+one u row of T*k knobs and T measurements. Parameter groups follow :mod:`labpgt.model`
+(``before``, ``physical`` = the bias current, ``readout``), and :class:`TransformerModel`
+exposes exactly the interface :class:`~labpgt.model.HybridModel` exposes, so the estimators
+``pgt``, ``spsa``, ``node``, ``oracle`` and the :class:`~labpgt.trainer.Trainer` run unchanged.
+
+Every layer has an exact manual backward pass (tests check each against finite differences).
+The reservoir is never differentiated in training, except by the ``backprop`` estimator
+defined here, the baseline: it backpropagates through the reservoir using the reservoir's own
+analytic ``vjp`` (the echo-state reservoir) or, for the simulated ring, central differences of
+its noiseless model (like ``oracle``).
+
+``make_transformer_trainer(task, estimator, reservoir, ...)`` wires task, reservoir, model,
+estimator and optimizer with tuned defaults (``TRANSFORMER_DEFAULTS``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .interfaces import Perturbation
+from .model import GROUPS, ParamSlot, softmax_cross_entropy
+
+TASKS = ("digits-seq", "narma10")
+RESERVOIRS = ("ring", "esn")
+ESTIMATORS = ("backprop", "node", "pgt", "spsa", "oracle")
+
+FLAG_SIMULATED = 16  # the run file's flags bit for a simulated measurement (labpgt.physical)
+
+
+def _act(name: str):
+    """(forward, derivative from (pre-activation, output)) of a pointwise activation."""
+    if name == "tanh":
+        return np.tanh, lambda pre, out: 1.0 - out**2
+    if name == "relu":
+        return (lambda z: np.maximum(z, 0.0)), (lambda pre, out: (pre > 0).astype(np.float64))
+    raise ValueError(f"unknown activation {name!r}; allowed: tanh, relu")
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    shifted = scores - scores.max(axis=-1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class TransformerModel:
+    """Transformer encoder block -> reservoir knobs -> measured features -> per-token readout -> head.
+
+    n_tokens T, token_features F: the input layout (x is [B, T*F], token-major);
+    knobs_per_token k, features_per_token M: the reservoir's per-token inputs and outputs
+    (reservoir.n_inputs = T*k, reservoir.n_features = T*M); n_outputs: classes, or 1 for
+    regression; task: "classification" (softmax cross-entropy, accuracy) or "regression"
+    (squared error, "accuracy" = 1 - MSE / target_variance); d_model, n_heads, d_mlp: the
+    transformer block; d_after: width of the per-token projection after the reservoir;
+    u_scale, current_a, current_scale_a, train_current: as in HybridModel.
+    """
+
+    def __init__(
+        self,
+        n_tokens: int,
+        token_features: int,
+        knobs_per_token: int,
+        features_per_token: int,
+        n_outputs: int,
+        *,
+        task: str = "classification",
+        d_model: int = 16,
+        n_heads: int = 2,
+        d_mlp: int = 32,
+        d_after: int = 32,
+        activation: str = "tanh",
+        u_scale: float = 0.9,
+        current_a: float = 1.8,
+        current_scale_a: float = 1e-3,
+        train_current: bool = True,
+        target_variance: float = 1.0,
+        seed: int = 0,
+    ):
+        if task not in ("classification", "regression"):
+            raise ValueError(f"unknown task kind {task!r}; allowed: classification, regression")
+        if task == "regression" and n_outputs != 1:
+            raise ValueError(f"regression has one output, got n_outputs={n_outputs}")
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        if not 0.0 < u_scale <= 1.0:
+            raise ValueError(f"u_scale must be in (0, 1], got {u_scale}")
+        self.n_tokens, self.token_features = int(n_tokens), int(token_features)
+        self.knobs_per_token, self.features_per_token = int(knobs_per_token), int(features_per_token)
+        self.n_inputs = self.n_tokens * self.token_features
+        self.n_knobs = self.n_tokens * self.knobs_per_token
+        self.n_features = self.n_tokens * self.features_per_token
+        self.n_outputs = int(n_outputs)
+        self.n_classes = self.n_outputs if task == "classification" else 0
+        self.task = task
+        self.d_model, self.n_heads, self.d_mlp, self.d_after = int(d_model), int(n_heads), int(d_mlp), int(d_after)
+        self.d_head = self.d_model // self.n_heads
+        self.activation = activation
+        self._act, self._act_grad = _act(activation)
+        self.u_scale = float(u_scale)
+        self.current_scale_a = float(current_scale_a)
+        self.train_current = bool(train_current)
+        self.target_variance = float(target_variance)
+        self.config = dict(
+            model="transformer", n_tokens=n_tokens, token_features=token_features, knobs_per_token=knobs_per_token,
+            features_per_token=features_per_token, n_outputs=n_outputs, task=task, d_model=d_model,
+            n_heads=n_heads, d_mlp=d_mlp, d_after=d_after, activation=activation, u_scale=u_scale,
+            current_a=current_a, current_scale_a=current_scale_a, train_current=train_current,
+            target_variance=target_variance, seed=seed,
+        )
+
+        T, F, D, k, M = self.n_tokens, self.token_features, self.d_model, self.knobs_per_token, self.features_per_token
+        # (name, group, shape, init std; None = zeros)
+        layout = [
+            ("before.embed.weight", "before", (F, D), 1.0 / np.sqrt(F)),
+            ("before.embed.bias", "before", (D,), None),
+            ("before.position", "before", (T, D), 0.5),
+            ("before.attn.query.weight", "before", (D, D), 1.0 / np.sqrt(D)),
+            ("before.attn.query.bias", "before", (D,), None),
+            ("before.attn.key.weight", "before", (D, D), 1.0 / np.sqrt(D)),
+            ("before.attn.key.bias", "before", (D,), None),
+            ("before.attn.value.weight", "before", (D, D), 1.0 / np.sqrt(D)),
+            ("before.attn.value.bias", "before", (D,), None),
+            ("before.attn.out.weight", "before", (D, D), 1.0 / np.sqrt(D)),
+            ("before.attn.out.bias", "before", (D,), None),
+            ("before.mlp.in.weight", "before", (D, self.d_mlp), 1.0 / np.sqrt(D)),
+            ("before.mlp.in.bias", "before", (self.d_mlp,), None),
+            ("before.mlp.out.weight", "before", (self.d_mlp, D), 0.5 / np.sqrt(self.d_mlp)),
+            ("before.mlp.out.bias", "before", (D,), None),
+            ("before.knob.weight", "before", (D, k), 1.0 / np.sqrt(D)),
+            ("before.knob.bias", "before", (k,), None),
+            ("physical.current_a", "physical", (1,), None),
+            ("readout.proj.weight", "readout", (M, self.d_after), 1.0 / np.sqrt(M)),
+            ("readout.proj.bias", "readout", (self.d_after,), None),
+            ("readout.head.weight", "readout", (self.d_after, self.n_outputs), 1.0 / np.sqrt(self.d_after)),
+            ("readout.head.bias", "readout", (self.n_outputs,), None),
+        ]
+        self.slots: dict[str, ParamSlot] = {}
+        offset = 0
+        for name, group, shape, _ in layout:
+            size = int(np.prod(shape))
+            self.slots[name] = ParamSlot(name, group, tuple(shape), slice(offset, offset + size))
+            offset += size
+        self.size = offset
+        rng = np.random.default_rng(seed)
+        self._params = np.zeros(self.size)
+        for name, _, shape, std in layout:
+            if std is not None:
+                self._params[self.slots[name].slice] = rng.normal(0.0, std, shape).ravel()
+        self._params[self.slots["physical.current_a"].slice] = current_a
+
+    # ---------------------------------------------------------------- parameters (as HybridModel)
+    def params(self) -> np.ndarray:
+        """A copy of the flat parameter vector."""
+        return self._params.copy()
+
+    def set_params(self, vec: np.ndarray) -> None:
+        vec = np.asarray(vec, dtype=np.float64)
+        if vec.shape != (self.size,):
+            raise ValueError(f"expected a parameter vector of shape ({self.size},), got {vec.shape}")
+        if not np.all(np.isfinite(vec)):
+            raise ValueError("parameter vector contains NaN or inf")
+        self._params[:] = vec
+
+    def group_mask(self, *groups: str) -> np.ndarray:
+        """Boolean mask over the flat vector selecting the named groups (before, physical, readout)."""
+        for g in groups:
+            if g not in GROUPS:
+                raise ValueError(f"unknown parameter group {g!r}; allowed: {', '.join(GROUPS)}")
+        mask = np.zeros(self.size, dtype=bool)
+        for slot in self.slots.values():
+            if slot.group in groups:
+                mask[slot.slice] = True
+        return mask
+
+    def trainable_mask(self) -> np.ndarray:
+        mask = np.ones(self.size, dtype=bool)
+        if not self.train_current:
+            mask[self.slots["physical.current_a"].slice] = False
+        return mask
+
+    def param_scale(self) -> np.ndarray:
+        """1 for weights, current_scale_a for the bias current (A); see HybridModel.param_scale."""
+        scale = np.ones(self.size)
+        scale[self.slots["physical.current_a"].slice] = self.current_scale_a
+        return scale
+
+    def current_a(self, params: np.ndarray | None = None) -> float:
+        p = self._params if params is None else params
+        return float(p[self.slots["physical.current_a"].slice][0])
+
+    def _w(self, p: np.ndarray, name: str) -> np.ndarray:
+        slot = self.slots[name]
+        return p[slot.slice].reshape(slot.shape)
+
+    def _add(self, grad: np.ndarray, name: str, value: np.ndarray) -> None:
+        grad[self.slots[name].slice] += value.ravel()
+
+    # ---------------------------------------------------------------- attention helpers
+    def _split_heads(self, a: np.ndarray) -> np.ndarray:  # [B, T, D] -> [B, H, T, d_head]
+        b, t, _ = a.shape
+        return a.reshape(b, t, self.n_heads, self.d_head).transpose(0, 2, 1, 3)
+
+    def _merge_heads(self, a: np.ndarray) -> np.ndarray:  # [B, H, T, d_head] -> [B, T, D]
+        b, _, t, _ = a.shape
+        return a.transpose(0, 2, 1, 3).reshape(b, t, self.d_model)
+
+    # ---------------------------------------------------------------- before the reservoir
+    def encode(self, x: np.ndarray, params: np.ndarray | None = None):
+        """Transformer block and knob projection: x [B, T*F] -> (u [B, T*k] in [-u_scale, u_scale], cache)."""
+        p = self._params if params is None else params
+        w = lambda name: self._w(p, name)  # noqa: E731
+        x = np.asarray(x, dtype=np.float64)
+        tokens = x.reshape(len(x), self.n_tokens, self.token_features)
+        embedded = tokens @ w("before.embed.weight") + w("before.embed.bias") + w("before.position")
+        q = self._split_heads(embedded @ w("before.attn.query.weight") + w("before.attn.query.bias"))
+        k = self._split_heads(embedded @ w("before.attn.key.weight") + w("before.attn.key.bias"))
+        v = self._split_heads(embedded @ w("before.attn.value.weight") + w("before.attn.value.bias"))
+        attention = _softmax(q @ k.transpose(0, 1, 3, 2) / np.sqrt(self.d_head))  # [B, H, T, T]
+        mixed = self._merge_heads(attention @ v)
+        h1 = embedded + mixed @ w("before.attn.out.weight") + w("before.attn.out.bias")
+        mlp_pre = h1 @ w("before.mlp.in.weight") + w("before.mlp.in.bias")
+        mlp_act = self._act(mlp_pre)
+        h2 = h1 + mlp_act @ w("before.mlp.out.weight") + w("before.mlp.out.bias")
+        t = np.tanh(h2 @ w("before.knob.weight") + w("before.knob.bias"))
+        u = (self.u_scale * t).reshape(len(x), self.n_knobs)
+        cache = dict(tokens=tokens, embedded=embedded, q=q, k=k, v=v, attention=attention, mixed=mixed, h1=h1,
+                     mlp_pre=mlp_pre, mlp_act=mlp_act, h2=h2, t=t)
+        return u, cache
+
+    def backward_encode(self, cache, grad_u: np.ndarray, params: np.ndarray | None = None) -> np.ndarray:
+        """Backprop dL/du [B, T*k] through the transformer block; returns a flat gradient (zeros elsewhere)."""
+        p = self._params if params is None else params
+        w = lambda name: self._w(p, name)  # noqa: E731
+        c = cache
+        grad = np.zeros(self.size)
+        batch = len(c["tokens"])
+        # knob projection: u = u_scale * tanh(h2 W + b)
+        g_z = np.asarray(grad_u).reshape(batch, self.n_tokens, self.knobs_per_token) * self.u_scale * (1.0 - c["t"] ** 2)
+        self._add(grad, "before.knob.weight", np.einsum("btd,btk->dk", c["h2"], g_z))
+        self._add(grad, "before.knob.bias", g_z.sum(axis=(0, 1)))
+        g_h2 = g_z @ w("before.knob.weight").T
+        # MLP with residual: h2 = h1 + act(h1 W_in + b_in) W_out + b_out
+        self._add(grad, "before.mlp.out.weight", np.einsum("btm,btd->md", c["mlp_act"], g_h2))
+        self._add(grad, "before.mlp.out.bias", g_h2.sum(axis=(0, 1)))
+        g_pre = (g_h2 @ w("before.mlp.out.weight").T) * self._act_grad(c["mlp_pre"], c["mlp_act"])
+        self._add(grad, "before.mlp.in.weight", np.einsum("btd,btm->dm", c["h1"], g_pre))
+        self._add(grad, "before.mlp.in.bias", g_pre.sum(axis=(0, 1)))
+        g_h1 = g_h2 + g_pre @ w("before.mlp.in.weight").T
+        # attention output projection with residual: h1 = E + mixed W_out + b_out
+        self._add(grad, "before.attn.out.weight", np.einsum("bti,btj->ij", c["mixed"], g_h1))
+        self._add(grad, "before.attn.out.bias", g_h1.sum(axis=(0, 1)))
+        g_mixed = self._split_heads(g_h1 @ w("before.attn.out.weight").T)  # [B, H, T, d_head]
+        # mixed = A V, A = softmax(Q K^T / sqrt(d_head)) along the key axis
+        a = c["attention"]
+        g_a = g_mixed @ c["v"].transpose(0, 1, 3, 2)
+        g_v = a.transpose(0, 1, 3, 2) @ g_mixed
+        g_scores = a * (g_a - np.sum(g_a * a, axis=-1, keepdims=True)) / np.sqrt(self.d_head)
+        g_q = g_scores @ c["k"]
+        g_k = g_scores.transpose(0, 1, 3, 2) @ c["q"]
+        g_embedded = g_h1.copy()  # the residual path
+        for name, g_heads in (("query", g_q), ("key", g_k), ("value", g_v)):
+            g_proj = self._merge_heads(g_heads)
+            self._add(grad, f"before.attn.{name}.weight", np.einsum("bti,btj->ij", c["embedded"], g_proj))
+            self._add(grad, f"before.attn.{name}.bias", g_proj.sum(axis=(0, 1)))
+            g_embedded += g_proj @ w(f"before.attn.{name}.weight").T
+        # embedding: E = tokens W + b + P
+        self._add(grad, "before.embed.weight", np.einsum("btf,btd->fd", c["tokens"], g_embedded))
+        self._add(grad, "before.embed.bias", g_embedded.sum(axis=(0, 1)))
+        self._add(grad, "before.position", g_embedded.sum(axis=0))
+        return grad
+
+    # ---------------------------------------------------------------- after the reservoir
+    def _readout_forward(self, p, features):
+        w = lambda name: self._w(p, name)  # noqa: E731
+        f = np.asarray(features, dtype=np.float64).reshape(len(features), self.n_tokens, self.features_per_token)
+        projected = np.tanh(f @ w("readout.proj.weight") + w("readout.proj.bias"))
+        pooled = projected.mean(axis=1)
+        return pooled @ w("readout.head.weight") + w("readout.head.bias"), (f, projected, pooled)
+
+    def logits(self, features: np.ndarray, params: np.ndarray | None = None) -> np.ndarray:
+        """Outputs of the head [B, n_outputs] (class logits, or the prediction for regression)."""
+        p = self._params if params is None else params
+        return self._readout_forward(p, features)[0]
+
+    def _loss(self, outputs: np.ndarray, labels: np.ndarray):
+        """Per-sample loss and its gradient w.r.t. the outputs (per sample, not averaged)."""
+        if self.task == "classification":
+            return softmax_cross_entropy(outputs, np.asarray(labels))
+        residual = outputs[:, 0] - np.asarray(labels, dtype=np.float64)
+        return residual**2, 2.0 * residual[:, None]
+
+    def _accuracy(self, outputs: np.ndarray, labels: np.ndarray, per_sample: np.ndarray) -> float:
+        if self.task == "classification":
+            return float(np.mean(outputs.argmax(axis=1) == labels))
+        return float(1.0 - per_sample.mean() / self.target_variance)  # 1 - NMSE
+
+    def per_sample_loss(self, features: np.ndarray, labels: np.ndarray, params: np.ndarray | None = None) -> np.ndarray:
+        """Cross-entropy (nats) or squared error of each sample, from measured features."""
+        return self._loss(self.logits(features, params), labels)[0]
+
+    def loss_and_accuracy(self, features: np.ndarray, labels: np.ndarray, params: np.ndarray | None = None):
+        """Mean loss and accuracy (fraction correct; 1 - NMSE for regression) from measured features."""
+        outputs = self.logits(features, params)
+        per_sample, _ = self._loss(outputs, labels)
+        return float(per_sample.mean()), self._accuracy(outputs, labels, per_sample)
+
+    def readout_gradient(self, features: np.ndarray, labels: np.ndarray, params: np.ndarray | None = None):
+        """Exact gradient of the mean loss w.r.t. the readout (flat, zeros elsewhere) and w.r.t. the features.
+
+        Returns (grad_flat, grad_features [B, T*M], per_sample_loss, accuracy).
+        """
+        p = self._params if params is None else params
+        outputs, (f, projected, pooled) = self._readout_forward(p, features)
+        per_sample, g_out = self._loss(outputs, labels)
+        g_out = g_out / len(per_sample)
+        grad = np.zeros(self.size)
+        self._add(grad, "readout.head.weight", pooled.T @ g_out)
+        self._add(grad, "readout.head.bias", g_out.sum(axis=0))
+        g_pooled = g_out @ self._w(p, "readout.head.weight").T
+        g_pre = (g_pooled[:, None, :] / self.n_tokens) * (1.0 - projected**2)  # mean pooling, tanh
+        self._add(grad, "readout.proj.weight", np.einsum("btm,bta->ma", f, g_pre))
+        self._add(grad, "readout.proj.bias", g_pre.sum(axis=(0, 1)))
+        g_features = (g_pre @ self._w(p, "readout.proj.weight").T).reshape(len(f), self.n_features)
+        return grad, g_features, per_sample, self._accuracy(outputs, labels, per_sample)
+
+    def describe(self) -> str:
+        groups = {g: int(self.group_mask(g).sum()) for g in GROUPS}
+        return (f"TransformerModel({self.size} parameters: {groups}; {self.n_tokens} tokens x {self.token_features} "
+                f"features, d_model {self.d_model}, {self.n_heads} heads, {self.knobs_per_token} knobs and "
+                f"{self.features_per_token} reservoir features per token, {self.task})")
+
+
+# --------------------------------------------------------------------------- backprop baseline
+def reservoir_vjp(reservoir, u: np.ndarray, current_a: float, grad_features: np.ndarray, *,
+                  fd_step: float = 0.05, current_fd_step_a: float = 1e-4):
+    """(dL/du [B, n_inputs], dL/dcurrent_a) for dL/dfeatures = grad_features, through the NOISELESS reservoir.
+
+    Uses ``reservoir.vjp`` when the reservoir has one (exact); otherwise central differences of
+    ``reservoir.noiseless`` (costs no measurement). Reservoirs whose virtual nodes are
+    independent measurements (the ring, the toy) are differenced one knob index at a time across
+    all nodes at once: 2k noiseless batches instead of 2Tk.
+    """
+    if hasattr(reservoir, "vjp"):
+        return reservoir.vjp(u, current_a, grad_features)
+    noiseless = getattr(reservoir, "noiseless", None)
+    if noiseless is None:
+        raise TypeError(
+            f"backprop needs a differentiable model of the reservoir (vjp or noiseless); {type(reservoir).__name__} "
+            f"has neither (a real station cannot be backpropagated through)"
+        )
+    from .reservoirs import DirectRingReservoir, ToyReservoir
+
+    batch = len(u)
+    grad_u = np.empty_like(u)
+    if isinstance(reservoir, (DirectRingReservoir, ToyReservoir)):
+        nodes = reservoir.n_nodes
+        k, m = reservoir.n_inputs // nodes, reservoir.n_features // nodes
+        g = grad_features.reshape(batch, nodes, m)
+        for j in range(k):
+            up, down = u.copy(), u.copy()
+            up[:, j::k] += fd_step
+            down[:, j::k] -= fd_step
+            # node t's features depend on node t's knobs only, so one difference gives every node's column j
+            jac = ((noiseless(up, current_a) - noiseless(down, current_a)) / (2 * fd_step)).reshape(batch, nodes, m)
+            grad_u[:, j::k] = np.sum(g * jac, axis=2)
+    else:
+        for j in range(u.shape[1]):
+            up, down = u.copy(), u.copy()
+            up[:, j] += fd_step
+            down[:, j] -= fd_step
+            grad_u[:, j] = np.sum(grad_features * (noiseless(up, current_a) - noiseless(down, current_a)), axis=1) / (
+                2 * fd_step)
+    jac_i = (noiseless(u, current_a + current_fd_step_a) - noiseless(u, current_a - current_fd_step_a)) / (
+        2 * current_fd_step_a)
+    return grad_u, float(np.sum(grad_features * jac_i))
+
+
+class Backprop:
+    """Full backpropagation, the baseline: the reservoir made differentiable for this estimator ONLY.
+
+    One clean measured forward pass (B*T measurements per step); the readout's gradient at the
+    measured features is exact; the gradient crosses the reservoir through its analytic VJP
+    (echo-state) or central differences of its noiseless model (ring; fd_step in knob units,
+    current_fd_step_a in A, None = 0.1 * model.current_scale_a), then backpropagates through
+    the transformer. Works for any model with the HybridModel interface.
+    """
+
+    name = "backprop"
+    supplies_step = False
+
+    def __init__(self, fd_step: float = 0.05, current_fd_step_a: float | None = None):
+        if fd_step <= 0:
+            raise ValueError("fd_step must be > 0")
+        self.fd_step, self.current_fd_step_a = float(fd_step), current_fd_step_a
+
+    def options(self) -> dict:
+        return dict(fd_step=self.fd_step, current_fd_step_a=self.current_fd_step_a)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def estimate(self, model, reservoir, x, y, sample_index, step, rng):
+        from .estimators import Estimate
+
+        if not hasattr(reservoir, "vjp") and self.fd_step > 1.0 - model.u_scale + 1e-12:
+            raise ValueError(f"backprop fd_step {self.fd_step} must be <= 1 - u_scale = {1.0 - model.u_scale:.3g}")
+        start = reservoir.measurements
+        u, cache = model.encode(x)
+        current = model.current_a()
+        features = reservoir.measure(u, current_a=current, kind="train", step=step, sample_index=sample_index,
+                                     perturbation=Perturbation())
+        g_read, g_features, per_sample, accuracy = model.readout_gradient(features, y)
+        current_step = self.current_fd_step_a if self.current_fd_step_a is not None else 0.1 * model.current_scale_a
+        grad_u, grad_current = reservoir_vjp(reservoir, u, current, g_features, fd_step=self.fd_step,
+                                             current_fd_step_a=current_step)
+        grad = model.backward_encode(cache, grad_u) + g_read
+        if model.train_current:
+            grad[model.slots["physical.current_a"].slice] = grad_current
+        return Estimate(grad, float(per_sample.mean()), accuracy, reservoir.measurements - start)
+
+
+def make_estimator(name: str, **options):
+    """Any estimator of labpgt.estimators (pgt, spsa, node, oracle) or ``backprop``."""
+    if name == "backprop":
+        return Backprop(**options)
+    from .estimators import make_estimator as make_library_estimator
+
+    return make_library_estimator(name, **options)
+
+
+# --------------------------------------------------------------------------- recording
+class SimulatedFlagRecorder:
+    """Passes everything to ``recorder``, marking each measurement simulated (flags bit 16)."""
+
+    def __init__(self, recorder):
+        self.recorder = recorder
+        if hasattr(recorder, "measurements_batch"):  # keep the run file's fast path visible
+            self.measurements_batch = self._measurements_batch
+
+    def measurement(self, record: dict) -> None:
+        self.recorder.measurement({**record, "flags": int(record.get("flags", 0)) | FLAG_SIMULATED})
+
+    def _measurements_batch(self, batch: dict) -> None:
+        flags = np.asarray(batch.get("flags", 0)) | FLAG_SIMULATED
+        self.recorder.measurements_batch({**batch, "flags": flags})
+
+    def step(self, record: dict) -> None:
+        self.recorder.step(record)
+
+    def evaluation(self, record: dict) -> None:
+        self.recorder.evaluation(record)
+
+    def checkpoint(self, state: dict) -> None:
+        self.recorder.checkpoint(state)
+
+
+# --------------------------------------------------------------------------- tuned defaults
+#: per estimator: options, optimizer, learning rate, decay, batch size. Tuned on digits-seq
+#: through both reservoirs (scripts/bench_transformer.py measures them).
+TRANSFORMER_DEFAULTS = {
+    "backprop": {"options": {"fd_step": 0.05}, "optimizer": "adam", "lr": 0.01, "decay_steps": 500, "batch_size": 32},
+    "oracle": {"options": {"fd_step": 0.05}, "optimizer": "adam", "lr": 0.01, "decay_steps": 500, "batch_size": 32},
+    "node": {"options": {"epsilon": 0.05}, "optimizer": "adam", "lr": 0.01, "decay_steps": 500, "batch_size": 32},
+    "pgt": {"options": {"epsilon": 0.02, "n_directions": 1}, "optimizer": "adam", "lr": 0.003,
+            "decay_steps": 500, "batch_size": 32},
+    "spsa": {"options": {}, "optimizer": "sgd", "lr": 1.0, "decay_steps": None, "batch_size": 32},
+}
+MODEL_DEFAULTS = {"d_model": 16, "n_heads": 2, "d_mlp": 32, "d_after": 32, "u_scale": 0.9, "current_scale_a": 1e-3}
+#: the reservoirs' per-token layout: ring = 2 knobs (detuning, power) -> 10 band features
+RING_DEFAULTS = {"n_bands": 10, "drift": False}
+ESN_DEFAULTS = {"n_units": 10, "leak": 0.5, "spectral_radius": 0.9, "noise_std": 0.05}
+
+
+def make_reservoir(kind: str, n_tokens: int, *, seed: int = 0, noise_scale: float = 1.0, recorder=None,
+                   current_a: float = 1.8, **options):
+    """``ring``: DirectRingReservoir with n_nodes = n_tokens (measurements recorded, flagged simulated);
+    ``esn``: EchoStateReservoir over the tokens (noise_std scaled by noise_scale; not recorded)."""
+    if kind == "ring":
+        from sim.ring import RingParams
+
+        from .reservoirs import DirectRingReservoir
+
+        o = {**RING_DEFAULTS, **options}
+        unknown = set(o) - {"n_bands", "drift", "encoding", "readout"}
+        if unknown:
+            raise ValueError(f"unknown ring option(s) {sorted(unknown)}; allowed: n_bands, drift, encoding, readout")
+        readout = {"n_bands": o["n_bands"], **(o.get("readout") or {})}
+        return DirectRingReservoir(
+            RingParams(noise_scale=noise_scale, drift_enabled=o["drift"]), seed=seed, n_nodes=n_tokens,
+            encoding=o.get("encoding"), readout=readout, current_a=current_a,
+            recorder=SimulatedFlagRecorder(recorder) if recorder is not None else None,
+        )
+    if kind == "esn":
+        from .esn import EchoStateReservoir
+
+        o = {**ESN_DEFAULTS, **options}
+        o["noise_std"] = o["noise_std"] * noise_scale
+        return EchoStateReservoir(n_tokens, seed=seed, current_ref_a=current_a, **o)
+    raise ValueError(f"unknown reservoir {kind!r}; allowed: {', '.join(RESERVOIRS)}")
+
+
+def make_transformer_trainer(task: str, estimator: str, reservoir: str, *, seed: int = 0, budget: int = 200_000,
+                             recorder=None, progress=None, noise_scale: float = 1.0, batch_size: int | None = None,
+                             lr: float | None = None, estimator_options: dict | None = None,
+                             model_options: dict | None = None, reservoir_options: dict | None = None,
+                             current_a: float = 1.8, **trainer_options):
+    """A Trainer for the transformer with a reservoir layer, wired with the tuned defaults above.
+
+    task: one of TASKS; estimator: one of ESTIMATORS; reservoir: one of RESERVOIRS. budget in
+    training measurements (one per sample per token). The ring's measurements go to
+    ``recorder.measurement`` (or its ``measurements_batch``) flagged simulated; steps,
+    evaluations and checkpoints go to the recorder through the Trainer. Remaining keyword
+    options go to the Trainer (eval_every, checkpoint_every, eval_batch_size, decay_steps).
+    """
+    from .optim import Chain, InverseTimeDecay, make_optimizer
+    from .tasks import load_task
+    from .trainer import Trainer
+
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}")
+    if estimator not in TRANSFORMER_DEFAULTS:
+        raise ValueError(f"unknown estimator {estimator!r}; allowed: {', '.join(TRANSFORMER_DEFAULTS)}")
+    if reservoir not in RESERVOIRS:
+        raise ValueError(f"unknown reservoir {reservoir!r}; allowed: {', '.join(RESERVOIRS)}")
+    dataset = load_task(task)
+    res = make_reservoir(reservoir, dataset.n_tokens, seed=seed, noise_scale=noise_scale, recorder=recorder,
+                         current_a=current_a, **(reservoir_options or {}))
+    d = TRANSFORMER_DEFAULTS[estimator]
+    est = make_estimator(estimator, **{**d["options"], **(estimator_options or {})})
+    model = TransformerModel(
+        dataset.n_tokens, dataset.token_features, res.n_inputs // dataset.n_tokens,
+        res.n_features // dataset.n_tokens, dataset.n_outputs, task=dataset.kind,
+        target_variance=dataset.target_variance, current_a=current_a, seed=seed,
+        **{**MODEL_DEFAULTS, **(model_options or {})},
+    )
+    optimizer = make_optimizer(d["optimizer"], lr=d["lr"] if lr is None else lr)
+    decay_steps = trainer_options.pop("decay_steps", d["decay_steps"])
+    if decay_steps:
+        optimizer = Chain(optimizer, InverseTimeDecay(decay_steps))
+    return Trainer(model, res, est, dataset, optimizer, seed=seed, budget=budget,
+                   batch_size=batch_size or d["batch_size"], recorder=recorder, progress=progress,
+                   **trainer_options)
