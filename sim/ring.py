@@ -487,7 +487,9 @@ class Ring:
                 pt_, _, _ = p_tone_in(xx)
                 return y + math.log(p_sat / g_lin) - math.log(pt_)
             lo = math.log(x_star) if osc else math.log(p_inj / (1.0 + h0) ** 2 * g_lin / p_sat) - 0.1
-            hi = math.log(max(4.0 * p_inj, 2.0 * t_pass * att * p_sat, p_in_star * 1.01) * g_lin / p_sat) + 0.1
+            # at P_in >= 4*att*T*P_sat the compressed loop amplitude is <= 1/2 (Rapp c(x) <= 1/x), so
+            # P_tone <= 4*P_inj <= P_in there: F(hi) > 0 brackets the root
+            hi = math.log(max(4.0 * p_inj, 4.0 * t_pass * att * p_sat, p_in_star) * 1.01 * g_lin / p_sat) + 0.1
             flo, fhi = F(lo), F(hi)
             if flo >= 0:
                 y = lo
@@ -638,6 +640,14 @@ class Ring:
         lines_mw = np.bincount(idx.ravel(), weights=contrib.ravel(), minlength=n * npts).reshape(n, npts)
         return lines_mw, bg
 
+    def _render_any(self, st, shift, freqs_hz, rbw_hz, states):
+        """_render for any monotonic grid (the line windows need ascending frequencies)."""
+        freqs = np.asarray(freqs_hz, dtype=float).ravel()
+        if freqs.size > 1 and freqs[0] > freqs[-1]:
+            lines_mw, bg = self._render(st, shift, np.ascontiguousarray(freqs[::-1]), rbw_hz, states)
+            return lines_mw[:, ::-1], bg[:, ::-1]
+        return self._render(st, shift, freqs, rbw_hz, states)
+
     def _noisy(self, lines_mw, bg, rng, averages: int):
         """Sweep noise: exponential (chi-square for averages) on the noise-like part, jitter on lines."""
         s = self.params.noise_scale
@@ -661,8 +671,7 @@ class Ring:
         field = self.field_oe(t_s)
         st, shift, dg = self._prepare(field, t_s)
         s = self._solve(st, shift, dg, drive_hz, drive_dbm)
-        freqs = np.asarray(freqs_hz, dtype=float)
-        lines_mw, bg = self._render(st, shift, freqs, rbw_hz, [s])
+        lines_mw, bg = self._render_any(st, shift, freqs_hz, rbw_hz, [s])
         trace = mw_to_dbm(self._noisy(lines_mw, bg, self._rng, averages))[0]
         limit = ref_level_dbm + self.params.overload_margin_db
         total_in = sum(s.p_lines) * _lin(self.params.analyzer_coupler_db)
@@ -683,5 +692,5 @@ class Ring:
         fs = np.atleast_1d(np.asarray(drive_hz, dtype=float))
         ps = np.broadcast_to(np.atleast_1d(np.asarray(drive_dbm, dtype=float)), fs.shape)
         states = [self._solve(st, shift, dg, float(f), float(pw)) for f, pw in zip(fs.ravel(), ps.ravel())]
-        lines_mw, bg = self._render(st, shift, np.asarray(freqs_hz, dtype=float), rbw_hz, states)
+        lines_mw, bg = self._render_any(st, shift, freqs_hz, rbw_hz, states)
         return mw_to_dbm(self._noisy(lines_mw, bg, rng, 1))

@@ -316,3 +316,12 @@ def test_lock_edge_is_soft():
     band = 10 ** (tr[:, :400].reshape(det.size, 16, 25).max(axis=2) / 10)  # 16 band maxima, mW
     rel = np.abs(np.diff(band, axis=0)) / band.sum(axis=1)[:-1, None]
     assert rel.max() < 0.3
+
+
+def test_descending_grid_is_the_mirror_image():
+    r = ring_at()
+    f, _ = r.free_running(FIELD_OE)
+    fr = np.linspace(f - 5e6, f + 5e6, 201)
+    a = r.spectra(fr, RBW, FIELD_OE, np.array([f + 1e6]), np.array([-30.0]), None)
+    b = r.spectra(fr[::-1], RBW, FIELD_OE, np.array([f + 1e6]), np.array([-30.0]), None)
+    np.testing.assert_allclose(a[:, ::-1], b, rtol=0, atol=1e-9)
