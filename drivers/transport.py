@@ -80,7 +80,9 @@ class VisaTransport:
                 timeout=int(round(self._timeout_s * 1000)), open_timeout=int(round(self._timeout_s * 1000)))
         except Exception as exc:  # refused, unreachable, no such board: nobody answers there
             raise TransportTimeout(resource, self._timeout_s, f"could not open: {exc}") from exc
-        if "::SOCKET" in resource.upper():
+        self._is_socket = "::SOCKET" in resource.upper()
+        self._link_down = False
+        if self._is_socket:
             # a raw socket has no END indicator: the read terminator is the only message end
             self._session.set_visa_attribute(constants.VI_ATTR_TERMCHAR_EN, constants.VI_TRUE)
         self._termchar_enabled = bool(self._session.get_visa_attribute(constants.VI_ATTR_TERMCHAR_EN))
@@ -97,6 +99,12 @@ class VisaTransport:
     def _translate(self, exc: Exception, doing: str):
         if isinstance(exc, self._errors.VisaIOError) and exc.error_code == self._constants.StatusCode.error_timeout:
             return TransportTimeout(self.resource, self._timeout_s, doing)
+        if isinstance(exc, ConnectionError) or (
+                isinstance(exc, self._errors.VisaIOError)
+                and exc.error_code == self._constants.StatusCode.error_connection_lost):
+            # refused or dropped: nobody is there to answer, and nothing is left to clear
+            self._link_down = True
+            return TransportTimeout(self.resource, self._timeout_s, f"{doing}: {exc}")
         return TransportError(f"{self.resource}: {doing} failed: {exc}")
 
     def write(self, command: str) -> None:
@@ -139,10 +147,24 @@ class VisaTransport:
         return rest[:length]
 
     def clear(self) -> None:
+        """Device clear; on a raw socket (no clear message exists) drop whatever is still arriving."""
+        if self._link_down:
+            raise TransportError(f"{self.resource}: the connection is down; nothing to clear")
+        if not self._is_socket:
+            try:
+                self._session.clear()
+            except Exception as exc:
+                raise self._translate(exc, "device clear") from exc
+            return
+        saved_ms = self._session.timeout
+        self._session.timeout = 50
         try:
-            self._session.clear()
-        except Exception as exc:
-            raise self._translate(exc, "device clear") from exc
+            for _ in range(1000):  # bounded: a live instrument stops talking eventually
+                self._session.read_raw()
+        except Exception:
+            pass  # the timeout that says "nothing more is coming" (or a dead link)
+        finally:
+            self._session.timeout = saved_ms
 
     def close(self) -> None:
         try:

@@ -25,9 +25,10 @@ def _hz_to_mhz(frequency_hz: float) -> float:
 
 
 class _RFSwitch(control):
-    """RF output = PLL power (E), power amplifier (r) and RF mute (h), switched together.
+    """RF output = PLL power (E), power amplifier (r) and RF mute (h).
 
-    On: PLL first, the mute released last; off: muted first.
+    On: PLL, amplifier, then the mute released; off: muted and amplifier off, the PLL left
+    powered so the synthesizer stays locked on its frequency (settings stay verifiable).
     """
 
     def __init__(self):
@@ -39,7 +40,7 @@ class _RFSwitch(control):
         return all(parse_bool(instrument.query(q)) for q in ("E?", "r?", "h?"))
 
     def command(self, instrument, value, *, guarded: bool = True, check_limit: bool = True) -> str:
-        return "E1r1h1" if value else "h0r0E0"
+        return "E1r1h1" if value else "h0r0"
 
 
 class SynthHD(SignalGenerator):
@@ -72,11 +73,20 @@ class SynthHD(SignalGenerator):
         firmware = self.query("v1").strip()
         return f"Windfreak Technologies,{model},{serial_number},{firmware}"
 
+    #: lock-bit polls allowed after a frequency change (the PLL locks in a few ms)
+    lock_polls = 100
+
     def initialize(self) -> None:
         self.write(f"C{self.channel}")
+        if not parse_bool(self.query("E?")):
+            self.write("h0E1")  # power the PLL with the RF muted, so frequencies can lock
 
     def is_locked(self) -> bool:
         return parse_bool(self.query("p"))
+
+    def wait_for_lock(self) -> bool:
+        """Poll the lock bit (the device's own status, like ``*OPC?`` elsewhere)."""
+        return any(self.is_locked() for _ in range(self.lock_polls))
 
     def _transmit_settings(self, settings: Sequence[Setting]) -> None:
         """Channel select, the settings, then read-back (there is no error queue to ask)."""
@@ -89,7 +99,7 @@ class SynthHD(SignalGenerator):
                 if abs(read_hz - float(setting.value)) > self.frequency_tolerance_hz:
                     raise InstrumentError(f"{self.role}: frequency reads back {read_hz:.1f} Hz after setting "
                                           f"{float(setting.value):.1f} Hz")
-                if not self.is_locked():
+                if not self.wait_for_lock():
                     raise InstrumentError(f"{self.role}: PLL not locked at {float(setting.value):.1f} Hz")
             elif setting.name == "power_dbm":
                 read_dbm = self.power_dbm

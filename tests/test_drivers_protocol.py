@@ -469,7 +469,8 @@ def synth(pairs):
 
 
 def test_windfreak_identity_from_plus_minus_v1():
-    sg, t = synth([(b"+", b"SynthHD\n"), (b"-", b"1023\n"), (b"v1", b"3.0\n"), (b"C0", None)])
+    sg, t = synth([(b"+", b"SynthHD\n"), (b"-", b"1023\n"), (b"v1", b"3.0\n"),
+                   (b"C0", None), (b"E?", b"0\n"), (b"h0E1", None)])
     assert sg.identify() == "Windfreak Technologies,SynthHD,1023,3.0"
     sg.initialize()
     assert sg.errors() == []  # no error queue: nothing is asked
@@ -479,7 +480,8 @@ def test_windfreak_identity_from_plus_minus_v1():
 def test_windfreak_frequency_in_mhz_read_back_and_lock():
     sg, t = synth([
         (b"f?", b"2050.00000000\n"),
-        (b"C0", None), (b"f2050.12345600", None), (b"f?", b"2050.12345600\n"), (b"p", b"1\n"),
+        (b"C0", None), (b"f2050.12345600", None), (b"f?", b"2050.12345600\n"),
+        (b"p", b"0\n"), (b"p", b"0\n"), (b"p", b"1\n"),  # polled until the PLL locks
         (b"C0", None), (b"W-10.500", None), (b"W?", b"-10.500\n"),
     ])
     assert sg.frequency_hz == 2.05e9
@@ -494,8 +496,8 @@ def test_windfreak_configure_cw_and_output():
         (b"f?", b"2100.00000000\n"), (b"p", b"1\n"), (b"W?", b"-20.000\n"),
         (b"C0", None), (b"E1r1h1", None),
         (b"E?", b"1\n"), (b"r?", b"1\n"), (b"h?", b"1\n"),
-        (b"C0", None), (b"h0r0E0", None),
-        (b"E?", b"1\n"), (b"r?", b"1\n"), (b"h?", b"0\n"),
+        (b"C0", None), (b"h0r0", None),
+        (b"E?", b"1\n"), (b"r?", b"0\n"),  # the first switch found off answers
     ])
     sg.configure_cw(2.1e9, -20.0)
     sg.output_enabled = True
@@ -507,7 +509,7 @@ def test_windfreak_configure_cw_and_output():
 
 def test_windfreak_unlocked_or_wrong_read_back_is_an_error():
     sg, t = synth([
-        (b"C0", None), (b"f2050.00000000", None), (b"f?", b"2050.00000000\n"), (b"p", b"0\n"),
+        (b"C0", None), (b"f2050.00000000", None), (b"f?", b"2050.00000000\n"), *[(b"p", b"0\n")] * 100,
         (b"C0", None), (b"W-10.000", None), (b"W?", b"-30.000\n"),
     ])
     with pytest.raises(InstrumentError, match="not locked"):
