@@ -85,7 +85,25 @@ class VisaTransport:
         if self._is_socket:
             # a raw socket has no END indicator: the read terminator is the only message end
             self._session.set_visa_attribute(constants.VI_ATTR_TERMCHAR_EN, constants.VI_TRUE)
+            self._disable_nagle()
         self._termchar_enabled = bool(self._session.get_visa_attribute(constants.VI_ATTR_TERMCHAR_EN))
+
+    def _disable_nagle(self) -> None:
+        """A write followed at once by another (settings then ``*OPC?``, ramp steps) would wait
+        ~40 ms each for Nagle's algorithm to meet the peer's delayed ACK."""
+        constants = self._constants
+        try:
+            self._session.set_visa_attribute(constants.VI_ATTR_TCPIP_NODELAY, constants.VI_TRUE)
+            return
+        except Exception:
+            pass
+        try:  # pyvisa-py 0.8 does not expose the attribute on sockets: set it on its socket
+            import socket
+
+            backend = self._session.visalib.sessions[self._session.session]
+            backend.interface.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except Exception:
+            pass  # slower, still correct
 
     @property
     def timeout_s(self) -> float:
