@@ -123,6 +123,18 @@ class Instrument:
                 self.parameters[key] = float(value)  # type: ignore[arg-type]
 
     @classmethod
+    def limits_for_station(cls, station: Mapping[str, object]) -> dict[str, tuple[float, float]]:
+        """The limits an instrument of this class would enforce under ``station`` (sends nothing)."""
+        limits = {q: (float(lo), float(hi)) for q, (lo, hi) in cls.instrument_ranges.items()}
+        for key, value in station.items():
+            spec = cls.station_limits.get(key)
+            if spec is not None and spec.shape == "range":
+                limits[spec.quantity] = (float(value[0]), float(value[1]))
+            elif spec is not None and spec.shape == "max":
+                limits[spec.quantity] = (limits.get(spec.quantity, (-math.inf, math.inf))[0], float(value))
+        return limits
+
+    @classmethod
     def station_limit_problems(
         cls, station: Mapping[str, object], ranges: Optional[Mapping[str, tuple[float, float]]] = None
     ) -> list[tuple[str, str, str]]:

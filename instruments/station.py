@@ -259,9 +259,7 @@ class Station:
 
     def _validate_settings(self, role: str, driver_cls: type, limits: dict, settings: dict) -> None:
         keys = SpectrumAnalyzer.settings_keys
-        # limits this station allows, without an instrument: the driver's ranges narrowed by the file
-        probe = driver_cls.__new__(driver_cls)
-        Instrument.__init__(probe, None, role=role, limits=limits, station_file=self.source)
+        allowed_limits = driver_cls.limits_for_station(limits)
         for key, value in settings.items():
             if key not in keys:
                 raise StationFileError(self.source, f"{role}.settings.{key}", "is not a known setting", ", ".join(keys))
@@ -269,7 +267,7 @@ class Station:
                 raise StationFileError(self.source, f"{role}.settings.{key}", f"is {value!r}",
                                        "a whole number" if key == "points" else f"a number in {unit_of(key)}")
             quantity = getattr(driver_cls, key).limit
-            bounds = probe.limits.get(quantity) if quantity else None
+            bounds = allowed_limits.get(quantity) if quantity else None
             if bounds and not bounds[0] <= float(value) <= bounds[1]:
                 raise StationFileError(self.source, f"{role}.settings.{key}", f"{value!r} is outside the limits",
                                        f"[{bounds[0]:g}, {bounds[1]:g}] {unit_of(quantity)}")

@@ -519,3 +519,23 @@ def test_windfreak_unlocked_or_wrong_read_back_is_an_error():
     with pytest.raises(LimitError):
         sg.power_dbm = 10.0
     done(t)
+
+
+# ====================================================================== every SCPI driver: IDN and queue
+@pytest.mark.parametrize("driver, limits, idn, errors_reply, no_error", [
+    (MXG, SG_LIMITS, b"Agilent Technologies, N5183A, MY1, B.01\n", b'-221,"Settings conflict"\n', NO_ERROR_KEYSIGHT),
+    (XSeries, SA_LIMITS, b"Keysight Technologies,N9020A,MY2,A.14\n", b'-113,"Undefined header"\n', NO_ERROR_KEYSIGHT),
+    (FSV, SA_LIMITS, b"Rohde&Schwarz,FSV-7,100001/007,3.40\n", b'-222,"Data out of range"\n', NO_ERROR_RS),
+    (Keithley2400, KEITHLEY_LIMITS, b"KEITHLEY INSTRUMENTS INC.,MODEL 2400,1,C30\n", b'+803,"Output not on"\n',
+     NO_ERROR_KEYSIGHT),
+    (BOP, CS_LIMITS, b"KEPCO,BIT 4886 36-12,H1,4.04\n", b'-222,"Data out of range"\n', NO_ERROR_RS),
+])
+def test_every_scpi_driver_identifies_and_drains_its_queue(driver, limits, idn, errors_reply, no_error):
+    instrument, t = connect(driver, [
+        (b"*IDN?\n", idn), (b"SYST:ERR?\n", errors_reply), (b"SYST:ERR?\n", errors_reply), no_error, no_error,
+    ], limits)
+    assert instrument.identify() == idn.decode().strip()
+    code, message = parse_error(errors_reply.decode().strip())
+    assert instrument.errors() == [(code, message), (code, message)]
+    instrument.check_errors()  # empty now: no exception
+    done(t)

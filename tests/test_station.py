@@ -331,3 +331,26 @@ def test_check_reports_identities_errors_and_the_safe_state():
     assert cs.errors == [(-222, "Data out of range")]
     assert cs.state == {"output": False, "measured_current_a": 0.0}
     assert "N9020A" in str(report) and "safe state read back: yes" in str(report)
+
+
+# ====================================================================== ramps, property-based
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(start=st.floats(-2.5, 2.5), target=st.floats(-2.5, 2.5), step=st.floats(0.001, 0.5))
+def test_ramp_steps_are_small_inside_and_end_on_target(start, target, step):
+    from drivers.kepco import BOP
+
+    cs = BOP(ScriptedTransport([]), limits={"current_a": [-2.5, 2.5], "compliance_v": 20.0,
+                                            "ramp_rate_a_per_s": 2.0, "ramp_step_a": step})
+    steps = cs.ramp_steps(start, target)
+    if start == target:
+        assert steps == []
+        return
+    assert steps[-1] == pytest.approx(target, abs=1e-12)
+    previous = start
+    for value in steps:
+        assert abs(value - previous) <= step * (1 + 1e-9)
+        assert -2.5 - 1e-12 <= value <= 2.5 + 1e-12
+        previous = value
