@@ -176,7 +176,8 @@ def find_reference_hz(station, current_a: float, span_hz: float = 200e6, center_
     sa = station.spectrum_analyzer
     station.signal_generator.output_enabled = False
     station.current_source.ramp_to(current_a)
-    points, rbw = sa.points, sa.rbw_hz
+    # the station's measurement window, restored around the found line after the wide probe
+    points, rbw, window_hz = sa.points, sa.rbw_hz, sa.span_hz
     sa.configure(center_hz=center_hz, span_hz=span_hz, rbw_hz=max(rbw, span_hz / 2000), points=1001,
                  reference_level_dbm=sa.reference_level_dbm)
     freqs, trace = sa.measure()
@@ -185,7 +186,7 @@ def find_reference_hz(station, current_a: float, span_hz: float = 200e6, center_
         raise RuntimeError(
             f"no free-running line found within {center_hz / 1e9:.3f} GHz ± {span_hz / 2e6:.0f} MHz at "
             f"{current_a} A: the ring is below threshold or elsewhere; set reference_hz explicitly")
-    sa.configure(center_hz=peaks[0].frequency_hz, span_hz=sa.span_hz, rbw_hz=rbw, points=points,
+    sa.configure(center_hz=peaks[0].frequency_hz, span_hz=window_hz, rbw_hz=rbw, points=points,
                  reference_level_dbm=sa.reference_level_dbm)
     return peaks[0].frequency_hz, freqs, trace
 
@@ -388,3 +389,28 @@ def _restore_world(sim, state) -> None:
     if world is None:
         raise ConfigError("the checkpoint holds no simulator state; cannot resume an embedded run bit for bit")
     sim.load_world_state(world)
+
+
+def run_replay(path) -> int:
+    """``labpgt replay RUN.h5``: rerun against the recorded measurements; 0 when bit for bit."""
+    from labpgt.encoding import BandReadout, KnobEncoder
+    from labpgt.replay import replay
+    from labpgt.runfile import RunReader
+
+    with RunReader(path) as reader:
+        metadata = dict(reader.metadata)
+    layout = json.loads(metadata["physical_layer"])
+    encoder, readout = KnobEncoder(**layout["encoder"]), BandReadout(**layout["readout"])
+
+    def build(experiment_toml, reservoir, recorder):
+        config = {name: opt.default for name, opt in OPTIONS.items()}
+        config.update(parse_config_text(experiment_toml, f"{path} (experiment)"))
+        if config["estimator"] == "oracle":
+            if not metadata.get("embedded_simulator", False):
+                raise ConfigError("the oracle needs the simulated ring's noiseless model; this run used a real station")
+            reservoir.noiseless = _noiseless_twin(config, encoder, readout)
+        return build_trainer(config, reservoir, recorder)
+
+    result = replay(path, build, encoder=encoder)
+    print(result.message)
+    return 0 if result.ok else 1

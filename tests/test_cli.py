@@ -130,3 +130,34 @@ def test_interrupted_run_resumes_to_the_same_final_parameters(tmp_path):
     assert code == 0, err
     assert np.array_equal(_final_params(straight), _final_params(broken))
     assert _final_params(straight).tobytes() == _final_params(broken).tobytes()
+
+
+def test_replay_reproduces_a_run_and_reports_the_first_divergence(tmp_path):
+    run = tmp_path / "run.h5"
+    code, _, err = run_cli("train", "--budget", "320", "--seed", "2", "--out", str(run), "--no-progress")
+    assert code == 0, err
+    code, out, err = run_cli("replay", str(run))
+    assert code == 0, err + out
+    assert "bit for bit" in out
+
+    # change one recorded setting: the replay must stop there and say where
+    with h5py.File(run, "r+") as f:
+        row = 40
+        step = int(f["measurements/step"][row])
+        sample = int(f["measurements/sample_index"][row])
+        f["measurements/frequency_hz"][row] += 1.0
+    code, out, err = run_cli("replay", str(run))
+    assert code == 1
+    assert "diverged" in out and f"step {step}" in out and f"sample {sample}" in out
+
+
+def test_report_writes_plots_and_summary(tmp_path):
+    run = tmp_path / "run.h5"
+    code, _, err = run_cli("train", "--budget", "200", "--out", str(run), "--no-progress")
+    assert code == 0, err
+    code, out, err = run_cli("report", str(run), "--out", str(tmp_path / "rep"))
+    assert code == 0, err
+    pngs = sorted((tmp_path / "rep").glob("*.png"))
+    assert len(pngs) >= 3 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    summary = (tmp_path / "rep" / "summary.txt").read_text()
+    assert "status: completed" in summary
