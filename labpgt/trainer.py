@@ -141,8 +141,9 @@ class Trainer:
         start = self.reservoir.measurements
         features = []
         for lo in range(0, len(y), self.eval_batch_size):
-            if self.stop_requested:
-                return None
+            # no early exit on stop_requested here: a half-done evaluation would leave the
+            # simulated world's noise stream where an uninterrupted run never is, and a
+            # resumed run would no longer end bit-identical
             u, _ = self.model.encode(x[lo : lo + self.eval_batch_size])
             features.append(
                 self.reservoir.measure(
