@@ -125,6 +125,7 @@ class _Structure:
     tau_loop_w: float  # loop group delay at the winner, s
     df_dh: float  # winner's frequency shift per Oe of bias field, Hz/Oe
     df_dms: float  # per gauss of 4*pi*Ms, Hz/G
+    phase_w: float = 0.0  # loop phase of the winner (2*pi*n), rad
 
 
 @dataclass
@@ -139,6 +140,7 @@ class _State:
     gain_c: float  # compressed amplifier gain (linear)
     h_scale: float  # factor on small-signal loop amplitude from compression and damping
     lock_hw_hz: float
+    p_osc_out: float = 0.0  # power in the oscillation (all its lines), mW at the amplifier output
 
 
 class Ring:
@@ -343,9 +345,9 @@ class Ring:
         g = p.gamma_hz_per_oe
         df_dh = -L * k_u * u_h * g / den
         df_dms = -L * k_u * u_m * g / den
-        del kw
         return _Structure(key, f_h, f_m, f0, f_kmax, modes, loss, w, fw, float(loss[w]),
-                          float(tau_dl[w]), te + float(tau_dl[w]), df_dh, df_dms)
+                          float(tau_dl[w]), te + float(tau_dl[w]), df_dh, df_dms,
+                          2 * math.pi * te * fw + kw * L)
 
     def _grid(self, st: _Structure, freqs: np.ndarray):
         """(|h| passive loop amplitude without amp/attenuator, phase, dphase/df) on an analyzer grid, cached."""
@@ -452,26 +454,32 @@ class Ring:
         if not rf_on:
             if osc:
                 return _State(True, f_free, p_out_free, [f_free], [p_out_free], g_lin * c_star,
-                              math.sqrt(c_star * d_star), 0.0)
+                              math.sqrt(c_star * d_star), 0.0, p_out_free)
             return _State(False, f_free, 0.0, [], [], g_lin, 1.0, 0.0)
 
         f_s = float(drive_hz)
         p_inj = _lin(drive_dbm + p.injection_coupler_db)
         t_pass, phi = self._point(st, f_s - shift)
         h0 = math.sqrt(g_lin * att * t_pass)  # small-signal loop amplitude at the drive
-        cphi = math.cos(phi)
         if osc:
             lock_hw = p.adler_k / (2 * math.pi * st.tau_dl_w) * math.sqrt(p_inj / p_in_star)
-            fl = 4.0 * math.sin(min(math.pi * st.tau_loop_w * lock_hw, 0.5 * math.pi)) ** 2
+            # Inside the winner's own resonance the tone is the locked (or pulling) oscillation, not a
+            # separately regenerated signal: its phase offset from the winner is kept at least about
+            # the locking phase 2*pi*tau*df_L (soft clamp, fading out at the basin edge |dphi| = pi).
+            dphi = phi - st.phase_w
+            if abs(dphi) < math.pi:
+                dphi_l = min(2 * math.pi * st.tau_loop_w * lock_hw, math.pi)
+                wgt = 1.0 - (dphi / math.pi) ** 2
+                phi = math.sqrt(dphi * dphi + (dphi_l * wgt) ** 2)
         else:
-            lock_hw, fl = 0.0, 0.0
+            lock_hw = 0.0
+        cphi = math.cos(phi)
 
         def p_tone_in(x: float) -> tuple[float, float, float]:
             c = self._comp(x)
             dmp = self._damp(x, c, a_line_sat)
             h = h0 * math.sqrt(c * dmp)
-            den = 1.0 - 2.0 * h * cphi + h * h
-            den = math.sqrt(den * den + fl * fl) if fl > 0 else max(den, 1e-12)
+            den = max(1.0 - 2.0 * h * cphi + h * h, 1e-12)
             return p_inj / den, c, dmp
 
         p_osc_in = 0.0
@@ -479,7 +487,6 @@ class Ring:
             pt, c, dmp = p_tone_in(x_star)
             if pt < p_in_star:
                 p_osc_in = p_in_star - pt
-                x = x_star
         if p_osc_in <= 0.0:
             # tone alone sets the compression: solve ln(P_in) = ln(P_tone(P_in)) on ln x (regula falsi)
             def F(y):
@@ -532,7 +539,8 @@ class Ring:
             for j, wt in zip(js, wts):
                 f_lines.append(f_s - s * j * fb)
                 p_lines.append(p_osc_out * wt / tot)
-        return _State(osc, f_free, p_out_free, f_lines, p_lines, g_c, math.sqrt(c * dmp), lock_hw)
+        return _State(osc, f_free, p_out_free, f_lines, p_lines, g_c, math.sqrt(c * dmp), lock_hw,
+                      g_c * p_osc_in)
 
     # ------------------------------------------------------------------ public physics
     def _prepare(self, field_oe: float, t_s: float):

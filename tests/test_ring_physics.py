@@ -84,7 +84,10 @@ def test_oscillation_frequency_rises_monotonically_with_current():
 
 # ---------------------------------------------------------------- injection locking
 def _locked(r, f_free, det, dbm):
+    """Locked: the ring still oscillates (not quenched) and 90 % of the power sits at the drive."""
     f_s = f_free + det
+    if r.state(FIELD_OE, f_s, dbm).p_osc_out <= 0:
+        return False
     ls = r.lines(FIELD_OE, f_s, dbm)
     p = np.array([10 ** (x[1] / 10) for x in ls])
     at = np.array([abs(x[0] - f_s) < 1e3 for x in ls])
@@ -146,9 +149,10 @@ def test_strong_detuned_tone_quenches_the_oscillation():
     r = ring_at()
     f_free, _ = r.free_running(FIELD_OE)
     weak = r.state(FIELD_OE, f_free + 4e6, -40.0)
-    strong = r.state(FIELD_OE, f_free + 15e6, 0.0)
-    assert len(weak.f_lines) > 1  # oscillation + tone
-    assert len(strong.f_lines) == 1  # only the tone is left
+    strong = r.state(FIELD_OE, f_free + 8e6, -10.0)  # near the next mode, outside the lock range
+    assert weak.p_osc_out > 0.5 * weak.p_out_free and len(weak.f_lines) > 1  # oscillation + tone
+    assert strong.p_osc_out == 0.0 and len(strong.f_lines) == 1  # only the tone is left
+    assert 8e6 > r.locking_half_width_hz(FIELD_OE, -10.0)
 
 
 # ---------------------------------------------------------------- noise, seeds, drift
