@@ -13,6 +13,17 @@ the dispersion sampled on an analyzer grid) is cached by a quantised (field, Ms)
 departures from the key are applied as a first-order frequency shift of the whole structure.
 Per call, only scalar power balances and a vectorised render of a few lines remain.
 
+Choices where the reference leaves room (all visible in the numbers, see tests/test_ring_physics.py):
+- propagation loss is 8.686*tau_DL*(gamma'*dH/2) with gamma' = 2.8 MHz/Oe, literally as written
+  (~0.6 dB at the winner; the angular-rate reading would be 2*pi larger and put the threshold
+  at ~26 dB). Threshold at 1.8 A: ~28.9 dB of attenuation.
+- Adler: tau_g is the delay line's group delay at the winner, P_inj and P_osc are taken at the
+  amplifier input (the injection point). With K = 3 this gives +-5.5 MHz at -10 dBm and
+  +-0.18 MHz at -40 dBm while the line sits at -9 dBm at the analyzer; the reference's own
+  +-7.5 MHz / -5..-10 dBm cannot both hold with its other defaults (raise adler_k to ~4 for 7.5).
+- Params that shape the dispersion are cached: after changing any of them call clear_cache().
+  attenuation_db, gains, powers, noise and drift settings are read on every call.
+
 Only numpy and the standard library may be imported here (``sim`` is the far side of the wire).
 """
 from __future__ import annotations
