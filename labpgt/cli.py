@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
 
+from instruments.errors import InstrumentError
 from labpgt import __version__
 
 
@@ -172,9 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated as exc:
         print(f"{exc}; the rig was left safe", file=sys.stderr)
         return 143
-    except (ValueError, OSError, RuntimeError) as exc:
-        # our own errors (station files, limits, run files, instruments) all say what was
-        # wrong and what is allowed; a traceback would bury that
+    except (InstrumentError, ValueError, OSError, RuntimeError) as exc:
+        # our own errors (station files, limits, run files, experiment files, instruments) say
+        # what was wrong and what is allowed; a traceback would bury that (LABPGT_DEBUG=1 shows it)
+        if os.environ.get("LABPGT_DEBUG"):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
