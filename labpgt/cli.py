@@ -104,8 +104,10 @@ def cmd_report(args) -> int:
 def cmd_inspect(args) -> int:
     from labpgt.runfile import inspect
 
-    print(inspect(args.run))
-    return 0
+    text = inspect(args.run)
+    print(text)
+    # inspect shows whatever is readable; a damaged or foreign file still exits non-zero
+    return 1 if "PROBLEM:" in text else 0
 
 
 # --------------------------------------------------------------------------- parser

@@ -1,0 +1,89 @@
+"""Experiment options: defaults < --config file < flags; bad files say what is wrong and what is allowed."""
+from __future__ import annotations
+
+import argparse
+
+import h5py
+import numpy as np
+import pytest
+
+from labpgt.cli import main
+from labpgt.experiment import OPTIONS, ConfigError, add_train_arguments, config_to_toml, parse_config_text, resolve
+
+
+def parse(*argv):
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_precedence_defaults_then_file_then_flags(tmp_path):
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text('estimator = "pgt"\nbudget = 1234\nseed = 7\n')
+    config = resolve(parse("--config", str(cfg), "--seed", "9"))
+    assert config["estimator"] == "pgt" and config["budget"] == 1234 and config["seed"] == 9
+    assert config["dataset"] == OPTIONS["dataset"].default
+
+
+def test_every_cli_option_can_be_set_in_the_file(tmp_path):
+    values = {"station": "x.toml", "dataset": "digits", "estimator": "spsa", "budget": 10, "seed": 1,
+              "out": "o", "batch_size": 4, "lr": 0.1, "epsilon": 0.02, "directions": 2, "one_sided": True,
+              "distribution": "gaussian", "scope": "upstream", "nodes": 2, "bands": 5, "hidden": 4,
+              "current_a": 1.7, "reference_hz": 2.08e9, "eval_every": 3, "checkpoint_every": 4,
+              "noise_scale": 3.0, "progress": False}
+    assert set(values) == set(OPTIONS)
+    parsed = parse_config_text(config_to_toml(values), "t")
+    assert parsed == values
+
+
+def test_unknown_key_is_named_and_allowed_keys_listed():
+    with pytest.raises(ConfigError) as err:
+        parse_config_text('budgett = 5\n', "exp.toml")
+    assert "exp.toml" in str(err.value) and "'budgett'" in str(err.value) and "budget, seed" in str(err.value)
+
+
+@pytest.mark.parametrize("text, words", [
+    ('budget = "lots"\n', ["budget", "int", "lots"]),
+    ('estimator = "adam"\n', ["estimator", "adam", "node, pgt, spsa, oracle"]),
+    ('lr = -0.1\n', ["lr", "positive"]),
+    ('budget = [\n', ["not valid TOML"]),
+])
+def test_bad_values_are_explained(text, words):
+    with pytest.raises(ConfigError) as err:
+        parse_config_text(text, "exp.toml")
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_train_refuses_a_bad_experiment_file_before_touching_anything(tmp_path, capsys):
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text('estimator = "backprop-magic"\n')
+    out = tmp_path / "runs"
+    assert main(["train", "--config", str(cfg), "--out", str(out)]) == 2
+    assert "backprop-magic" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_inspect_and_resume_refuse_files_that_are_not_runs(tmp_path, capsys):
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = np.arange(3)
+    text = tmp_path / "notes.h5"
+    text.write_text("not hdf5 at all")
+    for path in (foreign, text):
+        assert main(["train", "--resume", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert str(path) in err
+    assert main(["inspect", str(foreign)]) == 1
+    assert "not a labpgt run file" in capsys.readouterr().out
+
+
+def test_inspect_shows_what_a_truncated_run_still_holds(tmp_path, capsys):
+    run = tmp_path / "run.h5"
+    assert main(["train", "--budget", "64", "--out", str(run), "--no-progress"]) == 0
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(run.read_bytes()[: run.stat().st_size // 2])
+    capsys.readouterr()
+    assert main(["inspect", str(cut)]) == 1
+    out = capsys.readouterr().out
+    assert "truncated" in out and "readable" in out
