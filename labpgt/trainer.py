@@ -116,7 +116,22 @@ class Trainer:
         grad_scaled = np.where(self.trainable, grad, 0.0) * self.scale
         scaled, self.opt_state = self.optimizer.update(grad_scaled, self.opt_state, self.model.params() / self.scale)
         new = np.where(self.trainable, scaled * self.scale, self.model.params())
-        self.model.set_params(new)
+        self.model.set_params(self.project(new))
+
+    def project(self, params: np.ndarray) -> np.ndarray:
+        """Keep the bias current inside ``model.current_bounds_a`` (A), if the model has bounds.
+
+        A deliberate constraint of the optimisation (projected gradient descent), not a silent
+        clamp of an instrument value: the bounds sit inside the station's limits with room for
+        the estimators' perturbations, so no request ever leaves the limits.
+        """
+        bounds = getattr(self.model, "current_bounds_a", None)
+        if bounds is None or "physical.current_a" not in getattr(self.model, "slots", {}):
+            return params
+        where = self.model.slots["physical.current_a"].slice
+        params = params.copy()
+        params[where] = np.clip(params[where], bounds[0], bounds[1])
+        return params
 
     def record_step(self, est) -> None:
         record = {
