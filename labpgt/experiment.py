@@ -57,6 +57,7 @@ OPTIONS: dict[str, Option] = {
     "bands": Option(int, 10, "readout bands across the analyzer span"),
     "hidden": Option(int, 8, "width of the digital layer before the ring"),
     "current_a": Option(float, 1.8, "initial bias current, A"),
+    "current_window_a": Option(float, 0.02, "the trained bias current stays within ± this of current_a, A"),
     "reference_hz": Option(float, None, "drive reference frequency, Hz (default: found by a probe sweep)"),
     "eval_every": Option(int, 25, "steps between evaluations on the test split"),
     "checkpoint_every": Option(int, 25, "steps between checkpoints"),
@@ -151,18 +152,36 @@ def estimator_options(config: dict) -> dict:
     return opts
 
 
-def build_trainer(config: dict, reservoir, recorder=None, progress=None):
+def current_bounds(config: dict, station_limits_a: tuple[float, float]) -> tuple[float, float]:
+    """Where the trained bias current may go (A): the window around current_a, inside the
+    station's limits, with room for the estimators' perturbations (a few current scales)."""
+    margin = 3 * 1e-3  # three current scales (model.current_scale_a = 1 mA)
+    lo = max(station_limits_a[0], config["current_a"] - config["current_window_a"]) + margin
+    hi = min(station_limits_a[1], config["current_a"] + config["current_window_a"]) - margin
+    if lo > hi:
+        raise ConfigError(
+            f"current_a = {config['current_a']} A with current_window_a = {config['current_window_a']} A leaves no "
+            f"room inside the station's current limits [{station_limits_a[0]}, {station_limits_a[1]}] A")
+    return (lo, hi)
+
+
+def build_trainer(config: dict, reservoir, recorder=None, progress=None, current_bounds_a=None):
     from labpgt.datasets import load
     from labpgt.trainer import make_trainer
 
     dataset = load(config["dataset"])
-    return make_trainer(
+    trainer = make_trainer(
         dataset, config["estimator"], reservoir, seed=config["seed"], budget=config["budget"],
         batch_size=config["batch_size"], lr=config["lr"], estimator_options=estimator_options(config),
         model_options={"hidden_before": (config["hidden"],)}, current_a=config["current_a"],
         eval_every=config["eval_every"], checkpoint_every=config["checkpoint_every"],
         recorder=recorder, progress=progress,
     )
+    if current_bounds_a is not None:
+        # the initial current too: the first perturbation must already stay inside the limits
+        trainer.model.current_bounds_a = tuple(current_bounds_a)
+        trainer.model.set_params(trainer.project(trainer.model.params()))
+    return trainer
 
 
 # --------------------------------------------------------------------------- running
@@ -297,7 +316,8 @@ def run_training(args, argv=None) -> int:
                                   current_min_a=float(cmin), current_max_a=float(cmax))
             readout = BandReadout(center_hz=reference_hz, span_hz=sa.span_hz, points=sa.points,
                                   rbw_hz=sa.rbw_hz, n_bands=config["bands"])
-            layout = {"encoder": encoder.to_dict(), "readout": readout.to_dict()}
+            layout = {"encoder": encoder.to_dict(), "readout": readout.to_dict(),
+                      "current_bounds_a": current_bounds(config, (float(cmin), float(cmax)))}
         else:
             encoder = KnobEncoder(**layout["encoder"])
             readout = BandReadout(**layout["readout"])
@@ -305,7 +325,7 @@ def run_training(args, argv=None) -> int:
         reservoir = StationReservoir(station, encoder, readout, simulated=embedded)
         if embedded:
             reservoir.noiseless = _noiseless_twin(config, encoder, readout)
-        trainer = build_trainer(config, reservoir)
+        trainer = build_trainer(config, reservoir, current_bounds_a=layout["current_bounds_a"])
         if resume_state is not None:
             trainer.load_state_dict(resume_state)
             if sim is not None:
@@ -409,7 +429,7 @@ def run_replay(path) -> int:
             if not metadata.get("embedded_simulator", False):
                 raise ConfigError("the oracle needs the simulated ring's noiseless model; this run used a real station")
             reservoir.noiseless = _noiseless_twin(config, encoder, readout)
-        return build_trainer(config, reservoir, recorder)
+        return build_trainer(config, reservoir, recorder, current_bounds_a=layout.get("current_bounds_a"))
 
     result = replay(path, build, encoder=encoder)
     print(result.message)
