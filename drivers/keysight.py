@@ -6,9 +6,10 @@ means little endian (LSB first); a marker that has nothing to read answers 9.91e
 """
 from __future__ import annotations
 
+from instruments.errors import InstrumentReportedError
 from instruments.roles import SignalGenerator, SpectrumAnalyzer
 
-from .scpi import SCPIInstrument, control, parse_bool, parse_overflow
+from .scpi import SCPIInstrument, control, parse_bool, parse_error, parse_overflow
 
 
 class MXG(SCPIInstrument, SignalGenerator):
@@ -43,6 +44,8 @@ class XSeries(SCPIInstrument, SpectrumAnalyzer):
     trace_query = "TRAC:DATA? TRACE1"
     trace_big_endian = False
     sweep_and_wait_command = "INIT:IMM;*OPC?"
+    # the X-Series reports an overloaded sweep as an error-queue entry ("Final IF Overload")
+    sweep_status_query = ":SYST:ERR?"
 
     center_hz = control("SENS:FREQ:CENT?", "SENS:FREQ:CENT {:.3f}", limit="frequency_hz", doc="centre in Hz")
     span_hz = control("SENS:FREQ:SPAN?", "SENS:FREQ:SPAN {:.3f}", limit="span_hz", doc="span in Hz")
@@ -56,6 +59,17 @@ class XSeries(SCPIInstrument, SpectrumAnalyzer):
     sweep_time_s = control("SENS:SWE:TIME?", doc="sweep time in s (read-only here)")
     continuous = control("INIT:CONT?", "INIT:CONT {:d}", parse=parse_bool, doc="continuous sweep on/off")
     attenuation_db = control("SENS:POW:ATT?", "SENS:POW:ATT {:.0f}", doc="input attenuation in dB")
+
+    def _parse_sweep_status(self, reply: str) -> bool:
+        """First error-queue entry after the sweep: overload entries flag the sweep, others raise."""
+        code, message = parse_error(reply)
+        if code == 0:
+            return False
+        entries = [(code, message)] + self.errors()
+        others = [e for e in entries if "overload" not in e[1].lower()]
+        if others:
+            raise InstrumentReportedError(self.role, entries, "sweep")
+        return True
 
     def peak(self) -> tuple[float, float]:
         self.write("CALC:MARK1:MAX")

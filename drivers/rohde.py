@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from instruments.errors import InstrumentReportedError
+from instruments.errors import InstrumentError, InstrumentReportedError
 from instruments.roles import SpectrumAnalyzer
 
 from .scpi import SCPIInstrument, control, parse_bool, parse_overflow
@@ -34,6 +34,8 @@ class FSV(SCPIInstrument, SpectrumAnalyzer):
     trace_query = "TRAC:DATA? TRACE1"
     trace_big_endian = True
     sweep_and_wait_command = "INIT:IMM;*OPC?"
+    # R&S: overload is bit 0 (OVLD) of the questionable power condition, not an error-queue entry
+    sweep_status_query = ":STAT:QUES:POW:COND?"
 
     center_hz = control("FREQ:CENT?", "FREQ:CENT {:.3f}", limit="frequency_hz", doc="centre in Hz")
     span_hz = control("FREQ:SPAN?", "FREQ:SPAN {:.3f}", limit="span_hz", doc="span in Hz")
@@ -47,6 +49,12 @@ class FSV(SCPIInstrument, SpectrumAnalyzer):
     sweep_time_s = control("SWE:TIME?", doc="sweep time in s (read-only here)")
     continuous = control("INIT:CONT?", "INIT:CONT {:d}", parse=parse_bool, doc="continuous sweep on/off")
     attenuation_db = control("INP:ATT?", "INP:ATT {:.0f}", doc="input attenuation in dB")
+
+    def _parse_sweep_status(self, reply: str) -> bool:
+        try:
+            return bool(int(float(reply.strip())) & 1)
+        except ValueError as exc:
+            raise InstrumentError(f"{self.role}: not a status register value: {reply!r}") from exc
 
     def peak(self) -> tuple[float, float]:
         self.write("CALC:MARK1:MAX")

@@ -6,6 +6,7 @@ All transports share one small API, in text with the terminators added/removed h
     query(command) -> str     send, read one reply line (terminator stripped)
     query_block(command)      send, read an IEEE 488.2 definite-length block -> payload bytes
     clear()                   device clear / drop whatever is pending (after a timeout)
+    reconnect(), link_down    open the resource again (after a dropped connection)
     timeout_s                 read timeout in seconds (settable)
     close(), resource
 
@@ -71,16 +72,23 @@ class VisaTransport:
         self.resource = resource
         self._constants = constants
         self._errors = pyvisa.errors
+        self._visa_library = visa_library
         self._read_termination = read_termination
+        self._write_termination = write_termination
         self._term_bytes = read_termination.encode("ascii")
         self._timeout_s = float(timeout_s)
+        self._is_socket = "::SOCKET" in resource.upper()
+        self._open()
+
+    def _open(self) -> None:
+        constants = self._constants
+        resource = self.resource
         try:
-            self._session = _resource_manager(visa_library).open_resource(
-                resource, read_termination=read_termination, write_termination=write_termination,
+            self._session = _resource_manager(self._visa_library).open_resource(
+                resource, read_termination=self._read_termination, write_termination=self._write_termination,
                 timeout=int(round(self._timeout_s * 1000)), open_timeout=int(round(self._timeout_s * 1000)))
         except Exception as exc:  # refused, unreachable, no such board: nobody answers there
             raise TransportTimeout(resource, self._timeout_s, f"could not open: {exc}") from exc
-        self._is_socket = "::SOCKET" in resource.upper()
         self._link_down = False
         if self._is_socket:
             # a raw socket has no END indicator: the read terminator is the only message end
@@ -184,6 +192,16 @@ class VisaTransport:
         finally:
             self._session.timeout = saved_ms
 
+    @property
+    def link_down(self) -> bool:
+        """True once the connection was refused or dropped (only :meth:`reconnect` helps then)."""
+        return self._link_down
+
+    def reconnect(self) -> None:
+        """Close the session and open the resource again (after a dropped connection)."""
+        self.close()
+        self._open()
+
     def close(self) -> None:
         try:
             self._session.close()
@@ -216,11 +234,23 @@ class SerialTransport:
         self._read_term = read_termination.encode("ascii")
         self._write_term = write_termination.encode("ascii")
         self._timeout_s = float(timeout_s)
+        self._baud_rate = int(baud_rate)
+        self._open()
+
+    def _open(self) -> None:
         try:
-            self._port = serial.serial_for_url(serial_port_from_resource(resource), baudrate=int(baud_rate),
-                                               timeout=self._timeout_s, write_timeout=self._timeout_s)
+            self._port = self._serial_module.serial_for_url(
+                serial_port_from_resource(self.resource), baudrate=self._baud_rate,
+                timeout=self._timeout_s, write_timeout=self._timeout_s)
         except Exception as exc:
-            raise TransportTimeout(resource, self._timeout_s, f"could not open: {exc}") from exc
+            raise TransportTimeout(self.resource, self._timeout_s, f"could not open: {exc}") from exc
+
+    link_down = False  # a serial port has no connection to lose; a vanished port fails to reopen
+
+    def reconnect(self) -> None:
+        """Close the port and open it again."""
+        self.close()
+        self._open()
 
     @property
     def timeout_s(self) -> float:
@@ -347,6 +377,12 @@ class ScriptedTransport:
 
     def clear(self) -> None:
         self.clears += 1
+
+    link_down = False
+    reconnects = 0
+
+    def reconnect(self) -> None:
+        self.reconnects += 1
 
     @property
     def remaining(self) -> list:

@@ -217,6 +217,42 @@ class Instrument:
             self._needs_clear = True
             raise
 
+    def recover(self) -> bool:
+        """Bring the instrument back after a fault; True if it had to reconnect.
+
+        Device clear (drops a half-delivered reply), then the instrument must identify itself;
+        if the link dropped or it does not answer, the transport reconnects and the vendor
+        set-up runs again (the caller re-sends its own settings when this returns True). The
+        error queue is drained either way: its entries belong to the fault being handled.
+        Raises (NoAnswerError, TransportError, ...) when the instrument cannot be reached.
+        """
+        self._needs_clear = False
+        transport = self.transport
+        if not getattr(transport, "link_down", False):
+            try:
+                transport.clear()
+                self.identify()
+                self.errors()
+                return False
+            except InstrumentError:
+                pass  # it does not answer on this connection: open a new one
+        reconnect = getattr(transport, "reconnect", None)
+        if reconnect is None:
+            raise InstrumentError(f"{self.role}: the transport {type(transport).__name__} cannot reconnect")
+        try:
+            reconnect()
+        except TransportTimeout as timeout:
+            raise NoAnswerError(self.role, self.resource, timeout.seconds) from timeout
+        self._needs_clear = False
+        self.identify()
+        self.errors()
+        self._after_reconnect()
+        return True
+
+    def _after_reconnect(self) -> None:
+        """Vendor set-up again on a new connection (roles add what they must re-apply)."""
+        self.initialize()
+
     def _clear_quietly(self) -> None:
         self._needs_clear = False
         try:
@@ -265,21 +301,29 @@ class Instrument:
     def _transmit_settings(self, settings: Sequence[Setting]) -> None:
         raise NotImplementedError
 
-    def _send_settings(self, settings: Sequence[Setting]) -> None:
+    def _transmit_settings_one_message(self, settings: Sequence[Setting]) -> None:
+        """The per-measurement hot path: settings, synchronisation and error check in as few
+        round trips as the driver can (SCPI: one). By default the same as ``_transmit_settings``."""
+        self._transmit_settings(settings)
+
+    def _send_settings(self, settings: Sequence[Setting], *, one_message: bool = False) -> None:
         """Send validated settings as one batch (the driver decides how), then forget caches."""
         try:
-            self._transmit_settings(settings)
+            if one_message:
+                self._transmit_settings_one_message(settings)
+            else:
+                self._transmit_settings(settings)
         finally:
             self._settings_changed(tuple(s.name for s in settings))
 
     def _settings_changed(self, names: tuple[str, ...]) -> None:
         """Called after settings were sent (roles with caches invalidate them)."""
 
-    def _apply(self, values: Sequence[tuple[str, object]]) -> None:
+    def _apply(self, values: Sequence[tuple[str, object]], *, one_message: bool = False) -> None:
         """Validate every (property name, value) first, then send them as one batch."""
         cls = type(self)
         settings = [Setting(name, value, getattr(cls, name).command(self, value)) for name, value in values]
-        self._send_settings(settings)
+        self._send_settings(settings, one_message=one_message)
 
     # ------------------------------------------------------------------ lifetime
     def safe_state(self) -> None:
@@ -321,8 +365,11 @@ class SignalGenerator(Instrument):
     output_enabled: bool
 
     def configure_cw(self, frequency_hz: float, power_dbm: float) -> None:
-        """Set frequency and power as one batch (both validated before either is sent)."""
-        self._apply([("frequency_hz", frequency_hz), ("power_dbm", power_dbm)])
+        """Set frequency and power as one batch (both validated before either is sent).
+
+        Once per measurement: sent as one message with its synchronisation and error check
+        where the driver can (``_transmit_settings_one_message``)."""
+        self._apply([("frequency_hz", frequency_hz), ("power_dbm", power_dbm)], one_message=True)
 
     def safe_state(self) -> None:
         self.output_enabled = False
@@ -471,6 +518,10 @@ class CurrentSource(Instrument):
         cls = type(self)
         self._send_settings([Setting("output_enabled", False, cls.output_enabled.command(self, False, guarded=False))])
 
+    def _after_reconnect(self) -> None:
+        super()._after_reconnect()
+        self.apply_compliance()
+
     def safe_state(self) -> None:
         """Ramp to zero from the read-back, then switch the output off."""
         self.ramp_to_zero()
@@ -503,6 +554,9 @@ class SpectrumAnalyzer(Instrument):
     trace_query: str = ""
     trace_big_endian: bool = False
     sweep_and_wait_command: str = "INIT:IMM;*OPC?"
+    #: a query joined to the sweep message that tells, in the same round trip, whether the sweep
+    #: was overloaded (driver-specific; "" = not asked); parsed by ``_parse_sweep_status``
+    sweep_status_query: str = ""
 
     center_hz: float
     span_hz: float
@@ -519,6 +573,8 @@ class SpectrumAnalyzer(Instrument):
         self._axis_hz: Optional[np.ndarray] = None
         self._sweep_time_s: Optional[float] = None
         self._continuous: Optional[bool] = None  # unknown until set
+        #: whether the last single sweep was overloaded (from ``sweep_status_query``)
+        self.overloaded = False
 
     _AXIS_SETTINGS = frozenset({"center_hz", "span_hz", "start_hz", "stop_hz", "points"})
     _TIMING_SETTINGS = frozenset({"center_hz", "span_hz", "start_hz", "stop_hz", "points", "rbw_hz"})
@@ -570,13 +626,30 @@ class SpectrumAnalyzer(Instrument):
         base_s = self.transport.timeout_s
         if needed_s > base_s:
             self.transport.timeout_s = needed_s
+        command = self.sweep_and_wait_command
+        if self.sweep_status_query:
+            command += ";" + self.sweep_status_query
         try:
-            reply = self.query(self.sweep_and_wait_command)
+            reply = self.query(command)
         finally:
             if needed_s > base_s:
                 self.transport.timeout_s = base_s
-        if reply.strip() not in ("1", "+1"):
-            raise InstrumentError(f"{self.role}: unexpected reply {reply!r} to {self.sweep_and_wait_command!r}")
+        done, _, status = reply.partition(";")
+        if done.strip() not in ("1", "+1") or (self.sweep_status_query and not status):
+            raise InstrumentError(f"{self.role}: unexpected reply {reply!r} to {command!r}")
+        self.overloaded = self._parse_sweep_status(status) if self.sweep_status_query else False
+
+    def _parse_sweep_status(self, reply: str) -> bool:
+        """The reply to ``sweep_status_query`` -> overloaded (drivers that ask implement it)."""
+        raise NotImplementedError
+
+    def _settings_reapply(self) -> None:
+        """Forget every cached setting (after a reconnect the instrument is asked again)."""
+        self._settings_changed(tuple(self._AXIS_SETTINGS | self._TIMING_SETTINGS | {"continuous"}))
+
+    def _after_reconnect(self) -> None:
+        super()._after_reconnect()
+        self._settings_reapply()
 
     def read_trace(self) -> tuple[np.ndarray, np.ndarray]:
         """(frequencies in Hz, power in dBm as float32) of the last sweep, via a REAL,32 block."""

@@ -23,7 +23,7 @@ def _raise_terminated(signum, frame):
 def cmd_sim_serve(args) -> int:
     from sim.server import SimServer
 
-    with SimServer(seed=args.seed, flavour=args.flavour, realtime=args.realtime) as server:
+    with SimServer(seed=args.seed, flavour=args.flavour, realtime=args.realtime, faults=args.faults) as server:
         text = server.station_toml()
         path = Path(args.station_out)
         path.write_text(text)
@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--flavour", choices=["keysight", "alt"], default="keysight",
                        help="keysight: MXG + Kepco BOP + X-series; alt: Windfreak SynthHD + Keithley 2400 + R&S FSV")
     serve.add_argument("--realtime", action="store_true", help="instruments really take their time")
+    serve.add_argument("--faults", metavar="SPEC",
+                       help='inject faults, e.g. "spectrum_analyzer:timeout=0.001;*:error=1e-4;seed=3" '
+                            "(kinds: timeout garbled truncated truncated_block disconnect error overload "
+                            "unlocked slow; KIND=P per message, KIND@N once on the Nth)")
     serve.add_argument("--station-out", default="sim-station.toml", help="where to write the station file")
     serve.set_defaults(func=cmd_sim_serve)
 

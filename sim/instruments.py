@@ -140,6 +140,10 @@ class SimKeysightMXG(_RigDevice):
     def _settling(self):
         self.pending_until = max(self.pending_until, self.clock.now() + GENERATOR_SETTLE_S)
 
+    def force_unlock(self, seconds: float) -> None:
+        """Fault injection: the synthesizer lost lock, reported in the error queue (the code is a choice)."""
+        self.push_error(520, "Synthesizer unlocked")
+
     def _freq(self, p, s):
         self.frequency = number(one(p), "HZ", self.F_MIN, self.F_MAX)
         self._settling()
@@ -601,6 +605,7 @@ class _Analyzer(_RigDevice):
         self.excursion_db = 6.0
         self.overload = False
         self.overload_event = False
+        self._forced_overload = False  # a fault (sim.faults "overload"): the next sweep overloads
         self._sweep = None  # pending single sweep: (t0, t1, settings)
         self._trace = None  # last completed trace (float64 dBm)
         self._trace_freqs = None
@@ -660,13 +665,18 @@ class _Analyzer(_RigDevice):
                                             averages=n if mode == "AVER" else 1, ref_level_dbm=ref)
         self._trace = np.asarray(trace, dtype=np.float64)
         self._trace_freqs = freqs
-        self.overload = bool(overload)
+        self.overload = bool(overload) or self._forced_overload
+        self._forced_overload = False
         if self.overload:
             self.overload_event = True
             self._report_overload()
 
     def _report_overload(self):
         pass
+
+    def force_overload(self) -> None:
+        """Fault injection: the next sweep computed is overloaded (reported as the model does)."""
+        self._forced_overload = True
 
     def _materialize(self):
         """Finish the pending sweep if its time has come."""
@@ -1312,7 +1322,7 @@ class SimWindfreakSynthHD:
         self.rig = rig
         self.clock = rig.clock
         self.lock = rig.lock
-        from sim.scpi import Faults
+        from sim.faults import Faults
         self.faults = Faults()
         self.channels = [_SynthChannel(), _SynthChannel()]
         self.selected = 0
@@ -1334,18 +1344,30 @@ class SimWindfreakSynthHD:
     def handle(self, data) -> bytes | None:
         if isinstance(data, str):
             data = data.encode("latin-1")
+        faults = self.faults
+        armed = faults.armed
+        due = ()
+        if armed:
+            if self.lock is not None:
+                with self.lock:
+                    due = faults.before(self, data)
+            else:
+                due = faults.before(self, data)
+            if "disconnect" in due:
+                return None  # a serial port cannot be unplugged here: the packet is lost
         if self.lock is not None:
             with self.lock:
                 out = self._execute(data)
         else:
             out = self._execute(data)
-        if out and self.faults.drop_next_reply > 0:
-            self.faults.drop_next_reply -= 1
-            return None
-        if out and self.faults.delay_s > 0:
-            import time
-            time.sleep(self.faults.delay_s)  # a fault: extra latency of the device
+        if armed:
+            out = faults.after(out or None, due, data)
         return out or None
+
+    def force_unlock(self, seconds: float) -> None:
+        """Fault injection: channel A's PLL reads unlocked for ``seconds`` of rig time, or until
+        a new frequency makes it lock again."""
+        self.channels[0].locked_at = self.clock.now() + float(seconds)
 
     def _execute(self, data: bytes) -> bytes:
         out = []

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import re
 import threading
-from dataclasses import dataclass, field
 
 # ----------------------------------------------------------------------------- errors
 
@@ -226,22 +225,8 @@ def _expand(pattern: str):
 # ----------------------------------------------------------------------------- faults
 
 
-@dataclass
-class Faults:
-    """Failure hooks for tests: set them on an instrument's ``faults``.
-
-    ``drop_next_reply``: swallow the next N replies (the instrument executes the query but
-    sends nothing -- the client times out). ``delay_s``: extra latency before each reply, in
-    real seconds. ``queue_error(code, message)``: an entry that appears in the instrument's
-    error queue before the next message is executed.
-    """
-
-    drop_next_reply: int = 0
-    delay_s: float = 0.0
-    errors: list = field(default_factory=list)
-
-    def queue_error(self, code: int, message: str | None = None) -> None:
-        self.errors.append((int(code), message if message is not None else MESSAGES.get(code, "Error")))
+# Faults live in sim.faults (re-exported here, where tests have always found them)
+from sim.faults import DISCONNECT, Faults  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- device
@@ -496,22 +481,29 @@ class SCPIDevice:
     def handle(self, message) -> bytes | None:
         """One program message (without terminator) in, the response message (with ``\\n``) out.
 
-        This is what the socket server calls; faults apply here.
+        This is what the socket server calls; faults apply here (``DISCONNECT``: the server
+        closes the connection, the message was not executed).
         """
         if isinstance(message, (bytes, bytearray)):
             message = message.decode("latin-1")
+        faults = self.faults
+        armed = faults.armed
+        due = ()
+        if armed:
+            if self.lock is not None:
+                with self.lock:
+                    due = faults.before(self, message)
+            else:
+                due = faults.before(self, message)
+            if "disconnect" in due:
+                return DISCONNECT
         if self.lock is not None:
             with self.lock:
                 out = self._join(self.execute(message))
         else:
             out = self._join(self.execute(message))
-        if out is not None:
-            if self.faults.drop_next_reply > 0:
-                self.faults.drop_next_reply -= 1
-                return None
-            if self.faults.delay_s > 0:
-                import time
-                time.sleep(self.faults.delay_s)  # a fault: the instrument's own extra latency
+        if armed:
+            out = faults.after(out, due, message)
         return out
 
     # --- in-process message exchange (IEEE 488.2 style: -410 / -420)
@@ -519,7 +511,8 @@ class SCPIDevice:
         if self._out is not None:
             self._out = None
             self.push_error(-410)
-        self._out = self.handle(message)
+        out = self.handle(message)
+        self._out = None if out is DISCONNECT else out
 
     def read(self) -> bytes:
         if self._out is None:

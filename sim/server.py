@@ -10,7 +10,8 @@
 
 ``SimServer`` starts a rig's instruments (daemon threads), exposes ``.resources`` (role ->
 resource string), ``.instruments`` (role -> simulated instrument, e.g. for ``faults``) and
-``.station_toml()``. Stopping closes every socket and file descriptor and joins every thread.
+``.station_toml()``. ``faults=`` takes a fault spec (``sim.faults``: a string or a ``[faults]``
+table), seeded from the server's seed unless the spec names its own. Stopping closes every socket and file descriptor and joins every thread.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import sys
 import threading
 import tty
 
+from sim.faults import DISCONNECT, apply_spec
 from sim.instruments import (SimKeithley2400, SimKepcoBOP, SimKeysightMXG, SimKeysightXSA, SimRig,
                              SimRohdeFSV, SimWindfreakSynthHD)
 
@@ -137,6 +139,8 @@ class SocketServer:
                 if line.endswith(b"\r"):
                     line = line[:-1]
                 out = _safe_handle(self.device, line)
+                if out is DISCONNECT:
+                    return  # a fault: the connection drops (closed by the caller)
                 if out:
                     try:
                         conn.sendall(out)
@@ -251,11 +255,16 @@ class SimServer:
     """
 
     def __init__(self, seed: int = 0, flavour: str = "keysight", realtime: bool = False, ring_params=None,
-                 host: str = "127.0.0.1", ports: dict | None = None, ring=None):
+                 host: str = "127.0.0.1", ports: dict | None = None, ring=None, faults=None,
+                 timeout_s: float = 5.0):
         if flavour not in FLAVOURS:
             raise ValueError(f"unknown flavour {flavour!r}; choose one of {sorted(FLAVOURS)}")
         self.seed = int(seed)
         self.flavour = flavour
+        self.faults = faults  # a sim.faults spec (string or table), applied at start()
+        self.timeout_s = float(timeout_s)  # the client timeout written into station_toml()
+        from sim.faults import parse_spec
+        parse_spec(faults)  # a bad spec fails here, before anything starts
         self.realtime = bool(realtime)
         self.host = host
         self.ports = dict(ports or {})
@@ -284,6 +293,7 @@ class SimServer:
                 self.resources[role] = server.resource
                 self.drivers[role] = driver
                 server.start()
+            apply_spec(self.faults, self.instruments, default_seed=self.seed)
         except BaseException:
             self.stop()
             raise
@@ -327,7 +337,7 @@ pacing = "{pacing}"          # {pacing_note}
 driver = "{d['signal_generator']}"
 resource = "{r['signal_generator']}"
 [signal_generator.options]
-timeout_s = 5.0
+timeout_s = {self.timeout_s!r}
 [signal_generator.limits]
 frequency_hz = [1.9e9, 2.3e9]
 power_dbm = [-60.0, 0.0]
@@ -335,7 +345,7 @@ power_dbm = [-60.0, 0.0]
 driver = "{d['current_source']}"
 resource = "{r['current_source']}"
 [current_source.options]
-timeout_s = 5.0
+timeout_s = {self.timeout_s!r}
 [current_source.limits]
 current_a = [{lo:.1f}, {hi:.1f}]
 compliance_v = {lim['compliance_v']:.1f}
@@ -345,7 +355,7 @@ ramp_step_a = 0.05
 driver = "{d['spectrum_analyzer']}"
 resource = "{r['spectrum_analyzer']}"
 [spectrum_analyzer.options]
-timeout_s = 5.0
+timeout_s = {self.timeout_s!r}
 [spectrum_analyzer.limits]
 max_input_dbm = 20.0
 frequency_hz = [1.0e9, 3.0e9]

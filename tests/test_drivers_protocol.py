@@ -112,11 +112,35 @@ def test_mxg_setters_sync_and_check_errors():
     done(t)
 
 
-def test_mxg_configure_cw_is_one_write_one_opc_one_error_read():
+def test_mxg_configure_cw_is_one_message_with_its_opc_and_error_read():
+    # the per-measurement hot path: settings, *OPC? and the first error-queue entry in one round trip
     sg, t = connect(MXG, [
-        (b"SOUR:FREQ 2100000000.00;:SOUR:POW -20.00\n", None), OPC, NO_ERROR_KEYSIGHT,
+        (b"SOUR:FREQ 2100000000.00;:SOUR:POW -20.00;*OPC?;:SYST:ERR?\n", b'1;+0,"No error"\n'),
+        (b"SOUR:FREQ 2100000001.50;:SOUR:POW -19.75;*OPC?;:SYST:ERR?\n", b'+1;+0,"No error"\n'),
     ], SG_LIMITS)
     sg.configure_cw(2.1e9, -20.0)
+    sg.configure_cw(2.1000000015e9, -19.75)
+    done(t)
+
+
+def test_mxg_configure_cw_error_in_the_reply_drains_the_queue_and_raises():
+    sg, t = connect(MXG, [
+        (b"SOUR:FREQ 2100000000.00;:SOUR:POW -20.00;*OPC?;:SYST:ERR?\n",
+         b'1;-222,"Data out of range;value clipped"\n'),
+        (b"SYST:ERR?\n", b'-221,"Settings conflict"\n'), NO_ERROR_KEYSIGHT,
+    ], SG_LIMITS)
+    with pytest.raises(InstrumentReportedError) as info:
+        sg.configure_cw(2.1e9, -20.0)
+    assert info.value.entries == [(-222, "Data out of range;value clipped"), (-221, "Settings conflict")]
+    done(t)
+
+
+def test_mxg_configure_cw_rejects_a_reply_without_opc_and_entry():
+    sg, t = connect(MXG, [
+        (b"SOUR:FREQ 2100000000.00;:SOUR:POW -20.00;*OPC?;:SYST:ERR?\n", b"1\n"),
+    ], SG_LIMITS)
+    with pytest.raises(InstrumentError, match="unexpected reply"):
+        sg.configure_cw(2.1e9, -20.0)
     done(t)
 
 
@@ -192,13 +216,13 @@ def test_xseries_measure_reads_one_little_endian_block_with_few_round_trips():
     sa, t = xseries_connected([
         (b"INIT:CONT 0\n", None), OPC, NO_ERROR_KEYSIGHT,
         (b"SENS:SWE:TIME?\n", b"+1.20000000E-02\n"),
-        (b"INIT:IMM;*OPC?\n", b"1\n"),
+        (b"INIT:IMM;*OPC?;:SYST:ERR?\n", b'1;+0,"No error"\n'),
         (b"SENS:FREQ:STAR?\n", b"+2.04000000E+09\n"),
         (b"SENS:FREQ:STOP?\n", b"+2.06000000E+09\n"),
         (b"SENS:SWE:POIN?\n", b"+401\n"),
         (b"TRAC:DATA? TRACE1\n", b"#41604" + payload + b"\n"),
         # the second measurement: nothing changed, so one sweep + one block
-        (b"INIT:IMM;*OPC?\n", b"1\n"),
+        (b"INIT:IMM;*OPC?;:SYST:ERR?\n", b'1;+0,"No error"\n'),
         (b"TRAC:DATA? TRACE1\n", block(payload)),
     ])
     sa.initialize()
@@ -216,7 +240,7 @@ def test_xseries_rejects_a_big_endian_block():
     sa, t = xseries_connected([
         (b"INIT:CONT 0\n", None), OPC, NO_ERROR_KEYSIGHT,
         (b"SENS:SWE:TIME?\n", b"+1.20000000E-02\n"),
-        (b"INIT:IMM;*OPC?\n", b"1\n"),
+        (b"INIT:IMM;*OPC?;:SYST:ERR?\n", b'1;+0,"No error"\n'),
         (b"SENS:FREQ:STAR?\n", b"+2.04000000E+09\n"),
         (b"SENS:FREQ:STOP?\n", b"+2.06000000E+09\n"),
         (b"SENS:SWE:POIN?\n", b"+401\n"),
@@ -229,7 +253,7 @@ def test_xseries_rejects_a_big_endian_block():
 
 def test_xseries_reconfigure_invalidates_the_cached_axis():
     payload = struct.pack("<401f", *trace_values())
-    sweep = [(b"INIT:IMM;*OPC?\n", b"1\n")]
+    sweep = [(b"INIT:IMM;*OPC?;:SYST:ERR?\n", b'1;+0,"No error"\n')]
     sa, t = xseries_connected([
         (b"INIT:CONT 0\n", None), OPC, NO_ERROR_KEYSIGHT,
         (b"SENS:SWE:TIME?\n", b"+1.20000000E-02\n"), *sweep,
@@ -252,7 +276,7 @@ def test_xseries_long_sweep_extends_the_timeout_and_restores_it():
     sa, t = xseries_connected([
         (b"INIT:CONT 0\n", None), OPC, NO_ERROR_KEYSIGHT,
         (b"SENS:SWE:TIME?\n", b"+1.00000000E+01\n"),
-        (b"INIT:IMM;*OPC?\n", b"1\n"),
+        (b"INIT:IMM;*OPC?;:SYST:ERR?\n", b'1;+0,"No error"\n'),
     ])
     sa.initialize()
     sa.single_sweep()
@@ -320,7 +344,7 @@ def test_fsv_measure_reads_a_big_endian_block():
     sa, t = fsv_connected([
         (b"INIT:CONT 0\n", None), OPC, NO_ERROR_RS,
         (b"SWE:TIME?\n", b"0.0125\n"),
-        (b"INIT:IMM;*OPC?\n", b"1\n"),
+        (b"INIT:IMM;*OPC?;:STAT:QUES:POW:COND?\n", b"1;0\n"),
         (b"FREQ:STAR?\n", b"2040000000\n"), (b"FREQ:STOP?\n", b"2060000000\n"), (b"SWE:POIN?\n", b"401\n"),
         (b"TRAC:DATA? TRACE1\n", b"#41604" + struct.pack(">401f", *values) + b"\n"),
     ])
@@ -334,7 +358,7 @@ def test_fsv_rejects_a_little_endian_block():
     sa, t = fsv_connected([
         (b"INIT:CONT 0\n", None), OPC, NO_ERROR_RS,
         (b"SWE:TIME?\n", b"0.0125\n"),
-        (b"INIT:IMM;*OPC?\n", b"1\n"),
+        (b"INIT:IMM;*OPC?;:STAT:QUES:POW:COND?\n", b"1;0\n"),
         (b"FREQ:STAR?\n", b"2040000000\n"), (b"FREQ:STOP?\n", b"2060000000\n"), (b"SWE:POIN?\n", b"401\n"),
         (b"TRAC:DATA? TRACE1\n", block(struct.pack("<401f", *trace_values()))),
     ])
