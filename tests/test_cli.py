@@ -161,3 +161,25 @@ def test_report_writes_plots_and_summary(tmp_path):
     assert len(pngs) >= 3 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
     summary = (tmp_path / "rep" / "summary.txt").read_text()
     assert "status: completed" in summary
+
+
+def test_train_on_the_alt_station_with_the_current_at_its_limit(tmp_path):
+    """Windfreak over a pty, Keithley 2400 (1 A max), R&S FSV: the trained current stays inside."""
+    from sim.server import SimServer
+
+    from labpgt.runfile import RunReader
+
+    with SimServer(seed=1, flavour="alt") as server:
+        station = tmp_path / "alt.toml"
+        station.write_text(server.station_toml())
+        run = tmp_path / "alt.h5"
+        assert main(["train", "--station", str(station), "--current-a", "1.0", "--budget", "96",
+                     "--out", str(run), "--no-progress"]) == 0
+    with RunReader(run) as reader:
+        currents = reader.measurements.column("current_a")
+        kinds = reader.measurements.column("kind")
+        assert reader.status == "completed"
+    # every request inside the station's limit; the trained value itself keeps room for the kicks
+    assert currents.max() <= 1.0 and currents.min() >= 0.98
+    evaluated = currents[kinds == 2]  # eval rows use the unperturbed current
+    assert evaluated.size and evaluated.max() <= 1.0 - 3e-3 + 1e-12
