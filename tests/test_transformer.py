@@ -225,3 +225,20 @@ def test_narma10_regression_learns_beyond_the_mean_predictor():
                                   checkpoint_every=0)
     assert tr.run() == "completed"
     assert tr.evaluations[-1]["accuracy"] > 0.5  # 1 - NMSE; predicting the mean gives 0
+
+
+@pytest.mark.parametrize("estimator", ["node", "backprop"])
+def test_resume_from_a_checkpoint_continues_bit_for_bit(estimator):
+    """The echo-state noise is keyed by the evaluation counter, which the checkpoint restores."""
+    rec = ListRecorder()
+    checkpoints = []
+    rec.checkpoint = checkpoints.append
+    straight = trainer(estimator, batch_size=8, budget=8 * 8 * 2 * 6, recorder=rec, checkpoint_every=3)
+    straight.run()
+    halfway = checkpoints[0]
+    assert halfway["step"] == 3
+    resumed = trainer(estimator, batch_size=8, budget=8 * 8 * 2 * 6)
+    resumed.load_state_dict(halfway)
+    resumed.run()
+    assert resumed.step == straight.step
+    np.testing.assert_array_equal(resumed.model.params(), straight.model.params())
