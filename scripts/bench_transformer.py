@@ -135,17 +135,24 @@ def machine() -> str:
     return f"nproc {os.cpu_count()}, {cpu}, Python {platform.python_version()}, numpy {np.__version__}"
 
 
-def write_docs(path: Path, text: str) -> None:
-    """Replace (or append) our own section of docs/benchmarks.md, leaving the others alone."""
+def write_docs(path: Path, intro: str, subsection: str, body: str) -> None:
+    """Update our section of docs/benchmarks.md: the intro, and the subsection of this configuration.
+
+    Other sections of the file, and our subsections of other configurations, are left alone.
+    """
     old = path.read_text() if path.exists() else "# Benchmarks\n"
     start = old.find(SECTION)
     if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
+        before, mine, after = old.rstrip("\n") + "\n\n", "", ""
     else:
         end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[end + 1:] if end >= 0 else "")
+        before, mine, after = old[:start], old[start:end + 1 if end >= 0 else len(old)], old[end + 1:] if end >= 0 else ""
+    parts = mine.split("\n### ")[1:]  # our existing subsections, by heading
+    subsections = {p.split("\n", 1)[0]: "### " + p.rstrip("\n") for p in parts}
+    subsections[subsection] = f"### {subsection}\n\n{body}"
+    text = SECTION + "\n\n" + intro + "\n\n" + "\n\n".join(subsections.values()) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new.rstrip("\n") + "\n")
+    path.write_text((before + text + ("\n" + after if after else "")).rstrip("\n") + "\n")
 
 
 def main(argv=None) -> int:
@@ -190,21 +197,21 @@ def main(argv=None) -> int:
     out.write_text(json.dumps({"command": command, "machine": machine(), "wall_s": wall, "args": vars(args),
                                "summary": rows, "runs": runs}, indent=1, default=float))
     if args.docs:
-        write_docs(Path(args.docs), "\n".join([
-            SECTION, "",
-            f"Test accuracy of the transformer with a reservoir layer (labpgt/transformer.py) on {args.task}, "
-            "against training evaluations of the reservoir (one evaluation = one sample × one token; "
-            f"test-split evaluations not counted); median over {args.seeds} seeds, tuned defaults "
-            "(`TRANSFORMER_DEFAULTS`). `backprop` is the baseline that differentiates the reservoir "
-            "(echo-state: analytic VJP; ring: central differences of the noiseless simulated ring); "
-            "`node`, `pgt` (as published, all parameters perturbed) and `spsa` only measure. "
-            "“evals to ≥ backprop − 2 pt”: median evaluations until the test accuracy first comes within "
-            "2 points of backprop's final median on the same reservoir (never = not within the budget).",
-            "",
-            text, "",
-            f"Reproduce: `{command}` ({wall / 60:.0f} min wall). Machine: {machine()}. "
-            "Raw curves: `scripts/results/bench_transformer.json`.", "",
-        ]))
+        intro = (
+            "Test accuracy of the transformer with a reservoir layer (labpgt/transformer.py) against training "
+            "evaluations of the reservoir (one evaluation = one sample × one token = one ring measurement; "
+            "test-split evaluations not counted); median over seeds, tuned defaults (`TRANSFORMER_DEFAULTS`). "
+            "`backprop` is the baseline that differentiates the reservoir (echo-state: analytic VJP; ring: central "
+            "differences of the noiseless simulated ring); `node`, `pgt` (as published, all parameters perturbed) "
+            "and `spsa` only measure. “evals to ≥ backprop − 2 pt”: median evaluations until the test accuracy "
+            "first comes within 2 points of backprop's final median on the same reservoir (never = not within "
+            "the budget; — = backprop not in that run).")
+        heading = (f"{args.task}, {args.seeds} seeds, budgets: "
+                   + ", ".join(f"{'echo-state' if r == 'esn' else 'ring'} {fmt_evals(budgets[r])}"
+                               for r in args.reservoirs) + f"; methods: {', '.join(args.methods)}")
+        body = (text + "\n\n" + f"Reproduce: `{command}` ({wall / 60:.0f} min wall). Machine: {machine()}. "
+                f"Raw curves: `{Path(args.out).relative_to(ROOT) if Path(args.out).is_relative_to(ROOT) else args.out}`.")
+        write_docs(Path(args.docs), intro, heading, body)
     return 0
 
 
