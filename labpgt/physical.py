@@ -1,9 +1,20 @@
 """The physical layer on a station: knobs -> instrument settings -> spectrum -> features.
 
-One measurement per sample per virtual node: the signal generator is set (frequency and power
-joined in one write, one ``*OPC?``), the analyzer sweeps once and its trace is read as a
-binary block, the readout turns the trace into features, and the run file appends the row.
-The bias current is a physical *parameter*: it changes at most once per call and is ramped.
+One measurement per sample per virtual node. The per-measurement critical path holds only
+what the instruments need, in as few round trips as the wire allows:
+
+1. the signal generator gets frequency and power, its ``*OPC?`` and its error-queue read as
+   one message (``SOUR:FREQ f;:SOUR:POW p;*OPC?;:SYST:ERR?`` on SCPI generators: one round
+   trip; the queue is read after every batch of settings, as the design asks);
+2. the analyzer sweeps once (``INIT:IMM;*OPC?``) and its trace is read as a binary block
+   (axis, sweep time and sweep mode are cached by the driver, never re-queried).
+
+Everything else happens once per call (a forward batch), after the last sweep: the traces
+are cut into features in one vectorised call and the rows go to the recorder in one
+``measurements_batch`` (the run file's block append; a recorder without it gets rows one at
+a time). A call interrupted by an error still records the rows it measured before the error
+is raised. The bias current is a physical *parameter*: it changes at most once per call and
+is ramped.
 """
 from __future__ import annotations
 
@@ -36,6 +47,7 @@ class StationReservoir:
         self.measurements = 0
         self.flags_base = FLAG_SIMULATED if simulated else 0
         self._current_a: float | None = None
+        self._axis = (float(readout.freqs_hz[0]), float(readout.freqs_hz[-1]), int(readout.points))
         self._configure_analyzer()
 
     def _configure_analyzer(self) -> None:
@@ -57,28 +69,67 @@ class StationReservoir:
         self.set_current(current_a)
         freq_hz, power_dbm = settings["drive_frequency_hz"], settings["drive_power_dbm"]
         batch, nodes = freq_hz.shape
+        n = batch * nodes
         sg, sa = self.station.signal_generator, self.station.spectrum_analyzer
-        features = np.empty((batch, self.n_features))
-        width = self.readout.n_bands
-        axis = (self.readout.freqs_hz[0], self.readout.freqs_hz[-1], self.readout.points)
-        for i in range(batch):
-            for node in range(nodes):
-                sg.configure_cw(float(freq_hz[i, node]), float(power_dbm[i, node]))
-                _, trace = sa.measure()
-                row = self.readout.features(trace[None, :])[0]
-                features[i, node * width:(node + 1) * width] = row
-                self.measurements += 1
-                self.recorder.measurement({
-                    "time_s": time.time(), "step": step, "kind": kind,
-                    "sample_index": int(sample_index[i]), "node": node,
-                    "perturbation_direction": perturbation.direction,
-                    "perturbation_sign": perturbation.sign,
-                    "settings": {"frequency_hz": float(freq_hz[i, node]),
-                                 "power_dbm": float(power_dbm[i, node]),
-                                 "current_a": float(current_a)},
-                    "trace_dbm": np.asarray(trace, dtype=np.float32),
-                    "frequency_axis": axis,
-                    "features": row,
-                    "flags": self.flags_base | (FLAG_OVERLOAD if getattr(sa, "overloaded", False) else 0),
-                })
-        return features
+        configure_cw, sweep = sg.configure_cw, sa.measure
+        frequencies, powers = freq_hz.ravel().tolist(), power_dbm.ravel().tolist()  # sample-major
+        traces = np.empty((n, self.readout.points), dtype=np.float32)
+        times = np.empty(n)
+        flags = np.full(n, self.flags_base, dtype=np.uint16)
+        done = 0
+        try:
+            for k in range(n):  # the critical path: instruments only
+                configure_cw(frequencies[k], powers[k])
+                _, trace = sweep()
+                traces[k] = trace
+                if getattr(sa, "overloaded", False):
+                    flags[k] |= FLAG_OVERLOAD
+                times[k] = time.time()
+                done = k + 1
+        except BaseException as exc:
+            self.measurements += done
+            if done:  # keep what was measured: the run file must show every measurement taken
+                try:
+                    self._record(done, traces, times, flags, freq_hz, power_dbm, current_a, kind, step,
+                                 sample_index, perturbation, self.readout.features(traces[:done]))
+                except Exception as record_exc:  # the instrument's error stays the one raised
+                    exc.add_note(f"recording the {done} measurement(s) taken before it failed too: "
+                                 f"{record_exc!r}")
+            raise
+        self.measurements += n
+        per_node = self.readout.features(traces)
+        self._record(n, traces, times, flags, freq_hz, power_dbm, current_a, kind, step, sample_index,
+                     perturbation, per_node)
+        return per_node.reshape(batch, self.n_features)
+
+    def _record(self, done, traces, times, flags, freq_hz, power_dbm, current_a, kind, step, sample_index,
+                perturbation, per_node) -> None:
+        """The first ``done`` rows (sample-major: sample i, node j is row i * nodes + j)."""
+        batch, nodes = freq_hz.shape
+        rows = {
+            "time_s": times[:done],
+            "sample_index": np.repeat(np.asarray(sample_index, dtype=np.int64), nodes)[:done],
+            "node": np.tile(np.arange(nodes), batch)[:done],
+            "frequency_hz": freq_hz.ravel()[:done],
+            "power_dbm": power_dbm.ravel()[:done],
+            "trace_dbm": traces[:done],
+            "features": per_node,
+            "flags": flags[:done],
+        }
+        common = {"step": int(step), "kind": kind, "perturbation_direction": perturbation.direction,
+                  "perturbation_sign": perturbation.sign, "current_a": float(current_a),
+                  "frequency_axis": self._axis}
+        write_batch = getattr(self.recorder, "measurements_batch", None)
+        if write_batch is not None:  # the run file's block append
+            write_batch({**common, **rows})
+            return
+        for r in range(done):
+            self.recorder.measurement({
+                "time_s": float(rows["time_s"][r]), "step": common["step"], "kind": kind,
+                "sample_index": int(rows["sample_index"][r]), "node": int(rows["node"][r]),
+                "perturbation_direction": perturbation.direction, "perturbation_sign": perturbation.sign,
+                "settings": {"frequency_hz": float(rows["frequency_hz"][r]),
+                             "power_dbm": float(rows["power_dbm"][r]), "current_a": common["current_a"]},
+                "trace_dbm": rows["trace_dbm"][r], "frequency_axis": self._axis,
+                "features": per_node[r], "flags": int(rows["flags"][r]),
+            })
