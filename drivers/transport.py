@@ -20,10 +20,10 @@ from __future__ import annotations
 import re
 from typing import Optional, Sequence, Union
 
-from instruments.errors import InstrumentError, TransportTimeout
+from instruments.errors import LinkError, TransportTimeout
 
 
-class TransportError(InstrumentError):
+class TransportError(LinkError):
     """The link itself failed (connection lost, malformed framing)."""
 
 

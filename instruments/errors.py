@@ -10,6 +10,11 @@ class InstrumentError(Exception):
     """Anything that went wrong talking to, or deciding about, an instrument."""
 
 
+class LinkError(InstrumentError):
+    """The link to an instrument misbehaved (a garbled, truncated or unframed reply, a dropped
+    connection): worth a device clear or a reconnect and another try."""
+
+
 class LimitError(InstrumentError, ValueError):
     """A requested value lies outside the allowed range. Raised before anything is sent."""
 

@@ -27,7 +27,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from .errors import InstrumentError, NoAnswerError, StationFileError, TransportTimeout
+from .errors import InstrumentError, LimitError, LinkError, NoAnswerError, StationFileError, TransportTimeout
 from .roles import CurrentSource, Instrument, SignalGenerator, SpectrumAnalyzer, unit_of
 
 #: roles in the order they are connected (and, reversed where it matters, made safe)
@@ -82,6 +82,13 @@ def resource_is_valid(resource: str) -> bool:
             port = match.groupdict().get("port")
             return port is None or 0 < int(port) < 65536
     return False
+
+
+def _worth_another_try(exc: BaseException) -> bool:
+    """Link faults are; an instrument's own refusal, a limit or an interrupt are not."""
+    if isinstance(exc, (NoAnswerError, LinkError)):
+        return True
+    return isinstance(exc, ValueError) and not isinstance(exc, (LimitError, StationFileError))
 
 
 def resolve_driver(name: str, role: str, source: str) -> type:
@@ -359,11 +366,22 @@ class Station:
             instrument = self.instruments.get(role)
             if instrument is None or role in skip:
                 continue
-            try:
-                step(instrument)
-            except (Exception, KeyboardInterrupt) as exc:  # a second Ctrl-C must not skip the other steps
-                problems.append(f"{role}: {what} failed: {type(exc).__name__}: {exc}")
+            for attempt in range(1, self.safe_attempts + 1):
+                try:
+                    step(instrument)
+                    break
+                except (Exception, KeyboardInterrupt) as exc:  # a second Ctrl-C must not skip the other steps
+                    if attempt == self.safe_attempts or not _worth_another_try(exc):
+                        problems.append(f"{role}: {what} failed: {type(exc).__name__}: {exc}")
+                        break
+                    try:  # a link fault: clear (or reconnect) and try the step again
+                        instrument.recover()
+                    except Exception:  # noqa: BLE001 - the next attempt reports what is wrong
+                        pass
         return problems
+
+    #: tries per safe step when the link fails (a timeout, a garbled reply, a dropped connection)
+    safe_attempts = 3
 
     def _shutdown(self, skip_failed: bool = False) -> list[str]:
         skip = (self._failed_role,) if skip_failed and self._failed_role else ()

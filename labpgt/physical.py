@@ -47,6 +47,8 @@ class StationReservoir:
         self.measurements = 0
         self.flags_base = FLAG_SIMULATED if simulated else 0
         self._current_a: float | None = None
+        from .recovery import RecoveryPolicy  # (recovery imports this module's flags)
+        self.recovery = RecoveryPolicy()  # faults: recover, repeat if safe, record (labpgt/recovery.py)
         self._axis = (float(readout.freqs_hz[0]), float(readout.freqs_hz[-1]), int(readout.points))
         self._configure_analyzer()
 
@@ -66,7 +68,10 @@ class StationReservoir:
 
     def measure(self, u, *, current_a, kind, step, sample_index, perturbation=Perturbation()) -> np.ndarray:
         settings = self.encoder.encode(u, current_a)  # rejects NaN/inf/out-of-range before any instrument moves
-        self.set_current(current_a)
+        try:
+            self.set_current(current_a)
+        except Exception as exc:  # an instrument fault is recovered (and recorded), others re-raised
+            self.recovery.repeat(self, exc, step=step, row_offset=0, current_a=current_a)
         freq_hz, power_dbm = settings["drive_frequency_hz"], settings["drive_power_dbm"]
         batch, nodes = freq_hz.shape
         n = batch * nodes
@@ -79,11 +84,16 @@ class StationReservoir:
         done = 0
         try:
             for k in range(n):  # the critical path: instruments only
-                configure_cw(frequencies[k], powers[k])
-                _, trace = sweep()
+                try:
+                    configure_cw(frequencies[k], powers[k])
+                    _, trace = sweep()
+                    if getattr(sa, "overloaded", False):
+                        raise _overloaded()
+                except Exception as exc:  # a fault: recover and repeat (recorded), or re-raised
+                    trace, more = self.recovery.repeat(self, exc, step=step, row_offset=k, current_a=current_a,
+                                                       frequency_hz=frequencies[k], power_dbm=powers[k])
+                    flags[k] |= more
                 traces[k] = trace
-                if getattr(sa, "overloaded", False):
-                    flags[k] |= FLAG_OVERLOAD
                 times[k] = time.time()
                 done = k + 1
         except BaseException as exc:
@@ -133,3 +143,8 @@ class StationReservoir:
                 "trace_dbm": rows["trace_dbm"][r], "frequency_axis": self._axis,
                 "features": per_node[r], "flags": int(rows["flags"][r]),
             })
+
+
+def _overloaded():
+    from .recovery import Overloaded
+    return Overloaded("spectrum_analyzer: the sweep was overloaded")

@@ -22,6 +22,11 @@ Layout (format_version 1)::
                             optimizer/<name> [N, *shape], rng_state_* and extra_* (text columns)
     /resumes/               one row per --resume: the checkpoint continued from and the row ranges
                             of measurements/steps/evaluations recorded after it (abandoned)
+    /faults/                (optional: files written before it have no such group and read as
+                            "no faults") one row per instrument fault met while measuring:
+                            time_s, step, measurement_row (the /measurements row it touched: the
+                            row the repeated measurement got, or would have got), role, kind,
+                            recovered, attempt, message_*; /committed then has a 7th count
     /status/                the status log (the current status is the last committed row):
                             time_s, code (enum running/completed/failed/aborted), pid, message_*,
                             host_*
@@ -58,9 +63,15 @@ STATUSES = ("running", "completed", "failed", "aborted")
 FLAG_BITS = {1: "overload", 2: "unlocked", 4: "repeated", 8: "fault", 16: "simulated"}
 BLOCK_ROWS = 64  # rows buffered before a block write (performance.md: ~6x cheaper than single rows)
 TABLES = ("measurements", "steps", "evaluations", "checkpoints", "status", "resumes")
+#: tables newer than format_version 1's first files: present or not, counted after TABLES in /committed
+OPTIONAL_TABLES = ("faults",)
+FAULT_ROLES = ("signal_generator", "current_source", "spectrum_analyzer", "station")
+FAULT_KINDS = ("no_answer", "connection_lost", "bad_reply", "instrument_error", "overload", "unlocked", "other")
 
 KIND_DTYPE = h5py.enum_dtype({k: i for i, k in enumerate(KINDS)}, basetype="i1")
 STATUS_DTYPE = h5py.enum_dtype({k: i for i, k in enumerate(STATUSES)}, basetype="i1")
+FAULT_ROLE_DTYPE = h5py.enum_dtype({k: i for i, k in enumerate(FAULT_ROLES)}, basetype="i1")
+FAULT_KIND_DTYPE = h5py.enum_dtype({k: i for i, k in enumerate(FAULT_KINDS)}, basetype="i1")
 
 # (name, dtype, units, description) of the per-measurement scalar columns
 _MEAS_SCALARS = (
@@ -117,7 +128,16 @@ _STATUS_COLUMNS = (
     ("code", STATUS_DTYPE, "1", "running, completed, failed or aborted"),
     ("pid", "i8", "1", "process id of the writer"),
 )
-_TEXT_COLUMNS = {"checkpoints": ("rng_state", "extra"), "status": ("message", "host")}
+_FAULT_COLUMNS = (
+    ("time_s", "f8", "s", "unix time when the fault was met"),
+    ("step", "i8", "1", "optimisation step of the measurement it touched"),
+    ("measurement_row", "i8", "1", "/measurements row it touched (the repeat's row, or the row it would have had)"),
+    ("role", FAULT_ROLE_DTYPE, "1", "instrument role: " + ", ".join(FAULT_ROLES)),
+    ("kind", FAULT_KIND_DTYPE, "1", "what the fault looked like: " + ", ".join(FAULT_KINDS)),
+    ("recovered", "u1", "1", "1 if the measurement was repeated successfully, 0 if not"),
+    ("attempt", "i4", "1", "attempt of the measurement that met the fault (1 = the first)"),
+)
+_TEXT_COLUMNS = {"checkpoints": ("rng_state", "extra"), "status": ("message", "host"), "faults": ("message",)}
 
 
 class RunFileError(ValueError):
@@ -271,7 +291,8 @@ class RunFile:
         self._meas["features"] = m["features"]
         self._committed_ds = f["committed"]
         self._committed = [int(x) for x in self._committed_ds[:]]
-        self._n_rows = {t: int(f[t][_first_column(t)].shape[0]) for t in TABLES}
+        self._tables = _tables_of(f)
+        self._n_rows = {t: int(f[t][_first_column(t)].shape[0]) for t in self._tables}
         self._optimizer_names = list(f["checkpoints/optimizer"].keys())
         self._alloc_buffer()
         self._status = None
@@ -324,9 +345,10 @@ class RunFile:
             _text_scalar(meta, "metadata_json", metadata_json)
             _text_scalar(meta, "param_names_json", json.dumps(param_names))
 
-            c = f.create_dataset("committed", data=np.zeros(len(TABLES), dtype="i8"))
+            tables = TABLES + OPTIONAL_TABLES
+            c = f.create_dataset("committed", data=np.zeros(len(tables), dtype="i8"))
             c.attrs["units"] = "1"
-            c.attrs["description"] = "complete rows of " + ", ".join(TABLES) + " (rows beyond are in flight)"
+            c.attrs["description"] = "complete rows of " + ", ".join(tables) + " (rows beyond are in flight)"
 
             m = f.create_group("measurements")
             for name, dtype, units, desc in _MEAS_SCALARS:
@@ -363,6 +385,10 @@ class RunFile:
             rs = f.create_group("resumes")
             for col in _RESUME_COLUMNS:
                 _new_column(rs, *col, chunk_rows=16)
+            fa = f.create_group("faults")
+            for col in _FAULT_COLUMNS:
+                _new_column(fa, *col, chunk_rows=256)
+            _new_text_column(fa, "message", "what the driver reported")
 
             f.swmr_mode = True  # from here on: no new objects, no attribute changes
         except BaseException:
@@ -396,7 +422,7 @@ class RunFile:
         f = h5py.File(path, "r+", libver="latest")
         try:
             committed = [int(x) for x in f["committed"][:]]
-            for table, n in zip(TABLES, committed):
+            for table, n in zip(_tables_of(f), committed):
                 _truncate_group(f[table], n)  # discard half-written rows of the dead writer
             f.swmr_mode = True
         except BaseException:
@@ -558,10 +584,30 @@ class RunFile:
         _append(g["params"], params[None])
         self._append_text(g, "rng_state", state.get("rng_state") or "")
         self._append_text(g, "extra", state.get("extra") or "")
+        # a checkpoint taken after a failed step names the rows at that step's start
+        # (state["measurement_rows"]): a resume then abandons the failed step's partial rows
         self._append_row("checkpoints", _CKPT_SCALARS, {
-            "time_s": time.time(), **state, "measurement_rows": self._n_rows["measurements"],
+            "time_s": time.time(), "measurement_rows": self._n_rows["measurements"], **state,
             "step_rows": self._n_rows["steps"], "evaluation_rows": self._n_rows["evaluations"]})
         self.flush()
+
+    def fault(self, record: dict) -> bool:
+        """One instrument fault (time_s, step, measurement_row, role, kind, recovered, attempt,
+        message); made durable with the next flush. A file from before the faults table keeps
+        none: returns False (the measurement rows still carry the repeated/fault flags)."""
+        self._check_open()
+        if "faults" not in self._tables:
+            return False
+        role = record["role"] if record["role"] in FAULT_ROLES else "station"
+        kind = record["kind"] if record["kind"] in FAULT_KINDS else "other"
+        g = self._f["faults"]
+        self._append_text(g, "message", str(record.get("message", "")))
+        self._append_row("faults", _FAULT_COLUMNS, {
+            "time_s": record.get("time_s", time.time()), "step": record["step"],
+            "measurement_row": record["measurement_row"], "role": FAULT_ROLES.index(role),
+            "kind": FAULT_KINDS.index(kind), "recovered": int(bool(record["recovered"])),
+            "attempt": record.get("attempt", 1)})
+        return True
 
     def set_status(self, status: str, message: str = "") -> None:
         """Append to the status log and flush (running, completed, failed, aborted)."""
@@ -590,7 +636,7 @@ class RunFile:
             return
         self._write_buffer()
         self._f.flush()
-        self._committed = [self._n_rows[t] for t in TABLES]
+        self._committed = [self._n_rows[t] for t in self._tables]
         self._committed_ds[:] = np.array(self._committed, dtype=np.int64)
         self._f.flush()
 
@@ -645,7 +691,12 @@ class RunFile:
 
 def _first_column(table):
     return {"measurements": "time_s", "steps": "step", "evaluations": "step",
-            "checkpoints": "step", "status": "code", "resumes": "checkpoint"}[table]
+            "checkpoints": "step", "status": "code", "resumes": "checkpoint", "faults": "time_s"}[table]
+
+
+def _tables_of(f) -> tuple:
+    """The tables this file has, in /committed order (optional ones only where present)."""
+    return TABLES + tuple(t for t in OPTIONAL_TABLES if t in f)
 
 
 def _truncate_group(g, n):
@@ -838,6 +889,30 @@ class RunReader:
     def resumes(self) -> dict:
         return self._table("resumes", _RESUME_COLUMNS)
 
+    @property
+    def n_faults(self) -> int:
+        """Committed fault rows (0 for a file from before the faults table)."""
+        return self._committed[len(TABLES)] if "faults" in self._f and len(self._committed) > len(TABLES) else 0
+
+    def faults(self) -> dict:
+        """The faults table as columns (role and kind as strings, message as a list); empty
+        columns for a file from before the faults table."""
+        n = self.n_faults
+        out = {name: np.zeros(0) for name, *_ in _FAULT_COLUMNS}
+        out["message"] = []
+        if not n:
+            out["role"] = out["kind"] = np.array([], dtype=object)
+            return out
+        g = self._f["faults"]
+        for name, *_ in _FAULT_COLUMNS:
+            ds = g[name]
+            out[name] = ds.astype("i1")[:n] if name in ("role", "kind") else ds[:n]
+        out["role"] = np.array([FAULT_ROLES[i] for i in out["role"]], dtype=object)
+        out["kind"] = np.array([FAULT_KINDS[i] for i in out["kind"]], dtype=object)
+        out["recovered"] = out["recovered"].astype(bool)
+        out["message"] = [self._text("faults", "message", i) for i in range(n)]
+        return out
+
     def effective_rows(self, table: str = "measurements") -> np.ndarray:
         """Row indices of ``table`` (measurements, steps, evaluations) on the run's path: rows
         recorded after the checkpoint a resume continued from, and before that resume, are
@@ -1001,6 +1076,10 @@ def _describe(r: RunReader, lines: list) -> None:
     steps, evals = r.steps(), r.evaluations()
     lines.append(f"  measurements: {r.n_measurements}   steps: {len(steps['step'])}   "
                  f"evaluations: {len(evals['step'])}   checkpoints: {r.n_checkpoints}")
+    if r.n_faults:
+        fl = r.faults()
+        kinds = ", ".join(f"{k} {int(np.sum(fl['kind'] == k))}" for k in FAULT_KINDS if np.any(fl["kind"] == k))
+        lines.append(f"  instrument faults: {r.n_faults} ({int(fl['recovered'].sum())} recovered; {kinds})")
     if len(evals["step"]):
         lines.append(f"  last test accuracy: {evals['test_accuracy'][-1]:.4f} at step {evals['step'][-1]}")
     lines.append(f"  parameters: {r.n_params}; trace points: {r.trace_points}; "

@@ -90,8 +90,13 @@ class Trainer:
         while self.train_measurements < self.budget:
             if self.stop_requested:
                 return self._finish("aborted")
-            x, y, index = self.next_batch()
-            est = self.estimator.estimate(self.model, self.reservoir, x, y, index, self.step, self.rng)
+            start = self._step_start()
+            try:
+                x, y, index = self.next_batch()
+                est = self.estimator.estimate(self.model, self.reservoir, x, y, index, self.step, self.rng)
+            except Exception as exc:  # an instrument that could not be recovered, ...
+                self._fail(start, exc)
+                raise
             self.train_measurements += est.measurements_spent
             if not (np.all(np.isfinite(est.grad)) and np.isfinite(est.loss)):
                 return self._finish("diverged")
@@ -187,6 +192,27 @@ class Trainer:
 
     def checkpoint(self) -> None:
         self.recorder.checkpoint(self.state_dict())
+
+    def _step_start(self) -> tuple:
+        """What a step changes before it is applied (to checkpoint a failed step as never begun)."""
+        rows = getattr(getattr(self.reservoir, "recorder", None), "n_measurements", None)
+        return (self.rng.bit_generator.state, self.reservoir.measurements,
+                json.dumps(self.estimator.state_dict()), rows)
+
+    def _fail(self, start: tuple, exc: BaseException) -> None:
+        """A step failed: checkpoint the state at its start (marked failed) so --resume redoes it."""
+        rng_state, measurements, estimator_state, rows = start
+        try:
+            self.rng.bit_generator.state = rng_state
+            self.reservoir.measurements = measurements
+            self.estimator.load_state_dict(json.loads(estimator_state))
+            self.status = "failed"
+            state = self.state_dict()
+            if rows is not None:
+                state["measurement_rows"] = int(rows)  # the failed step's rows are abandoned on resume
+            self.recorder.checkpoint(state)
+        except Exception as ckpt_exc:
+            exc.add_note(f"the checkpoint of the failed step could not be written either: {ckpt_exc!r}")
 
     def _finish(self, status: str) -> str:
         self.status = status
