@@ -274,6 +274,7 @@ def run_training(args, argv=None) -> int:
     from labpgt.embedded import open_station
     from labpgt.encoding import BandReadout, KnobEncoder
     from labpgt.physical import StationReservoir
+    from labpgt.recovery import MeasurementFailed
     from labpgt.runfile import RunFile, RunReader
 
     resume_state = None
@@ -322,6 +323,10 @@ def run_training(args, argv=None) -> int:
             encoder = KnobEncoder(**layout["encoder"])
             readout = BandReadout(**layout["readout"])
             probe = None
+            if resume_state is None and sim is not None and config["reference_hz"] is None:
+                # killed before its first checkpoint: the run starts over, and the fresh simulated
+                # world must first see the probe the original run made (it moved its clock and noise)
+                find_reference_hz(station, config["current_a"])
         reservoir = StationReservoir(station, encoder, readout, simulated=embedded)
         if embedded:
             reservoir.noiseless = _noiseless_twin(config, encoder, readout)
@@ -352,10 +357,16 @@ def run_training(args, argv=None) -> int:
         with run:
             reservoir.recorder = run
             trainer.recorder = _WorldRecorder(run, sim) if sim is not None else run
+            if resume_state is None:
+                trainer.checkpoint()  # step 0: a run killed from here on can be resumed
             bar, trainer.progress = _progress_bar(config, trainer.train_measurements)
             with _StopOnSignal(trainer):
                 try:
                     status = trainer.run()
+                except MeasurementFailed:
+                    print(f"run file {run_path} is marked failed, with a checkpoint at the start of the failed "
+                          f"step; continue with: labpgt train --resume {run_path}", file=sys.stderr)
+                    raise
                 finally:
                     if bar is not None:
                         bar.close()
