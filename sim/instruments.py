@@ -38,6 +38,7 @@ numpy and the standard library only; never ``drivers``, ``instruments`` or ``lab
 """
 from __future__ import annotations
 
+import collections
 import math
 import re
 import threading
@@ -261,6 +262,9 @@ class _CurrentSourceBase(_RigDevice):
 
     def __init__(self, rig: SimRig, coil: CoilLoad | None = None):
         self.coil = coil if coil is not None else CoilLoad()
+        #: (rig time, current driven into the coil) at every change, for tests: a ramp is a
+        #: sequence of small steps, a jump is a safety fault (0 A while the output is off)
+        self.drive_log: collections.deque = collections.deque(maxlen=1_000_000)
         super().__init__(rig)
         if rig.current_source is None:
             rig.current_source = self
@@ -283,6 +287,7 @@ class _CurrentSourceBase(_RigDevice):
             target = max(-ilim, min(ilim, self.v_set / self.coil.r))
             vc = max(abs(self.v_set), 1e-3)
         t_end = self.coil.command(t, target, vc)
+        self.drive_log.append((t, target))
         if self.rig.current_source is self:
             self.rig.ring.set_current(t, self.coil.final_current())
         settle = t + 3.0 * self.rig.tau_coil_s

@@ -1,0 +1,233 @@
+"""Crash safety: kill `labpgt train` with SIGKILL at random moments, check every file, resume.
+
+    python scripts/crash_test.py                 # 20 kills (default), budget 3000, seed 7
+    python scripts/crash_test.py --kills 40 --budget 4000 --seed 1
+
+One uninterrupted run (same seed, embedded simulated ring) is the reference. Then chains of
+killed runs: `labpgt train` (or `labpgt train --resume` of the chain's file) is started in a
+subprocess and killed with SIGKILL after a random delay. After every kill the file must
+
+* open with plain h5py (a SWMR read: the killed writer's mark stays until a resume clears it);
+* hold consistent committed tables: every measurement column at least as long as the committed
+  count, finite features, finite plausible traces (dBm), kinds and steps in range;
+* hold every measurement up to its last flush: all rows of every committed step, and each
+  effective row (rows abandoned by resumes left out) bit-identical in settings, trace and
+  features to the same row of the reference run (the simulated ring is deterministic);
+
+and when a chain's run completes (`--resume` after the last kill) its final parameters must equal
+the reference's, bit for bit. A kill that lands before the run file exists, or before its
+creation finished, is counted as such (nothing to resume; the chain starts over).
+
+Results: printed, and JSON to scripts/results/crash_test.json (``--json``). Exit status 0 only if
+every check passed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPARED = ("step", "kind", "sample_index", "node", "frequency_hz", "power_dbm", "current_a", "trace_dbm",
+            "features")
+
+
+def train_command(out: Path, budget: int, seed: int, resume: bool) -> list[str]:
+    if resume:
+        return [sys.executable, "-m", "labpgt.cli", "train", "--resume", str(out), "--no-progress"]
+    return [sys.executable, "-m", "labpgt.cli", "train", "--budget", str(budget), "--seed", str(seed),
+            "--out", str(out), "--no-progress", "--eval-every", "5", "--checkpoint-every", "2"]
+
+
+def run_to_completion(out: Path, budget: int, seed: int, resume: bool) -> None:
+    proc = subprocess.run(train_command(out, budget, seed, resume), capture_output=True, text=True, cwd=ROOT,
+                          timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"labpgt train {'--resume ' if resume else ''}failed ({proc.returncode}): "
+                           f"{proc.stderr[-2000:]}")
+
+
+def _abandoned(f, table: str, n: int) -> np.ndarray:
+    keep = np.ones(n, dtype=bool)
+    committed = f["committed"][:]
+    n_resumes = int(committed[5])
+    for a, b in zip(f[f"resumes/{table}_start"][:n_resumes], f[f"resumes/{table}_stop"][:n_resumes]):
+        keep[int(a):int(b)] = False
+    return keep
+
+
+def check_file(path: Path, reference: dict) -> dict:
+    """Plain-h5py checks of a killed run file against the reference rows; returns a summary."""
+    problems = []
+    with h5py.File(path, "r", swmr=True) as f:  # plain h5py: no labpgt code reads it here
+        committed = [int(x) for x in f["committed"][:]]
+        n, n_steps = committed[0], committed[1]
+        m = f["measurements"]
+        for name in m:
+            if m[name].shape[0] < n:
+                problems.append(f"measurements/{name} has {m[name].shape[0]} rows < committed {n}")
+        rows = {name: m[name][:n] for name in COMPARED}
+        rows["kind"] = m["kind"].astype("i1")[:n]
+        if not np.all(np.isfinite(rows["features"])):
+            problems.append("non-finite features in committed rows")
+        trace = rows["trace_dbm"]
+        if not (np.all(np.isfinite(trace)) and np.all(np.abs(trace) < 1000)):
+            problems.append("implausible trace values in committed rows")
+        if trace.shape[1:] != reference["trace_dbm"].shape[1:]:
+            problems.append(f"trace width {trace.shape[1:]} differs from the reference")
+        if not np.all((rows["kind"] >= 0) & (rows["kind"] <= 2)):
+            problems.append("kind out of range")
+        keep = _abandoned(f, "measurements", n)
+        steps = f["steps/step"][:n_steps]
+        step_keep = _abandoned(f, "steps", n_steps)
+        last_step = int(steps[step_keep][-1]) if step_keep.any() else 0
+        n_ckpt = committed[3]
+    effective = {k: v[keep] for k, v in rows.items()}
+    n_eff = len(effective["step"])
+    if n_eff > len(reference["step"]):
+        problems.append(f"{n_eff} effective rows, more than the reference run's {len(reference['step'])}")
+        n_eff = len(reference["step"])
+    for name in COMPARED:
+        a, b = effective[name][:n_eff], reference[name][:n_eff]
+        if a.tobytes() != b.tobytes():
+            bad = np.flatnonzero(np.any(np.asarray(a != b).reshape(n_eff, -1), axis=1))
+            problems.append(f"measurements/{name} differs from the reference run at effective row {int(bad[0])}")
+            break
+    # every row measured before the last committed step's flush is there
+    needed = int(np.count_nonzero(reference["step"] < last_step))
+    if n_eff < needed:
+        problems.append(f"only {n_eff} effective rows; the committed step {last_step} needs {needed}")
+    return {"rows": n, "effective_rows": n_eff, "steps": n_steps, "last_step": last_step, "checkpoints": n_ckpt,
+            "problems": problems}
+
+
+def read_reference(path: Path) -> dict:
+    with h5py.File(path, "r") as f:
+        n = int(f["committed"][0])
+        ref = {name: f["measurements"][name][:n] for name in COMPARED}
+        ref["kind"] = f["measurements/kind"].astype("i1")[:n]
+        ref["final_params"] = f["checkpoints/params"][-1]
+    return ref
+
+
+def final_params(path: Path) -> np.ndarray:
+    with h5py.File(path, "r") as f:
+        return f["checkpoints/params"][-1]
+
+
+def crash_test(kills: int = 20, budget: int = 3000, seed: int = 7, workdir: Path | None = None,
+               max_delay_s: float = 3.0, log=print) -> dict:
+    rng = np.random.default_rng(seed)
+    own_tmp = None
+    if workdir is None:
+        own_tmp = tempfile.TemporaryDirectory(prefix="labpgt-crash-")
+        workdir = Path(own_tmp.name)
+    workdir = Path(workdir)
+    t0 = time.monotonic()
+    reference_path = workdir / "reference.h5"
+    run_to_completion(reference_path, budget, seed, resume=False)
+    reference = read_reference(reference_path)
+    log(f"reference run: {len(reference['step'])} measurement rows")
+    result = {"kills": 0, "kills_before_file": 0, "kills_during_creation": 0, "chains_completed": 0,
+              "files_checked": 0, "problems": [], "kill_log": [], "budget": budget, "seed": seed}
+    chain = 0
+    path = workdir / f"chain{chain}.h5"
+    while result["kills"] < kills:
+        resume = path.exists()
+        proc = subprocess.Popen(train_command(path, budget, seed, resume), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, cwd=ROOT)
+        delay = float(rng.uniform(0.2, max_delay_s))
+        try:
+            proc.wait(timeout=delay)  # a random moment (the run may end first)
+            finished = True
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            finished = False
+        stderr = proc.stderr.read().decode(errors="replace")
+        proc.stderr.close()
+        if finished:
+            if proc.returncode != 0:
+                result["problems"].append(f"chain {chain}: train exited {proc.returncode}: {stderr[-500:]}")
+                break
+            ok = final_params(path).tobytes() == reference["final_params"].tobytes()
+            log(f"chain {chain}: completed; final parameters {'identical to' if ok else 'DIFFER from'} the reference")
+            if not ok:
+                result["problems"].append(f"chain {chain}: final parameters differ from the uninterrupted run")
+            result["chains_completed"] += 1
+            chain += 1
+            path = workdir / f"chain{chain}.h5"
+            continue
+        result["kills"] += 1
+        entry = {"kill": result["kills"], "chain": chain, "after_s": round(delay, 3), "resumed": resume}
+        if not path.exists():
+            result["kills_before_file"] += 1
+            entry["file"] = "not created yet"
+        else:
+            try:
+                summary = check_file(path, reference)
+            except (OSError, KeyError) as exc:
+                if resume:
+                    result["problems"].append(f"kill {result['kills']}: the resumed file no longer opens: {exc}")
+                    summary = {"problems": [str(exc)]}
+                else:  # killed while HDF5 was still creating the file's layout: nothing to resume
+                    result["kills_during_creation"] += 1
+                    entry["file"] = f"killed during creation ({type(exc).__name__}); starting over"
+                    path.unlink()
+                    result["kill_log"].append(entry)
+                    log(f"kill {result['kills']:2d} after {delay:.2f} s: {entry['file']}")
+                    continue
+            result["files_checked"] += 1
+            entry.update({k: summary.get(k) for k in ("rows", "effective_rows", "steps", "checkpoints")})
+            for p in summary["problems"]:
+                result["problems"].append(f"kill {result['kills']}: {p}")
+            entry["ok"] = not summary["problems"]
+        result["kill_log"].append(entry)
+        what = entry.get("file") or f"{entry['effective_rows']} effective rows, {entry['steps']} steps"
+        log(f"kill {result['kills']:2d} after {delay:.2f} s ({'resume' if resume else 'new run'}): {what}"
+            f"{'' if entry.get('ok', True) else '  PROBLEMS'}")
+    # the last chain: resume it to the end
+    if path.exists() and not result["problems"]:
+        run_to_completion(path, budget, seed, resume=True)
+        ok = final_params(path).tobytes() == reference["final_params"].tobytes()
+        log(f"chain {chain}: resumed to completion; final parameters "
+            f"{'identical to' if ok else 'DIFFER from'} the reference")
+        if not ok:
+            result["problems"].append(f"chain {chain}: final parameters differ from the uninterrupted run")
+        result["chains_completed"] += 1
+    result["seconds"] = round(time.monotonic() - t0, 1)
+    result["ok"] = not result["problems"] and result["chains_completed"] > 0
+    if own_tmp is not None:
+        own_tmp.cleanup()
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kills", type=int, default=20, help="SIGKILLs in all (default 20)")
+    parser.add_argument("--budget", type=int, default=3000, help="training measurements per run")
+    parser.add_argument("--seed", type=int, default=7, help="seed of the runs and of the kill moments")
+    parser.add_argument("--max-delay", type=float, default=3.0, help="kill at most this many seconds after start")
+    parser.add_argument("--json", default=str(ROOT / "scripts" / "results" / "crash_test.json"))
+    args = parser.parse_args(argv)
+    result = crash_test(args.kills, args.budget, args.seed, max_delay_s=args.max_delay)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"\n{result['kills']} kills ({result['kills_before_file']} before the file existed, "
+          f"{result['kills_during_creation']} during its creation), {result['files_checked']} files checked, "
+          f"{result['chains_completed']} runs resumed to completion, {result['seconds']} s")
+    print("all checks passed" if result["ok"] else "PROBLEMS:\n  " + "\n  ".join(result["problems"]))
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

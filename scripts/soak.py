@@ -1,0 +1,195 @@
+"""Soak: a long training run on the simulated ring with instrument faults injected.
+
+    python scripts/soak.py                         # 100,000 training measurements (default)
+    python scripts/soak.py --measurements 20000 --spread-seeds 3
+
+Faults are injected at about 1 in ``--fault-every`` (200) measurements: every kind the
+simulator has (timeout, garbled, truncated reply or block, dropped connection, error-queue
+entry, analyzer overload, unlocked synthesizer, slow reply) with equal shares, as seeded
+per-message probabilities on every instrument. The run goes through the real stack: loopback
+sockets, pyvisa-py, the drivers, the station, StationReservoir with its recovery policy, the
+trainer and an HDF5 run file. Reported:
+
+* measurements lost: measurements the trainer consumed that are not rows of the run file (target 0)
+* unsafe exits: the rig not left safe at the end (RF on, output on, current not ~0, analyzer
+  not continuous) or any jump of the magnet current larger than the station's ramp step in the
+  whole run (target 0)
+* faults injected (by the simulator), met by the drivers, recovered and unrecovered (run file)
+* final test accuracy beside a fault-free run with the same seed, and the seed-to-seed spread
+  of fault-free runs (``--spread-seeds`` seeds)
+
+JSON to scripts/results/soak.json and a printed table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+KINDS_BY_ROLE = {
+    "signal_generator": ("timeout", "garbled", "truncated", "disconnect", "error", "unlocked", "slow"),
+    "current_source": ("timeout", "garbled", "truncated", "disconnect", "error", "slow"),
+    "spectrum_analyzer": ("timeout", "garbled", "truncated", "truncated_block", "disconnect", "error", "overload",
+                          "slow"),
+}
+#: program messages per measurement on the keysight flavour (generator settings; sweep; trace)
+MESSAGES_PER_MEASUREMENT = 3
+
+
+def fault_spec(fault_every: int, seed: int) -> str:
+    """Per-message probabilities that add up to about one fault per ``fault_every`` measurements."""
+    per_message = 1.0 / (fault_every * MESSAGES_PER_MEASUREMENT)
+    kinds = sorted({k for ks in KINDS_BY_ROLE.values() for k in ks})
+    items = [f"seed={seed}", "slow_s=0.05", "unlock_s=1.0"]
+    for role, ks in KINDS_BY_ROLE.items():
+        for kind in ks:
+            items.append(f"{role}:{kind}={per_message / len(ks):.3e}")
+    assert set(kinds) >= {k for ks in KINDS_BY_ROLE.values() for k in ks}
+    return ";".join(items)
+
+
+def run_once(measurements: int, seed: int, faults: str | None, workdir: Path, timeout_s: float = 0.5) -> dict:
+    from instruments.station import Station
+    from labpgt.encoding import BandReadout, KnobEncoder
+    from labpgt.experiment import OPTIONS, build_trainer, current_bounds, find_reference_hz
+    from labpgt.physical import FLAG_FAULT, FLAG_REPEATED, StationReservoir
+    from labpgt.runfile import RunFile, RunReader
+    from sim.server import SimServer
+
+    config = {name: opt.default for name, opt in OPTIONS.items()}
+    config.update(budget=int(measurements), seed=int(seed), progress=False)
+    path = workdir / f"soak-s{seed}-{'faults' if faults else 'clean'}.h5"
+    t0 = time.monotonic()
+    error = None
+    with SimServer(seed=seed, timeout_s=timeout_s) as server:
+        station = Station.from_text(server.station_toml(), "<soak station>")
+        try:
+            with station:
+                station.spectrum_analyzer.sweep_timeout_margin_s = 0.3  # the sweep takes ~0 s of wall time here
+                reference_hz, _, _ = find_reference_hz(station, config["current_a"])
+                sa = station.spectrum_analyzer
+                cmin, cmax = station.current_source.limits["current_a"]
+                encoder = KnobEncoder(n_nodes=config["nodes"], reference_hz=reference_hz, current_min_a=cmin,
+                                      current_max_a=cmax)
+                readout = BandReadout(center_hz=reference_hz, span_hz=sa.span_hz, points=sa.points,
+                                      rbw_hz=sa.rbw_hz, n_bands=config["bands"])
+                reservoir = StationReservoir(station, encoder, readout, simulated=True)
+                trainer = build_trainer(config, reservoir, current_bounds_a=current_bounds(config, (cmin, cmax)))
+                run = RunFile.create(path, n_params=trainer.model.params().size,
+                                     features_per_measurement=readout.n_bands, trace_points=readout.points,
+                                     optimizer_state_shapes={k: np.shape(v) for k, v in trainer.opt_state.items()},
+                                     metadata={"experiment": "soak", "faults": faults or ""}, overwrite=True)
+                if faults:  # from here on: the probe and set-up ran clean
+                    from sim.faults import apply_spec
+                    apply_spec(faults, server.instruments, default_seed=seed)
+                with run:
+                    reservoir.recorder = trainer.recorder = run
+                    try:
+                        status = trainer.run()
+                    except Exception as exc:  # noqa: BLE001 - reported, the run file says "failed"
+                        status, error = "failed", f"{type(exc).__name__}: {exc}"
+                    run.set_status("completed" if status == "completed" else "failed", status)
+        except Exception as exc:  # noqa: BLE001 - leaving the rig safe had problems: an unsafe exit
+            error = (error + "; " if error else "") + f"{type(exc).__name__}: {exc}"
+        insts = server.instruments
+        injected = {role: len(inst.faults.injected) for role, inst in insts.items()}
+        for inst in insts.values():
+            inst.faults.clear()
+        cs, sg, san = insts["current_source"], insts["signal_generator"], insts["spectrum_analyzer"]
+        ramp_step = station.roles["current_source"].limits["ramp_step_a"]
+        drive = np.array([i for _, i in cs.drive_log])
+        jumps = np.abs(np.diff(drive)) if len(drive) > 1 else np.zeros(0)
+        state = {"rf_output": bool(sg.output), "current_output": bool(cs.output),
+                 "current_setpoint_a": float(cs.i_set), "analyzer_continuous": bool(san.continuous),
+                 "largest_current_step_a": float(jumps.max()) if len(jumps) else 0.0,
+                 "current_steps": int(len(jumps))}
+    safe = (not state["rf_output"] and not state["current_output"] and abs(state["current_setpoint_a"]) < 0.01
+            and state["analyzer_continuous"] and state["largest_current_step_a"] <= ramp_step * (1 + 1e-9))
+    with RunReader(path) as r:
+        rows = r.n_measurements
+        flags = r.measurements.column("flags")
+        fl = r.faults()
+        status_file = r.status
+    final = trainer.evaluations[-1]["test_accuracy"] if trainer.evaluations else float("nan")
+    out = {
+        "seed": seed, "faults": bool(faults), "status": status, "status_in_file": status_file, "error": error,
+        "seconds": round(time.monotonic() - t0, 1),
+        "training_measurements": trainer.train_measurements, "eval_measurements": trainer.eval_measurements,
+        "measurements": int(reservoir.measurements), "rows_in_run_file": int(rows),
+        "measurements_lost": int(reservoir.measurements) - int(rows),
+        "rows_repeated": int(np.count_nonzero(flags & FLAG_REPEATED)),
+        "rows_fault_flag": int(np.count_nonzero(flags & FLAG_FAULT)),
+        "faults_injected": injected, "faults_injected_total": int(sum(injected.values())),
+        "faults_recorded": int(len(fl["kind"])), "faults_recovered": int(np.count_nonzero(fl["recovered"])),
+        "faults_unrecovered": int(np.count_nonzero(~fl["recovered"])) if len(fl["kind"]) else 0,
+        "faults_by_kind": {k: int(np.count_nonzero(fl["kind"] == k)) for k in sorted(set(fl["kind"]))},
+        "rig_state_at_exit": state, "safe_exit": bool(safe),
+        "final_test_accuracy": float(final),
+    }
+    path.unlink(missing_ok=True)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--measurements", type=int, default=100_000, help="training measurements (budget)")
+    parser.add_argument("--fault-every", type=int, default=200, help="about one fault per this many measurements")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--spread-seeds", type=int, default=3,
+                        help="fault-free runs on seeds seed..seed+N-1 for the seed-to-seed spread")
+    parser.add_argument("--json", default=str(ROOT / "scripts" / "results" / "soak.json"))
+    args = parser.parse_args(argv)
+    spec = fault_spec(args.fault_every, args.seed)
+    with tempfile.TemporaryDirectory(prefix="labpgt-soak-") as tmp:
+        work = Path(tmp)
+        faulty = run_once(args.measurements, args.seed, spec, work)
+        print(f"with faults: {faulty['status']} in {faulty['seconds']} s", flush=True)
+        clean = [run_once(args.measurements, args.seed + k, None, work) for k in range(args.spread_seeds)]
+    accs = np.array([c["final_test_accuracy"] for c in clean])
+    spread = {"seeds": [c["seed"] for c in clean], "accuracies": accs.tolist(),
+              "min": float(accs.min()), "max": float(accs.max()), "std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0}
+    same_seed = clean[0]["final_test_accuracy"]
+    within = spread["min"] <= faulty["final_test_accuracy"] <= spread["max"] or \
+        abs(faulty["final_test_accuracy"] - same_seed) <= (spread["max"] - spread["min"])
+    result = {"measurements": args.measurements, "fault_every": args.fault_every, "fault_spec": spec,
+              "with_faults": faulty, "fault_free": clean, "accuracy_spread": spread,
+              "accuracy_difference_same_seed": faulty["final_test_accuracy"] - same_seed,
+              "accuracy_within_spread": bool(within)}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    f = faulty
+    rows = [
+        ("training measurements", f"{f['training_measurements']}"),
+        ("measurements (incl. evaluation)", f"{f['measurements']}"),
+        ("measurements lost (target 0)", f"{f['measurements_lost']}"),
+        ("unsafe exits (target 0)", f"{0 if f['safe_exit'] else 1}"),
+        ("largest magnet current step, A", f"{f['rig_state_at_exit']['largest_current_step_a']:.4f}"),
+        ("faults injected by the simulator", f"{f['faults_injected_total']}  ({f['faults_injected']})"),
+        ("faults met by the drivers (run file)", f"{f['faults_recorded']}  {f['faults_by_kind']}"),
+        ("  recovered / unrecovered", f"{f['faults_recovered']} / {f['faults_unrecovered']}"),
+        ("rows repeated", f"{f['rows_repeated']}"),
+        ("run status", f"{f['status']}" + (f" ({f['error']})" if f["error"] else "")),
+        ("final test accuracy, with faults", f"{f['final_test_accuracy']:.4f}"),
+        ("final test accuracy, fault-free same seed", f"{same_seed:.4f}"),
+        ("fault-free spread over seeds", f"{spread['min']:.4f} .. {spread['max']:.4f} ({spread['accuracies']})"),
+        ("within the spread", "yes" if within else "NO"),
+        ("wall time with faults / fault-free, s", f"{f['seconds']} / {clean[0]['seconds']}"),
+    ]
+    width = max(len(a) for a, _ in rows)
+    print()
+    for a, b in rows:
+        print(f"{a:<{width}}  {b}")
+    ok = f["measurements_lost"] == 0 and f["safe_exit"] and all(c["safe_exit"] for c in clean)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
