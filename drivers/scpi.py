@@ -9,7 +9,7 @@ import math
 from typing import Mapping, Sequence
 
 from instruments.controls import control, parse_bool
-from instruments.errors import InstrumentError, InstrumentReportedError
+from instruments.errors import InstrumentError, InstrumentReportedError, ReplyError
 from instruments.roles import Instrument, Setting
 
 from .transport import VisaTransport, parse_block, parse_block_header
@@ -23,7 +23,10 @@ OVERFLOW = 9.91e37
 
 def parse_overflow(reply: str) -> float:
     """A number, with the SCPI overflow value 9.91e37 read as NaN."""
-    value = float(reply)
+    try:
+        value = float(reply)
+    except (TypeError, ValueError):
+        raise ReplyError(f"not a number reply: {reply!r}") from None
     return math.nan if abs(value) >= 9.9e37 else value
 
 
@@ -33,7 +36,7 @@ def parse_error(reply: str) -> tuple[int, str]:
     try:
         code = int(code_text.strip())
     except ValueError as exc:
-        raise InstrumentError(f"not an error-queue entry: {reply!r}") from exc
+        raise ReplyError(f"not an error-queue entry (<code>,\"<message>\"): {reply!r}") from exc
     return code, message.strip().strip("\"'").strip()
 
 

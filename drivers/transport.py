@@ -27,6 +27,14 @@ class TransportError(LinkError):
     """The link itself failed (connection lost, malformed framing)."""
 
 
+def decode_reply(data: bytes, resource: str, command: str) -> str:
+    """An ASCII reply line; anything else is a garbled reply (TransportError), never a UnicodeDecodeError."""
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise TransportError(f"{resource}: garbled reply to {command!r} (not ASCII): {data[:40]!r}") from exc
+
+
 def parse_block_header(head: bytes) -> tuple[int, int]:
     """``#<n><len>`` -> (header length, payload length). Only the definite-length form is accepted."""
     if len(head) < 2 or head[:1] != b"#" or not head[1:2].isdigit() or head[1:2] == b"0":
@@ -277,7 +285,7 @@ class SerialTransport:
             raise TransportError(f"{self.resource}: read after {command!r} failed: {exc}") from exc
         if not line.endswith(self._read_term):
             raise TransportTimeout(self.resource, self._timeout_s, f"reply to {command!r}, got {line!r}")
-        return line[: -len(self._read_term)].decode("ascii").rstrip("\r")
+        return decode_reply(line[: -len(self._read_term)], self.resource, command).rstrip("\r")
 
     def query_block(self, command: str) -> bytes:
         raise TransportError(f"{self.resource}: binary blocks are not used over this serial link")

@@ -23,7 +23,8 @@ def parse_bool(reply: str) -> bool:
         return True
     if text in ("0", "+0", "OFF"):
         return False
-    raise ValueError(f"not a boolean reply: {reply!r}")
+    from .errors import ReplyError
+    raise ReplyError(f"not a boolean reply: {reply!r}; expected 1, 0, ON or OFF")
 
 
 class control:

@@ -15,6 +15,10 @@ class LinkError(InstrumentError):
     connection): worth a device clear or a reconnect and another try."""
 
 
+class ReplyError(LinkError, ValueError):
+    """A reply that cannot be what was asked for (a number, a boolean, an error-queue entry)."""
+
+
 class LimitError(InstrumentError, ValueError):
     """A requested value lies outside the allowed range. Raised before anything is sent."""
 

@@ -68,10 +68,11 @@ class StationReservoir:
 
     def measure(self, u, *, current_a, kind, step, sample_index, perturbation=Perturbation()) -> np.ndarray:
         settings = self.encoder.encode(u, current_a)  # rejects NaN/inf/out-of-range before any instrument moves
+        setup_flags = 0
         try:
             self.set_current(current_a)
         except Exception as exc:  # an instrument fault is recovered (and recorded), others re-raised
-            self.recovery.repeat(self, exc, step=step, row_offset=0, current_a=current_a)
+            _, setup_flags = self.recovery.repeat(self, exc, step=step, row_offset=0, current_a=current_a)
         freq_hz, power_dbm = settings["drive_frequency_hz"], settings["drive_power_dbm"]
         batch, nodes = freq_hz.shape
         n = batch * nodes
@@ -81,6 +82,7 @@ class StationReservoir:
         traces = np.empty((n, self.readout.points), dtype=np.float32)
         times = np.empty(n)
         flags = np.full(n, self.flags_base, dtype=np.uint16)
+        flags[0] |= setup_flags  # a fault while bringing the current: on the first row it touched
         done = 0
         try:
             for k in range(n):  # the critical path: instruments only

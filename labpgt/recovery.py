@@ -83,7 +83,7 @@ class RecoveryPolicy:
         """After ``exc`` hit a measurement: recover and take it again.
 
         Returns (trace, flags to add). With ``frequency_hz`` None only the bias current is
-        brought back (returns (None, 0)). Raises ``exc`` itself if it is not an instrument
+        brought back (returns (None, FLAG_FAULT): the next row was not repeated, only touched). Raises ``exc`` itself if it is not an instrument
         fault, :class:`MeasurementFailed` when the attempts run out.
         """
         station = reservoir.station
@@ -119,7 +119,7 @@ class RecoveryPolicy:
                 exc = again
                 continue
             self._record(reservoir, met, step, row_offset, recovered=True)
-            return trace, (FLAG_REPEATED | FLAG_FAULT) if frequency_hz is not None else 0
+            return trace, (FLAG_REPEATED | FLAG_FAULT) if frequency_hz is not None else FLAG_FAULT
 
     def _recover(self, reservoir, role: str) -> None:
         station = reservoir.station
