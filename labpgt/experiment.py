@@ -276,6 +276,7 @@ def run_training(args, argv=None) -> int:
     from labpgt.physical import StationReservoir
     from labpgt.recovery import MeasurementFailed
     from labpgt.runfile import RunFile, RunReader
+    from labpgt.writer import RecorderThread
 
     resume_state = None
     if args.resume:
@@ -354,9 +355,11 @@ def run_training(args, argv=None) -> int:
                     "physical_layer": json.dumps(layout),
                     "embedded_simulator": embedded,
                 })
-        with run:
-            reservoir.recorder = run
-            trainer.recorder = _WorldRecorder(run, sim) if sim is not None else run
+        # run-file writes on a writer thread, off the measurement loop; synchronous at every step,
+        # evaluation and checkpoint (flushed there), errors raised here (labpgt/writer.py)
+        with run, RecorderThread(run) as writer:
+            reservoir.recorder = writer
+            trainer.recorder = _WorldRecorder(writer, sim) if sim is not None else writer
             if resume_state is None:
                 trainer.checkpoint()  # step 0: a run killed from here on can be resumed
             bar, trainer.progress = _progress_bar(config, trainer.train_measurements)
@@ -370,8 +373,8 @@ def run_training(args, argv=None) -> int:
                 finally:
                     if bar is not None:
                         bar.close()
-            run.set_status("completed" if status == "completed" else ("aborted" if status == "aborted" else "failed"),
-                           message=status)
+            writer.set_status("completed" if status == "completed" else ("aborted" if status == "aborted" else "failed"),
+                              message=status)
     final = trainer.evaluations[-1] if trainer.evaluations else None
     print(f"run {status}: {trainer.train_measurements} training measurements, {trainer.step} steps"
           + (f", test accuracy {final['test_accuracy']:.3f}" if final else ""))
