@@ -15,8 +15,9 @@ subprocess and killed with SIGKILL after a random delay. After every kill the fi
   features to the same row of the reference run (the simulated ring is deterministic);
 
 and when a chain's run completes (`--resume` after the last kill) its final parameters must equal
-the reference's, bit for bit. A kill that lands before the run file exists, or before its
-creation finished, is counted as such (nothing to resume; the chain starts over).
+the reference's, bit for bit. Kill moments are uniform in [0.2, --max-delay] s, counted from the
+start of a resumed run or from the appearance of a new run's file. A kill that lands before the
+file's creation finished is counted as such (nothing to resume; the chain starts over).
 
 Results: printed, and JSON to scripts/results/crash_test.json (``--json``). Exit status 0 only if
 every check passed.
@@ -146,6 +147,12 @@ def crash_test(kills: int = 20, budget: int = 3000, seed: int = 7, workdir: Path
         proc = subprocess.Popen(train_command(path, budget, seed, resume), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, cwd=ROOT)
         delay = float(rng.uniform(0.2, max_delay_s))
+        if not resume:  # a new run: the moment is counted from the file's appearance (start-up varies)
+            while not path.exists() and proc.poll() is None:
+                try:
+                    proc.wait(timeout=0.05)  # watching for the file from outside, not synchronising
+                except subprocess.TimeoutExpired:
+                    pass
         try:
             proc.wait(timeout=delay)  # a random moment (the run may end first)
             finished = True
