@@ -61,10 +61,12 @@ def run_one(job: dict) -> dict:
 
 
 def accuracy_at(curve, budget):
-    """Last evaluation at or below the budget (None if the run never got that far)."""
+    """Last evaluation at or below the budget (None if the run never got that far, or never evaluated
+    between 0 and the budget: the untrained model's accuracy would be shown as if it were learned)."""
     if curve[-1][0] < budget * 0.999:
         return None
-    return [a for m, a in curve if m <= budget * 1.001][-1]
+    trained = [a for m, a in curve if 0 < m <= budget * 1.001]
+    return trained[-1] if trained else None
 
 
 def first_within(curve, target):
@@ -167,7 +169,13 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_transformer.json"))
     ap.add_argument("--docs", default=str(ROOT / "docs" / "benchmarks.md"), help="'' to leave the docs alone")
+    ap.add_argument("--from-json", help="re-summarise the runs saved in this JSON (no training)")
     args = ap.parse_args(argv)
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        for key in ("seeds", "methods", "reservoirs", "task", "budget_esn", "budget_ring"):
+            setattr(args, key, saved["args"][key])
+        args.out = args.from_json
 
     budgets = {"esn": args.budget_esn, "ring": args.budget_ring}
     jobs = [{"task": args.task, "reservoir": res, "method": m, "seed": s, "budget": budgets[res], "n_evals": args.evals}
@@ -175,8 +183,10 @@ def main(argv=None) -> int:
     # slowest first (the ring's backprop differences the noiseless ring every step), for load balance
     jobs.sort(key=lambda j: -(j["budget"] * (5 if j["reservoir"] == "ring" else 1) * (3 if j["method"] == "backprop" else 1)))
     t0 = time.perf_counter()
-    runs = []
+    runs = saved["runs"] if args.from_json else []
     with ProcessPoolExecutor(args.workers) as pool:
+        if args.from_json:
+            jobs = []
         for r in pool.map(run_one, jobs):
             print(f"  {r['reservoir']:4s} {r['method']:8s} seed {r['seed']}: final {r['final_accuracy']:.3f} after "
                   f"{r['curve'][-1][0]} evaluations ({r['status']}, {r['wall_s']:.0f} s)", flush=True)
@@ -185,9 +195,12 @@ def main(argv=None) -> int:
     runs.sort(key=lambda r: (args.reservoirs.index(r["reservoir"]), order[r["method"]], r["seed"]))
     rows = summarise(runs)
     text = table(rows)
-    wall = time.perf_counter() - t0
-    command = "python scripts/bench_transformer.py" + ("" if argv is None and len(sys.argv) == 1
-                                                      else " " + " ".join(argv if argv is not None else sys.argv[1:]))
+    wall = saved["wall_s"] if args.from_json else time.perf_counter() - t0
+    if args.from_json:
+        command = saved["command"]
+    else:
+        command = "python scripts/bench_transformer.py" + ("" if argv is None and len(sys.argv) == 1
+                                                          else " " + " ".join(argv if argv is not None else sys.argv[1:]))
     print()
     print(text)
     print(f"\n{machine()}; {wall:.0f} s wall")
