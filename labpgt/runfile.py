@@ -649,7 +649,7 @@ class RunFile:
             self.flush()
         finally:
             self._closed = True
-            self._f.close()
+            _close_h5(self._f)
 
     def __enter__(self):
         return self
@@ -749,8 +749,38 @@ def _open_h5(path) -> h5py.File:
     try:
         return h5py.File(path, "r", swmr=swmr)
     except Exception as e:  # noqa: BLE001 - h5py raises OSError, RuntimeError, ... for damage
+        if swmr and "not already open for SWMR writing" in str(e):
+            # a writer was killed while it had the file open before switching to SWMR (creating
+            # it, or reopening it for --resume): read a scratch copy without its mark, the file
+            # itself is left for the writer that resumes it
+            scratch = _scratch_copy_without_mark(path)
+            try:
+                f = h5py.File(scratch, "r")
+            except Exception:  # noqa: BLE001
+                os.unlink(scratch)
+            else:
+                _SCRATCH[id(f)] = scratch
+                return f
         raise RunFileError(f"{path} is a damaged HDF5 file that cannot be opened ({e}); "
                            "`labpgt inspect` shows what is still readable") from None
+
+
+_SCRATCH: dict[int, str] = {}  # id(open h5py.File) -> scratch copy to delete on close
+
+
+def _scratch_copy_without_mark(path) -> str:
+    fd, tmp = tempfile.mkstemp(suffix=".h5")
+    os.close(fd)
+    shutil.copyfile(path, tmp)
+    clear_write_flags(tmp)
+    return tmp
+
+
+def _close_h5(f: h5py.File) -> None:
+    scratch = _SCRATCH.pop(id(f), None)
+    f.close()
+    if scratch:
+        os.unlink(scratch)
 
 
 def _check_ours(f: h5py.File, path) -> int:
@@ -849,10 +879,10 @@ class RunReader:
             self.created_utc = str(self._f.attrs["created_utc"])
             self.measurements = Measurements(self)
         except RunFileError:
-            self._f.close()
+            _close_h5(self._f)
             raise
         except (KeyError, OSError, ValueError) as e:
-            self._f.close()
+            _close_h5(self._f)
             raise RunFileError(f"{self.path}: a labpgt run file with missing or unreadable parts ({e}); "
                                "`labpgt inspect` shows what is readable") from None
 
@@ -981,7 +1011,7 @@ class RunReader:
         return out
 
     def close(self):
-        self._f.close()
+        _close_h5(self._f)
 
     def __enter__(self):
         return self

@@ -7,7 +7,10 @@ One uninterrupted run (same seed, embedded simulated ring) is the reference. The
 killed runs: `labpgt train` (or `labpgt train --resume` of the chain's file) is started in a
 subprocess and killed with SIGKILL after a random delay. After every kill the file must
 
-* open with plain h5py (a SWMR read: the killed writer's mark stays until a resume clears it);
+* open with plain h5py (a SWMR read: the killed writer's mark stays until a resume clears it; a
+  kill while a resume had reopened the file, before its switch to SWMR, leaves a non-SWMR mark
+  that only ``h5clear -s`` removes: counted as ``needed_h5clear``, checked on a cleared copy,
+  and `labpgt train --resume` / RunReader cope with it);
 * hold consistent committed tables: every measurement column at least as long as the committed
   count, finite features, finite plausible traces (dBm), kinds and steps in range;
 * hold every measurement up to its last flush: all rows of every committed step, and each
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,7 +73,21 @@ def _abandoned(f, table: str, n: int) -> np.ndarray:
 def check_file(path: Path, reference: dict) -> dict:
     """Plain-h5py checks of a killed run file against the reference rows; returns a summary."""
     problems = []
-    with h5py.File(path, "r", swmr=True) as f:  # plain h5py: no labpgt code reads it here
+    try:
+        f = h5py.File(path, "r", swmr=True)  # plain h5py: no labpgt code reads it here
+        cleared = False
+    except OSError as exc:
+        if "not already open for SWMR writing" not in str(exc):
+            raise
+        # killed while a resume had the file open before its switch to SWMR: only after
+        # `h5clear -s` (clear_write_flags, on a scratch copy here) does HDF5 open it
+        from labpgt.runfile import clear_write_flags
+        scratch = Path(tempfile.mkdtemp()) / "scratch.h5"
+        shutil.copyfile(path, scratch)
+        clear_write_flags(scratch)
+        f = h5py.File(scratch, "r")
+        cleared = True
+    with f:
         committed = [int(x) for x in f["committed"][:]]
         n, n_steps = committed[0], committed[1]
         m = f["measurements"]
@@ -108,7 +126,7 @@ def check_file(path: Path, reference: dict) -> dict:
     if n_eff < needed:
         problems.append(f"only {n_eff} effective rows; the committed step {last_step} needs {needed}")
     return {"rows": n, "effective_rows": n_eff, "steps": n_steps, "last_step": last_step, "checkpoints": n_ckpt,
-            "problems": problems}
+            "needed_h5clear": cleared, "problems": problems}
 
 
 def read_reference(path: Path) -> dict:
@@ -194,7 +212,9 @@ def crash_test(kills: int = 20, budget: int = 3000, seed: int = 7, workdir: Path
                     log(f"kill {result['kills']:2d} after {delay:.2f} s: {entry['file']}")
                     continue
             result["files_checked"] += 1
-            entry.update({k: summary.get(k) for k in ("rows", "effective_rows", "steps", "checkpoints")})
+            entry.update({k: summary.get(k) for k in ("rows", "effective_rows", "steps", "checkpoints",
+                                                       "needed_h5clear")})
+            result["needed_h5clear"] = result.get("needed_h5clear", 0) + bool(summary.get("needed_h5clear"))
             for p in summary["problems"]:
                 result["problems"].append(f"kill {result['kills']}: {p}")
             entry["ok"] = not summary["problems"]
