@@ -42,7 +42,13 @@ class Option:
 OPTIONS: dict[str, Option] = {
     "station": Option(str, None, "station TOML (default: the embedded simulated ring)"),
     "dataset": Option(str, "iris", "data set", ("iris", "digits")),
-    "estimator": Option(str, "node", "gradient estimator", ("node", "pgt", "spsa", "oracle")),
+    "model": Option(str, "dense", "dense: digital -> ring -> readout on a station; transformer: a transformer "
+                    "with a reservoir layer evaluated in-process", ("dense", "transformer")),
+    "task": Option(str, "digits-seq", "transformer task", ("digits-seq", "narma10")),
+    "reservoir": Option(str, "ring", "transformer reservoir: the simulated ring (direct mode) or an echo-state "
+                        "network", ("ring", "esn")),
+    "estimator": Option(str, "node", "gradient estimator (backprop: transformer baseline only)",
+                        ("node", "pgt", "spsa", "oracle", "backprop")),
     "budget": Option(int, 6000, "training measurements to spend"),
     "seed": Option(int, 0, "seed of batches, perturbations and the embedded simulated ring"),
     "out": Option(str, "runs", "run file, or a directory for a new timestamped run file"),
@@ -122,6 +128,17 @@ def resolve(args: argparse.Namespace) -> dict:
         value = getattr(args, name, None)
         if value is not None:
             config[name] = _check_value(name, value, "command line")
+    return check_combination(config)
+
+
+def check_combination(config: dict, source: str = "experiment") -> dict:
+    """Options that are fine alone but not together."""
+    if config["model"] == "transformer" and config["station"] is not None:
+        raise ConfigError(f"{source}: the transformer's reservoir is evaluated in-process (the simulated ring in "
+                          f"direct mode, or an echo-state network); it takes no station")
+    if config["model"] == "dense" and config["estimator"] == "backprop":
+        raise ConfigError(f"{source}: estimator 'backprop' differentiates the reservoir and exists only for the "
+                          f"transformer baseline; allowed for the dense model: node, pgt, spsa, oracle")
     return config
 
 
@@ -261,7 +278,8 @@ def _new_run_path(out: str, config: dict) -> Path:
         return path
     path.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return path / f"{stamp}-{config['dataset']}-{config['estimator']}-s{config['seed']}.h5"
+    what = f"transformer-{config['task']}-{config['reservoir']}" if config["model"] == "transformer" else config["dataset"]
+    return path / f"{stamp}-{what}-{config['estimator']}-s{config['seed']}.h5"
 
 
 def _ring_params(config: dict):
@@ -298,6 +316,13 @@ def run_training(args, argv=None) -> int:
         layout = None
         run_path = _new_run_path(config["out"], config)
         embedded = config["station"] is None
+
+    if config["model"] == "transformer":
+        from labpgt.inprocess import run_in_process
+
+        status, trainer = run_in_process(config, run_path, resume_state, argv, make_progress=_progress_bar,
+                                         stop_on_signal=_StopOnSignal, config_text=config_to_toml(config))
+        return _report_end(status, trainer, run_path)
 
     station_arg = None if embedded else config["station"]
     recorded_station = station_text if (args.resume and not embedded) else None
@@ -375,6 +400,10 @@ def run_training(args, argv=None) -> int:
                         bar.close()
             writer.set_status("completed" if status == "completed" else ("aborted" if status == "aborted" else "failed"),
                               message=status)
+    return _report_end(status, trainer, run_path)
+
+
+def _report_end(status: str, trainer, run_path) -> int:
     final = trainer.evaluations[-1] if trainer.evaluations else None
     print(f"run {status}: {trainer.train_measurements} training measurements, {trainer.step} steps"
           + (f", test accuracy {final['test_accuracy']:.3f}" if final else ""))
@@ -434,11 +463,22 @@ def run_replay(path) -> int:
     with RunReader(path) as reader:
         metadata = dict(reader.metadata)
     layout = json.loads(metadata["physical_layer"])
+    config = {name: opt.default for name, opt in OPTIONS.items()}
+    config.update(parse_config_text(metadata["experiment_toml"], f"{path} (experiment)"))
+    if config["model"] == "transformer":
+        from labpgt.inprocess import build_transformer, encoder_from_layout
+
+        def build_in_process(experiment_toml, reservoir, recorder):
+            trainer = build_transformer(config, reservoir_override=reservoir)
+            trainer.recorder = recorder
+            return trainer
+
+        result = replay(path, build_in_process, encoder=encoder_from_layout(layout))
+        print(result.message)
+        return 0 if result.ok else 1
     encoder, readout = KnobEncoder(**layout["encoder"]), BandReadout(**layout["readout"])
 
     def build(experiment_toml, reservoir, recorder):
-        config = {name: opt.default for name, opt in OPTIONS.items()}
-        config.update(parse_config_text(experiment_toml, f"{path} (experiment)"))
         if config["estimator"] == "oracle":
             if not metadata.get("embedded_simulator", False):
                 raise ConfigError("the oracle needs the simulated ring's noiseless model; this run used a real station")

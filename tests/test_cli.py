@@ -183,3 +183,30 @@ def test_train_on_the_alt_station_with_the_current_at_its_limit(tmp_path):
     assert currents.max() <= 1.0 and currents.min() >= 0.98
     evaluated = currents[kinds == 2]  # eval rows use the unperturbed current
     assert evaluated.size and evaluated.max() <= 1.0 - 3e-3 + 1e-12
+
+
+@pytest.mark.parametrize("reservoir", ["esn", "ring"])
+def test_transformer_trains_records_every_evaluation_and_replays(tmp_path, reservoir):
+    from labpgt.runfile import RunReader
+
+    run = tmp_path / f"{reservoir}.h5"
+    code, out, err = run_cli("train", "--model", "transformer", "--task", "digits-seq", "--reservoir", reservoir,
+                             "--budget", "4096", "--eval-every", "4", "--out", str(run), "--no-progress")
+    assert code == 0, err
+    with RunReader(run) as reader:
+        flags = reader.measurements.column("flags")
+        nodes = reader.measurements.column("node")
+        steps = reader.steps()
+        assert reader.status == "completed"
+    assert len(flags) and np.all(flags & 16)  # every evaluation recorded, marked simulated
+    assert set(np.unique(nodes)) == set(range(8))  # digits-seq: 8 row tokens = 8 virtual nodes
+    assert int(steps["measurements"][-1]) >= 4096
+    code, out, err = run_cli("replay", str(run))
+    assert code == 0 and "bit for bit" in out, err + out
+
+
+def test_transformer_options_that_do_not_fit_are_refused(capsys):
+    assert main(["train", "--model", "transformer", "--station", "lab.toml"]) == 2
+    assert "takes no station" in capsys.readouterr().err
+    assert main(["train", "--estimator", "backprop"]) == 2
+    assert "transformer baseline" in capsys.readouterr().err
