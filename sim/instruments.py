@@ -839,6 +839,43 @@ class _Analyzer(_RigDevice):
         none(p)
         return "1" if self.continuous else "0"
 
+    # setting queries answer in the vendor's number format
+    def _center_q(self, p, s):
+        none(p)
+        return self.number_format(self.center)
+
+    def _span_q(self, p, s):
+        none(p)
+        return self.number_format(self.span)
+
+    def _start_q(self, p, s):
+        none(p)
+        return self.number_format(self.start)
+
+    def _stop_q(self, p, s):
+        none(p)
+        return self.number_format(self.stop)
+
+    def _rbw_q(self, p, s):
+        none(p)
+        return self.number_format(self.rbw)
+
+    def _vbw_q(self, p, s):
+        none(p)
+        return self.number_format(self.vbw)
+
+    def _rlev_q(self, p, s):
+        none(p)
+        return self.number_format(self.ref_level)
+
+    def _att_q(self, p, s):
+        none(p)
+        return self.number_format(self.attenuation)
+
+    def _swt_q(self, p, s):
+        none(p)
+        return self.number_format(self.sweep_time())
+
     def _bord(self, p, s):
         word = _BORDER(one(p))
         norm = word == "NORM"
@@ -875,6 +912,7 @@ class SimKeysightXSA(_Analyzer):
     POINTS_MIN, POINTS_MAX, POINTS_PRESET = 1, 20001, 1001
     REF_MIN, REF_MAX = -170.0, 30.0
     LITTLE_ENDIAN_ON_NORM = False  # Keysight: NORMal = MSB first (big endian)
+    number_format = staticmethod(_ks)
     TRACE_TYPES = Choices("WRITe", "AVERage", "MAXHold", "MINHold")
     MARKER_MODES = Choices("POSition", "DELTa", "FIXed", "OFF")
 
@@ -890,43 +928,6 @@ class SimKeysightXSA(_Analyzer):
 
     def _report_overload(self):
         self.push_error(-300, "Device-specific error;Final IF Overload")
-
-    # handlers with Keysight formats
-    def _center_q(self, p, s):
-        none(p)
-        return _ks(self.center)
-
-    def _span_q(self, p, s):
-        none(p)
-        return _ks(self.span)
-
-    def _start_q(self, p, s):
-        none(p)
-        return _ks(self.start)
-
-    def _stop_q(self, p, s):
-        none(p)
-        return _ks(self.stop)
-
-    def _rbw_q(self, p, s):
-        none(p)
-        return _ks(self.rbw)
-
-    def _vbw_q(self, p, s):
-        none(p)
-        return _ks(self.vbw)
-
-    def _rlev_q(self, p, s):
-        none(p)
-        return _ks(self.ref_level)
-
-    def _att_q(self, p, s):
-        none(p)
-        return _ks(self.attenuation)
-
-    def _swt_q(self, p, s):
-        none(p)
-        return _ks(self.sweep_time())
 
     def _aver_coun(self, p, s):
         self.count = int(number(one(p), None, 1, 10000, integer=True))
@@ -1090,6 +1091,7 @@ class SimRohdeFSV(_Analyzer):
     POINTS_MIN, POINTS_MAX, POINTS_PRESET = 101, 10001, 691
     REF_MIN, REF_MAX = -130.0, 30.0
     LITTLE_ENDIAN_ON_NORM = True  # R&S: NORMal = LSB first (little endian)
+    number_format = staticmethod(_rs)
     TRACE_MODES = Choices("WRITe", "AVERage", "MAXHold", "MINHold", "VIEW", "BLANk")
 
     def reset(self):
@@ -1100,42 +1102,6 @@ class SimRohdeFSV(_Analyzer):
 
     def sweeps_per_acquisition(self) -> int:
         return max(1, self.count)
-
-    def _center_q(self, p, s):
-        none(p)
-        return _rs(self.center)
-
-    def _span_q(self, p, s):
-        none(p)
-        return _rs(self.span)
-
-    def _start_q(self, p, s):
-        none(p)
-        return _rs(self.start)
-
-    def _stop_q(self, p, s):
-        none(p)
-        return _rs(self.stop)
-
-    def _rbw_q(self, p, s):
-        none(p)
-        return _rs(self.rbw)
-
-    def _vbw_q(self, p, s):
-        none(p)
-        return _rs(self.vbw)
-
-    def _rlev_q(self, p, s):
-        none(p)
-        return _rs(self.ref_level)
-
-    def _att_q(self, p, s):
-        none(p)
-        return _rs(self.attenuation)
-
-    def _swt_q(self, p, s):
-        none(p)
-        return _rs(self.sweep_time())
 
     def _swe_coun(self, p, s):
         self.count = int(number(one(p), None, 0, 32767, integer=True))
