@@ -572,6 +572,15 @@ def _seq_125(x: float) -> float:
     return 10.0 ** e
 
 
+def _setting_query(attribute: str):
+    """A handler answering one analyzer setting in the instrument's own number format."""
+    def handler(self, p, s):
+        none(p)
+        value = getattr(self, attribute)
+        return self.number_format(value() if callable(value) else value)
+    return handler
+
+
 class _Analyzer(_RigDevice):
     """Shared swept-analyzer behaviour: coupled frequencies, sweeps on the rig's clock, traces."""
 
@@ -691,6 +700,14 @@ class _Analyzer(_RigDevice):
             self._compute(t0, snap)
 
     def complete(self):
+        if self.clock.realtime and self._sweep is not None and self.pending_until > self.clock.now():
+            # real time: the trace is computed while the sweep's time runs, as a real analyzer's
+            # trace is ready when its sweep ends -- the simulator's own compute time must not
+            # lengthen every sweep. Nothing can read it early: this instrument is busy waiting.
+            # (Virtual time computes at the same point of the sequence either way.)
+            t0, _t1, snap = self._sweep
+            self._sweep = None
+            self._compute(t0, snap)
         super().complete()
         self._materialize()
 
@@ -840,41 +857,15 @@ class _Analyzer(_RigDevice):
         return "1" if self.continuous else "0"
 
     # setting queries answer in the vendor's number format
-    def _center_q(self, p, s):
-        none(p)
-        return self.number_format(self.center)
-
-    def _span_q(self, p, s):
-        none(p)
-        return self.number_format(self.span)
-
-    def _start_q(self, p, s):
-        none(p)
-        return self.number_format(self.start)
-
-    def _stop_q(self, p, s):
-        none(p)
-        return self.number_format(self.stop)
-
-    def _rbw_q(self, p, s):
-        none(p)
-        return self.number_format(self.rbw)
-
-    def _vbw_q(self, p, s):
-        none(p)
-        return self.number_format(self.vbw)
-
-    def _rlev_q(self, p, s):
-        none(p)
-        return self.number_format(self.ref_level)
-
-    def _att_q(self, p, s):
-        none(p)
-        return self.number_format(self.attenuation)
-
-    def _swt_q(self, p, s):
-        none(p)
-        return self.number_format(self.sweep_time())
+    _center_q = _setting_query("center")
+    _span_q = _setting_query("span")
+    _start_q = _setting_query("start")
+    _stop_q = _setting_query("stop")
+    _rbw_q = _setting_query("rbw")
+    _vbw_q = _setting_query("vbw")
+    _rlev_q = _setting_query("ref_level")
+    _att_q = _setting_query("attenuation")
+    _swt_q = _setting_query("sweep_time")
 
     def _bord(self, p, s):
         word = _BORDER(one(p))
