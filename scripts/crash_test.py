@@ -129,6 +129,12 @@ def check_file(path: Path, reference: dict) -> dict:
             "needed_h5clear": cleared, "problems": problems}
 
 
+def _completed(path: Path) -> bool:
+    from labpgt.runfile import RunReader
+    with RunReader(path) as r:
+        return r.status == "completed"
+
+
 def read_reference(path: Path) -> dict:
     with h5py.File(path, "r") as f:
         n = int(f["committed"][0])
@@ -162,6 +168,16 @@ def crash_test(kills: int = 20, budget: int = 3000, seed: int = 7, workdir: Path
     path = workdir / f"chain{chain}.h5"
     while result["kills"] < kills:
         resume = path.exists()
+        if resume and _completed(path):  # the last kill came after the run had completed
+            ok = final_params(path).tobytes() == reference["final_params"].tobytes()
+            log(f"chain {chain}: completed before the kill; final parameters "
+                f"{'identical to' if ok else 'DIFFER from'} the reference")
+            if not ok:
+                result["problems"].append(f"chain {chain}: final parameters differ from the uninterrupted run")
+            result["chains_completed"] += 1
+            chain += 1
+            path = workdir / f"chain{chain}.h5"
+            continue
         proc = subprocess.Popen(train_command(path, budget, seed, resume), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, cwd=ROOT)
         delay = float(rng.uniform(0.2, max_delay_s))
@@ -224,7 +240,8 @@ def crash_test(kills: int = 20, budget: int = 3000, seed: int = 7, workdir: Path
             f"{'' if entry.get('ok', True) else '  PROBLEMS'}")
     # the last chain: resume it to the end
     if path.exists() and not result["problems"]:
-        run_to_completion(path, budget, seed, resume=True)
+        if not _completed(path):
+            run_to_completion(path, budget, seed, resume=True)
         ok = final_params(path).tobytes() == reference["final_params"].tobytes()
         log(f"chain {chain}: resumed to completion; final parameters "
             f"{'identical to' if ok else 'DIFFER from'} the reference")
