@@ -704,7 +704,7 @@ class _Analyzer(_RigDevice):
             # real time: the trace is computed while the sweep's time runs, as a real analyzer's
             # trace is ready when its sweep ends -- the simulator's own compute time must not
             # lengthen every sweep. Nothing can read it early: this instrument is busy waiting.
-            # (Virtual time computes at the same point of the sequence either way.)
+            # Virtual time is unchanged (bit-exact runs and resumes).
             t0, _t1, snap = self._sweep
             self._sweep = None
             self._compute(t0, snap)
