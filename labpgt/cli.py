@@ -23,7 +23,15 @@ def _raise_terminated(signum, frame):
 def cmd_sim_serve(args) -> int:
     from sim.server import SimServer
 
-    with SimServer(seed=args.seed, flavour=args.flavour, realtime=args.realtime, faults=args.faults) as server:
+    faults = args.faults
+    if faults and Path(faults).is_file():  # a TOML file with a [faults] table
+        import tomllib
+
+        try:
+            faults = tomllib.loads(Path(faults).read_text()).get("faults", {})
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{args.faults}: not valid TOML: {exc}") from None
+    with SimServer(seed=args.seed, flavour=args.flavour, realtime=args.realtime, faults=faults) as server:
         text = server.station_toml()
         path = Path(args.station_out)
         path.write_text(text)
@@ -126,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--faults", metavar="SPEC",
                        help='inject faults, e.g. "spectrum_analyzer:timeout=0.001;*:error=1e-4;seed=3" '
                             "(kinds: timeout garbled truncated truncated_block disconnect error overload "
-                            "unlocked slow; KIND=P per message, KIND@N once on the Nth)")
+                            "unlocked slow; KIND=P per message, KIND@N once on the Nth), or a TOML file "
+                            "with a [faults] table (role = {kind = P or \"@N\"}, seed, slow_s, unlock_s)")
     serve.add_argument("--station-out", default="sim-station.toml", help="where to write the station file")
     serve.set_defaults(func=cmd_sim_serve)
 
