@@ -266,5 +266,11 @@ def test_a_run_file_from_before_the_faults_table_reads_as_no_faults(tmp_path, go
         f.create_dataset("committed", data=committed)
     with RunReader(path) as r:
         assert r.n_faults == 0 and len(r.faults()["kind"]) == 0 and r.n_measurements == 10
-    with RunReader(tmp_path.parent / tmp_path.name / "old.h5") as r:
         assert r.steps()["step"].tolist() == [1]
+    from labpgt.runfile import RunFile
+    with RunFile.open_append(path) as run:  # resuming it keeps its layout: faults have nowhere to go
+        assert run.fault({"step": 1, "measurement_row": 10, "role": "current_source", "kind": "no_answer",
+                          "recovered": True}) is False
+        run.set_status("completed")
+    with RunReader(path) as r:
+        assert r.status == "completed" and r.n_faults == 0 and len(r.resumes()["checkpoint"]) == 1
