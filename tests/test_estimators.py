@@ -153,3 +153,27 @@ def test_same_rng_same_estimate():
     res.measurements = 0
     b = est.estimate(model, res, x, y, np.arange(BATCH), 0, np.random.default_rng(7))
     np.testing.assert_array_equal(a.grad, b.grad)
+
+
+def test_smoothed_oracle_averages_the_jacobian_and_costs_only_the_clean_pass():
+    model, res, x, y = setup()
+    truth = true_gradient(model, res, x, y)
+    est = Oracle(fd_step=1e-4, smoothing=16, smoothing_scale=1e-3)
+    e = est.estimate(model, res, x, y, np.arange(BATCH), 0, np.random.default_rng(0))
+    assert e.measurements_spent == BATCH * N_NODES  # the jitter uses the noiseless model only
+    # the toy is smooth: averaging over a tiny box changes the gradient very little
+    np.testing.assert_allclose(e.grad, truth, rtol=0.05, atol=1e-3)
+    # over a large box the average differs from the pointwise gradient (it is a different, smoothed target)
+    wide = Oracle(fd_step=0.05, smoothing=16, smoothing_scale=0.05).estimate(
+        model, res, x, y, np.arange(BATCH), 0, np.random.default_rng(0))
+    assert corr(wide.grad, truth) > 0.9
+    assert not np.allclose(wide.grad, truth, rtol=1e-3, atol=1e-6)
+
+
+def test_smoothed_oracle_rejects_a_box_that_leaves_the_knob_range():
+    model, res, x, y = setup()
+    with pytest.raises(ValueError, match="smoothing_scale"):
+        Oracle(fd_step=0.05, smoothing=4, smoothing_scale=0.08).estimate(
+            model, res, x, y, np.arange(BATCH), 0, np.random.default_rng(0))
+    with pytest.raises(ValueError):
+        Oracle(smoothing=-1)

@@ -159,7 +159,8 @@ def test_node_on_the_simulated_ring_learns_iris():
     res = DirectRingReservoir(ring.RingParams(drift_enabled=False), seed=0)
     tr = make_trainer(load("iris"), "node", res, seed=0, budget=8000, eval_every=0, checkpoint_every=0)
     assert tr.run() == "completed"
-    assert tr.train_measurements == 8000 and tr.step == 8000 // 32  # exactly 2 x batch 16 x 1 node per step
+    per_step = 2 * tr.batch_size  # exactly 2 x batch x 1 node per step (the default batch is 32)
+    assert tr.train_measurements == 8000 and tr.step == 8000 // per_step
     assert tr.evaluations[-1]["accuracy"] > 0.8
 
 
@@ -181,3 +182,54 @@ def test_direct_ring_reservoir_counts_replays_and_rejects():
         res.measure(u * 1.2, current_a=1.8, kind="train", step=0, sample_index=np.arange(5))
     with pytest.raises(ValueError, match="current"):
         res.measure(u, current_a=5.0, kind="train", step=0, sample_index=np.arange(5))
+
+
+def test_defaults_build_every_estimator_and_fit_the_data():
+    from labpgt.trainer import DEFAULTS, make_trainer
+
+    ds = load("iris")
+    for name, d in DEFAULTS.items():
+        res = ToyReservoir(n_nodes=1, features_per_node=8, noise_std=0.05, seed=0)
+        t = make_trainer(ds, name, res, seed=0, budget=10 * d["batch_size"] * 4, eval_every=0, checkpoint_every=0)
+        assert t.batch_size == d["batch_size"] <= len(ds.y_train)
+        assert t.estimator.options() == {**t.estimator.options(), **d["options"]}
+        assert t.run() == "completed"
+        assert t.train_measurements >= t.budget
+
+
+def _bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_training.py"
+    spec = importlib.util.spec_from_file_location("bench_training", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_eval_schedule_is_geometric_and_below_the_budget():
+    bench = _bench()
+    marks = bench.eval_schedule(10_000, 10)
+    assert marks[0] == 100 and marks[-1] < 10_000 and marks == sorted(set(marks))
+    assert len(marks) == 20  # two decades, 10 per decade
+    ratios = np.diff(np.log10(marks))
+    np.testing.assert_allclose(ratios, 0.1, atol=0.01)
+
+
+@pytest.mark.parametrize("method", ["cmaes", "ng-tbpsa"])
+def test_bench_peer_counts_batch_size_measurements_per_loss_evaluation(method):
+    pytest.importorskip("cma" if method == "cmaes" else "nevergrad")
+    bench = _bench()
+    job = dict(dataset="iris", condition="default", method=method, seed=0, budget=800, reservoir="toy", n_nodes=2,
+               n_bands=4, noise_multiplier=1.0, batch_size=10, sigma0=0.3, options=None, evals_per_decade=4,
+               final_repeats=2)
+    run = bench.run_one(job)
+    # every loss evaluation costs batch x nodes = 20 measurements; the run stops at the first multiple >= budget
+    assert run["train_measurements"] % 20 == 0
+    assert 800 <= run["train_measurements"] < 800 + 20 * 30  # at most one CMA/TBPSA generation past the budget
+    n_test = len(load("iris").y_test)
+    # evaluations: untrained + the schedule marks crossed + the final one + the repeats, each the whole test split
+    assert run["eval_measurements"] % (n_test * 2) == 0
+    assert run["curve"][0][0] == 0 and run["curve"][-1][0] == run["train_measurements"]
+    assert 0.0 <= run["final_accuracy"] <= 1.0
