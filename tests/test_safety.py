@@ -120,3 +120,22 @@ def test_link_faults_during_the_safe_state_are_retried(tmp_path):
         assert sg.output is False and cs.output is False and cs.i_set == 0.0
         steps = np.abs(np.diff([i for _, i in cs.drive_log]))
         assert steps.max() <= RAMP_STEP_A * (1 + 1e-9)
+
+
+def test_a_second_ctrl_c_during_the_ramp_down_waits_for_zero_current():
+    """Ctrl-C pressed again while the magnet ramps down: held until the rig is safe, then delivered."""
+    with SimServer(seed=3, timeout_s=0.3) as server:
+        station = Station.from_text(server.station_toml(), "<safety test>")
+        with pytest.raises(KeyboardInterrupt):
+            with station:
+                cs = station.current_source
+                cs.ramp_to(1.2)
+                station.signal_generator.output_enabled = True
+                ramp_to_zero = cs.ramp_to_zero
+
+                def impatient_ramp():
+                    signal.raise_signal(signal.SIGINT)  # the user presses Ctrl-C again mid-ramp
+                    ramp_to_zero()
+
+                cs.ramp_to_zero = impatient_ramp
+        assert_left_safe(server)
