@@ -11,8 +11,9 @@ from instruments.errors import InstrumentError
 from labpgt import __version__
 
 
-class Terminated(Exception):
-    """SIGTERM turned into an exception, so every ``with`` block leaves the rig safe."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM turned into an interrupt, so every ``with`` block leaves the rig safe and a run
+    file records the run as aborted (like Ctrl-C), not failed."""
 
 
 def _raise_terminated(signum, frame):
@@ -25,8 +26,10 @@ def cmd_sim_serve(args) -> int:
 
     faults = args.faults
     if faults and Path(faults).is_file():  # a TOML file with a [faults] table
-        import tomllib
-
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
         try:
             faults = tomllib.loads(Path(faults).read_text()).get("faults", {})
         except tomllib.TOMLDecodeError as exc:
@@ -52,7 +55,7 @@ def cmd_check(args) -> int:
     with open_station(args.station, seed=args.seed) as (station, _):
         report = station.check()
     print(report)
-    return 0
+    return 0 if report.ok else 1
 
 
 # --------------------------------------------------------------------------- measure
@@ -64,6 +67,10 @@ def cmd_measure(args) -> int:
 
     with open_station(args.station, seed=args.seed) as (station, _):
         sg, cs, sa = station.signal_generator, station.current_source, station.spectrum_analyzer
+        # every value checked against the station's limits before the magnet moves
+        sg.check_limit("frequency_hz", args.frequency, name="--frequency")
+        sg.check_limit("power_dbm", args.power, name="--power")
+        cs.check_limit("current_a", args.current, name="--current")
         cs.ramp_to(args.current)
         sa.configure(center_hz=args.center if args.center is not None else args.frequency,
                      span_hz=args.span if args.span is not None else sa.span_hz,
@@ -119,6 +126,16 @@ def cmd_inspect(args) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; give 1 or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labpgt", description=__doc__)
     parser.add_argument("--version", action="version", version=f"labpgt {__version__}")
@@ -150,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--current", type=float, default=1.8, help="bias current, A")
     measure.add_argument("--center", type=float, help="analyzer centre, Hz (default: the drive frequency)")
     measure.add_argument("--span", type=float, help="analyzer span, Hz (default: the station's)")
-    measure.add_argument("--peaks", type=int, default=5, help="how many peaks to print")
+    measure.add_argument("--peaks", type=_positive_int, default=5, help="how many peaks to print")
     measure.add_argument("--plot", help="write a PNG of the trace here")
     measure.add_argument("--station", help="station TOML (default: the embedded simulated ring)")
     measure.add_argument("--seed", type=int, default=0, help="seed of the embedded simulated ring")
@@ -183,12 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted; the rig was left safe", file=sys.stderr)
-        return 130
     except Terminated as exc:
         print(f"{exc}; the rig was left safe", file=sys.stderr)
         return 143
+    except KeyboardInterrupt:
+        print("interrupted; the rig was left safe", file=sys.stderr)
+        return 130
     except (InstrumentError, ValueError, OSError, RuntimeError) as exc:
         # our own errors (station files, limits, run files, experiment files, instruments) say
         # what was wrong and what is allowed; a traceback would bury that (LABPGT_DEBUG=1 shows it)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import signal
@@ -95,6 +96,8 @@ def _check_value(name: str, value, source: str):
         raise ConfigError(f"{source}: option {name!r} must be {opt.type.__name__}, got {value!r}")
     if opt.choices and value not in opt.choices:
         raise ConfigError(f"{source}: option {name!r} = {value!r} is not allowed; allowed: {', '.join(opt.choices)}")
+    if opt.type is float and not math.isfinite(value):
+        raise ConfigError(f"{source}: option {name!r} must be a finite number, got {value!r}")
     if opt.type in (int, float) and name not in ("seed", "current_a") and value <= 0:
         raise ConfigError(f"{source}: option {name!r} must be positive, got {value!r}")
     return value
@@ -175,6 +178,11 @@ def current_bounds(config: dict, station_limits_a: tuple[float, float]) -> tuple
     margin = 3 * 1e-3  # three current scales (model.current_scale_a = 1 mA)
     lo = max(station_limits_a[0], config["current_a"] - config["current_window_a"]) + margin
     hi = min(station_limits_a[1], config["current_a"] + config["current_window_a"]) - margin
+    if (config["current_a"] - config["current_window_a"] < station_limits_a[0]
+            or config["current_a"] + config["current_window_a"] > station_limits_a[1]):
+        print(f"note: the bias current is trained within [{lo:.4f}, {hi:.4f}] A: current_a ± current_window_a "
+              f"reaches past the station's limits [{station_limits_a[0]}, {station_limits_a[1]}] A, less "
+              f"{margin * 1e3:.0f} mA of room for the perturbations", file=sys.stderr)
     if lo > hi:
         raise ConfigError(
             f"current_a = {config['current_a']} A with current_window_a = {config['current_window_a']} A leaves no "
@@ -275,6 +283,7 @@ def _progress_bar(config: dict, start: int):
 def _new_run_path(out: str, config: dict) -> Path:
     path = Path(out)
     if path.suffix in (".h5", ".hdf5"):
+        path.parent.mkdir(parents=True, exist_ok=True)
         return path
     path.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -298,18 +307,16 @@ def run_training(args, argv=None) -> int:
 
     resume_state = None
     if args.resume:
-        reader = RunReader(args.resume)
-        status = reader.status
-        if status == "completed":
-            raise ConfigError(f"{args.resume}: this run is already completed; nothing was changed "
-                              f"(start a new run instead of --resume)")
-        config = {name: opt.default for name, opt in OPTIONS.items()}
-        config.update(parse_config_text(reader.metadata["experiment_toml"], f"{args.resume} (experiment)"))
-        resume_state = reader.last_checkpoint()
-        layout = json.loads(reader.metadata["physical_layer"])
-        station_text = reader.metadata["station_toml"]
-        embedded = reader.metadata.get("embedded_simulator", False)
-        reader.close()
+        with RunReader(args.resume) as reader:
+            if reader.status == "completed":
+                raise ConfigError(f"{args.resume}: this run is already completed; nothing was changed "
+                                  f"(start a new run instead of --resume)")
+            config = {name: opt.default for name, opt in OPTIONS.items()}
+            config.update(parse_config_text(reader.metadata["experiment_toml"], f"{args.resume} (experiment)"))
+            resume_state = reader.last_checkpoint()
+            layout = json.loads(reader.metadata["physical_layer"])
+            station_text = reader.metadata["station_toml"]
+            embedded = reader.metadata.get("embedded_simulator", False)
         run_path = Path(args.resume)
     else:
         config = resolve(args)
@@ -337,8 +344,7 @@ def run_training(args, argv=None) -> int:
             else:
                 reference_hz = config["reference_hz"]
             sa = station.spectrum_analyzer
-            cmin, cmax = station.current_source.limits.get("current_a", (0.0, 3.0)) if hasattr(
-                station.current_source, "limits") else (0.0, 3.0)
+            cmin, cmax = station.current_source.limits["current_a"]  # the loader requires it
             encoder = KnobEncoder(n_nodes=config["nodes"], reference_hz=reference_hz,
                                   current_min_a=float(cmin), current_max_a=float(cmax))
             readout = BandReadout(center_hz=reference_hz, span_hz=sa.span_hz, points=sa.points,

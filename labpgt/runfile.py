@@ -656,12 +656,14 @@ class RunFile:
 
     def __exit__(self, exc_type, exc, tb):
         if not self._closed and self._status == "running" and exc_type is not None:
-            # Ctrl-C / SystemExit (SIGTERM handler) is an abort, anything else a failure
+            # Ctrl-C, SIGTERM (the CLI raises a KeyboardInterrupt subclass) or SystemExit is an
+            # abort, anything else a failure
             status = "failed" if issubclass(exc_type, Exception) else "aborted"
             try:
                 self.set_status(status, f"{exc_type.__name__}: {exc}")
-            except Exception:
-                pass
+            except Exception as status_exc:  # the original exception goes on; say why the status is stale
+                if exc is not None and hasattr(exc, "add_note"):
+                    exc.add_note(f"the run file's status could not be set to {status!r}: {status_exc}")
         self.close()
         return False
 

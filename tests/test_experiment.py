@@ -87,3 +87,30 @@ def test_inspect_shows_what_a_truncated_run_still_holds(tmp_path, capsys):
     assert main(["inspect", str(cut)]) == 1
     out = capsys.readouterr().out
     assert "truncated" in out and "readable" in out
+
+
+@pytest.mark.parametrize("flag, value", [("--lr", "nan"), ("--current-a", "inf"), ("--epsilon", "nan")])
+def test_non_finite_numbers_are_refused_before_anything_runs(tmp_path, capsys, flag, value):
+    out = tmp_path / "runs"
+    assert main(["train", flag, value, "--out", str(out)]) == 2
+    assert "finite" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_measure_checks_every_value_before_the_magnet_moves(capsys):
+    assert main(["measure", "--power", "50"]) == 2
+    err = capsys.readouterr().err
+    assert "--power" in err and "50" in err
+
+
+def test_peaks_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["measure", "--peaks", "0"])
+    assert exit_info.value.code == 2
+    assert "give 1 or more" in capsys.readouterr().err
+
+
+def test_a_run_file_path_in_a_new_directory_is_created(tmp_path):
+    run = tmp_path / "new" / "deeper" / "run.h5"
+    assert main(["train", "--budget", "64", "--out", str(run), "--no-progress"]) == 0
+    assert run.exists()

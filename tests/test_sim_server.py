@@ -4,7 +4,10 @@ from __future__ import annotations
 import socket
 import struct
 import threading
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 
 import numpy as np
 import pytest
