@@ -96,7 +96,7 @@ def test_train_then_inspect_and_resume_of_a_completed_run_changes_nothing(tmp_pa
 
 
 def test_interrupted_run_resumes_to_the_same_final_parameters(tmp_path):
-    budget = "640"
+    budget = "3200"  # ~50 steps: the interrupt below lands long before the end
     straight = tmp_path / "straight.h5"
     code, _, err = run_cli("train", "--budget", budget, "--seed", "5", "--out", str(straight), "--no-progress",
                            "--eval-every", "4", "--checkpoint-every", "3")
@@ -111,16 +111,14 @@ def test_interrupted_run_resumes_to_the_same_final_parameters(tmp_path):
     while time.monotonic() < deadline and proc.poll() is None:
         try:
             with h5py.File(broken, "r", swmr=True, libver="latest") as f:
-                if len(f["steps/step"]) >= 6:
+                if len(f["steps/step"]) >= 4:
                     break
         except (OSError, KeyError):
             pass
         time.sleep(0.05)  # polling a file from outside, not synchronising instruments
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:
-        pytest.skip("the run finished before it could be interrupted")
-    assert proc.returncode == 130, err
+    assert proc.returncode == 130, err  # aborted, not completed
     from labpgt.runfile import RunReader
 
     with RunReader(broken) as reader:

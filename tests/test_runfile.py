@@ -202,6 +202,7 @@ READER_SCRIPT = textwrap.dedent("""
             seen.append(r.n_measurements)
             idx = r.measurements.column("sample_index")  # every committed row is complete
             assert (idx == 1000 + __import__("numpy").arange(len(idx))).all(), idx
+            print("seen", r.n_measurements, flush=True)  # the writer waits for this before going on
         if r.status == "completed":
             break
         time.sleep(0.005)
@@ -225,8 +226,8 @@ def test_swmr_reader_in_another_process_sees_the_file_grow(tmp_path):
                 rf.measurement(row(n))
                 n += 1
             rf.step(step_rec(s, n))
-            import time
-            time.sleep(0.15)  # let the reader poll between steps
+            # handshake, not a sleep: the writer goes on once the reader has seen this step's rows
+            assert reader.stdout.readline().split() == ["seen", str(n)]
         rf.set_status("completed")
         rf.close()
         out, _ = reader.communicate(timeout=25)
@@ -236,7 +237,7 @@ def test_swmr_reader_in_another_process_sees_the_file_grow(tmp_path):
     result = json.loads(out.strip().splitlines()[-1])
     assert result["status"] == "completed" and result["steps"] == 6
     assert result["seen"][0] == 10 and result["seen"][-1] == 160
-    assert len(result["seen"]) >= 4  # it saw intermediate sizes, not just the end
+    assert result["seen"] == [10, 40, 70, 100, 130, 160]  # every intermediate size, each step's rows whole
     assert result["seen"] == sorted(result["seen"])
 
 

@@ -9,14 +9,12 @@ import pytest
 from sim.instruments import (SimKeithley2400, SimKepcoBOP, SimKeysightMXG, SimKeysightXSA, SimRig,
                              SimRohdeFSV, SimWindfreakSynthHD)
 
-try:  # the physics model; a small stand-in until it lands
-    from sim.ring import Ring
-except ImportError:  # pragma: no cover - only while sim/ring.py is being written
-    Ring = None
+from sim.ring import Ring
 
 
 class StandInRing:
-    """Deterministic noise floor and an RBW-wide line at the drive; the sim.ring API."""
+    """A cheap ring with the sim.ring API (a noise floor and an RBW-wide line at the drive), for
+    the real-time test, whose point is the instruments' own waiting, not the physics."""
 
     def __init__(self, params=None, seed=0):
         self.params = params
@@ -42,7 +40,7 @@ class StandInRing:
 
 
 def make_ring(seed=0):
-    return Ring(seed=seed) if Ring is not None else StandInRing(seed=seed)
+    return Ring(seed=seed)
 
 
 @pytest.fixture

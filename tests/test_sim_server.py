@@ -14,28 +14,15 @@ import pytest
 
 from sim.server import SimServer
 
-try:
-    from sim.ring import Ring
-except ImportError:  # pragma: no cover - only while sim/ring.py is being written
-    Ring = None
-
-
-def _ring(seed):
-    if Ring is not None:
-        return None  # SimServer builds the real ring (with the flavour's coil)
-    from test_sim_instruments import StandInRing
-    return StandInRing(seed=seed)
-
-
 @pytest.fixture(scope="module")
 def keysight():
-    with SimServer(seed=0, flavour="keysight", ring=_ring(0)) as s:
+    with SimServer(seed=0, flavour="keysight") as s:
         yield s
 
 
 @pytest.fixture(scope="module")
 def alt():
-    with SimServer(seed=0, flavour="alt", ring=_ring(0)) as s:
+    with SimServer(seed=0, flavour="alt") as s:
         yield s
 
 
@@ -240,16 +227,14 @@ def test_station_toml(keysight, alt):
 
 
 def test_alt_ring_has_the_stronger_coil():
-    if Ring is None:
-        pytest.skip("sim.ring not there yet")
     with SimServer(seed=0, flavour="alt") as s:
         assert s.rig.ring.params.coil_oe_per_a == 250.0
 
 
 def test_stop_closes_everything():
     before = {t.ident for t in threading.enumerate()}
-    s = SimServer(seed=1, flavour="keysight", ring=_ring(1)).start()
-    s2 = SimServer(seed=1, flavour="alt", ring=_ring(1)).start()
+    s = SimServer(seed=1, flavour="keysight").start()
+    s2 = SimServer(seed=1, flavour="alt").start()
     res = s.resources["spectrum_analyzer"]
     c = Line(res)
     assert c.query("*OPC?") == b"1\n"
