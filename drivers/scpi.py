@@ -103,7 +103,16 @@ class SCPIInstrument(Instrument):
         queue and raises. (A command error, -1xx, makes an instrument discard the rest of the
         message, so it goes unanswered: a NoAnswerError, the entry left in the queue.)
         """
-        reply = self.query(join_commands([s.command for s in settings] + ["*OPC?", "SYST:ERR?"]))
+        self._begin_settings_one_message(settings)
+        self._finish_settings()
+
+    def _begin_settings_one_message(self, settings: Sequence[Setting]) -> None:
+        """Send the query of :meth:`_transmit_settings_one_message`; its reply is read by the second half."""
+        self._io(self.transport.send, join_commands([s.command for s in settings] + ["*OPC?", "SYST:ERR?"]))
+        self._awaiting = settings
+
+    def _finish_settings_one_message(self, settings: Sequence[Setting]) -> None:
+        reply = self._io(self.transport.read)
         done, separator, entry = reply.partition(";")
         if not separator or done.strip() not in ("1", "+1"):
             raise InstrumentError(f"{self.role}: unexpected reply {reply!r} to settings;*OPC?;:SYST:ERR?")

@@ -5,6 +5,8 @@ All transports share one small API, in text with the terminators added/removed h
     write(command)            send one message
     query(command) -> str     send, read one reply line (terminator stripped)
     query_block(command)      send, read an IEEE 488.2 definite-length block -> payload bytes
+    send(command), read()     a query in two halves: the reply is read later (pipelining
+                              across instruments: other instruments are talked to meanwhile)
     clear()                   device clear / drop whatever is pending (after a timeout)
     reconnect(), link_down    open the resource again (after a dropped connection)
     timeout_s                 read timeout in seconds (settable)
@@ -153,6 +155,15 @@ class VisaTransport:
         except Exception as exc:
             raise self._translate(exc, f"query {command!r}") from exc
 
+    send = write  # the first half of a query: its reply is taken later by read()
+
+    def read(self) -> str:
+        """One reply line (the second half of a query sent with send())."""
+        try:
+            return self._session.read()
+        except Exception as exc:
+            raise self._translate(exc, "read") from exc
+
     def query_block(self, command: str) -> bytes:
         """Read exactly header + payload + terminator with the termination character off.
 
@@ -279,6 +290,12 @@ class SerialTransport:
 
     def query(self, command: str) -> str:
         self.write(command)
+        return self.read(command)
+
+    send = write  # the first half of a query: its reply is taken later by read()
+
+    def read(self, command: str = "") -> str:
+        """One reply line (to ``command``, for the messages)."""
         try:
             line = self._port.read_until(self._read_term)
         except Exception as exc:
@@ -319,10 +336,16 @@ class ScriptedTransport:
     or the whole block message). ``TIMEOUT`` as reply raises :class:`TransportTimeout`.
     Any difference fails loudly; pairs left over fail at ``close()`` (or ``assert_done()``).
     ``sent`` keeps every message sent, ``clears`` counts device clears.
+
+    A query may be split: ``send`` takes a pair that has a reply and keeps the reply until
+    ``read`` (a ``TIMEOUT`` reply raises at the read); a clear drops replies not read. A
+    ``journal`` list shared by several transports records the order across instruments:
+    ``(resource, "send" | "read" | "write" | "query", bytes)``.
     """
 
     def __init__(self, pairs: Sequence[tuple[bytes, Reply]] = (), *, resource: str = "SCRIPTED::INSTR",
-                 read_termination: str = "\n", write_termination: str = "\n", timeout_s: float = 5.0):
+                 read_termination: str = "\n", write_termination: str = "\n", timeout_s: float = 5.0,
+                 journal: Optional[list] = None):
         self.pairs = list(pairs)
         self.resource = resource
         self.read_termination = read_termination.encode("ascii")
@@ -333,6 +356,8 @@ class ScriptedTransport:
         self.clears = 0
         self.closed = False
         self._position = 0
+        self._unread: list = []
+        self.journal = journal
 
     @classmethod
     def for_driver(cls, driver, pairs: Sequence[tuple[bytes, Reply]] = (), **kwargs) -> "ScriptedTransport":
@@ -344,8 +369,13 @@ class ScriptedTransport:
     def extend(self, pairs: Sequence[tuple[bytes, Reply]]) -> None:
         self.pairs.extend(pairs)
 
-    def _next(self, message: bytes, wants_reply: bool) -> Reply:
+    def _next(self, message: bytes, wants_reply: bool, how: str = "query", defer_timeout: bool = False) -> Reply:
         self.sent.append(message)
+        if self.journal is not None:
+            self.journal.append((self.resource, how, message))
+        if wants_reply and how != "send" and self._unread:
+            raise ScriptMismatch(f"{self.resource}: {message!r} queried while the reply to an earlier message "
+                                 f"is unread (it would be taken as this one's)")
         self.timeouts_seen.append(self.timeout_s)
         if self.closed:
             raise ScriptMismatch(f"{self.resource}: {message!r} sent after close()")
@@ -363,15 +393,31 @@ class ScriptedTransport:
             raise ScriptMismatch(f"{self.resource}: exchange {self._position}: {message!r} was written "
                                  f"without reading the scripted reply {reply!r}")
         self._position += 1
-        if reply is TIMEOUT:
+        if reply is TIMEOUT and not defer_timeout:
             raise TransportTimeout(self.resource, self.timeout_s, f"scripted timeout on {message!r}")
         return reply
 
     def write(self, command: str) -> None:
-        self._next(command.encode("ascii") + self.write_termination, wants_reply=False)
+        self._next(command.encode("ascii") + self.write_termination, wants_reply=False, how="write")
+
+    def send(self, command: str) -> None:
+        self._unread.append(self._next(command.encode("ascii") + self.write_termination, wants_reply=True,
+                                       how="send", defer_timeout=True))
+
+    def read(self) -> str:
+        if self.journal is not None:
+            self.journal.append((self.resource, "read", b""))
+        if not self._unread:
+            raise ScriptMismatch(f"{self.resource}: read with no reply on its way (nothing was sent)")
+        reply = self._unread.pop(0)
+        if reply is TIMEOUT:
+            raise TransportTimeout(self.resource, self.timeout_s, "scripted timeout on a read")
+        return self._line(reply)
 
     def query(self, command: str) -> str:
-        reply = self._next(command.encode("ascii") + self.write_termination, wants_reply=True)
+        return self._line(self._next(command.encode("ascii") + self.write_termination, wants_reply=True))
+
+    def _line(self, reply) -> str:
         assert isinstance(reply, bytes)
         if not reply.endswith(self.read_termination) or not self.read_termination:
             raise ScriptMismatch(f"{self.resource}: scripted reply {reply!r} lacks the terminator "
@@ -385,6 +431,7 @@ class ScriptedTransport:
 
     def clear(self) -> None:
         self.clears += 1
+        self._unread.clear()
 
     link_down = False
     reconnects = 0

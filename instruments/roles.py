@@ -90,6 +90,8 @@ class Instrument:
         self.pacing = pacing
         self.wait = wait if wait is not None else time.sleep
         self._needs_clear = False
+        #: settings sent whose reply is still on its way (``_begin_settings_one_message``)
+        self._awaiting: Optional[Sequence[Setting]] = None
         self.limits: dict[str, tuple[float, float]] = {}
         self._limit_sources: dict[str, str] = {}
         self.parameters: dict[str, float] = {}
@@ -204,11 +206,12 @@ class Instrument:
     def resource(self) -> str:
         return getattr(self.transport, "resource", "?")
 
-    def _io(self, operation, command: str):
-        if self._needs_clear:
+    def _io(self, operation, *command: str):
+        if self._needs_clear or self._awaiting is not None:
+            # a reply left unread (an abandoned second half) is dropped, never taken as this one's
             self._clear_quietly()
         try:
-            return operation(command)
+            return operation(*command)
         except TransportTimeout as timeout:
             self._clear_quietly()  # drop a half-delivered reply before the next exchange
             raise NoAnswerError(self.role, self.resource, timeout.seconds) from timeout
@@ -227,6 +230,7 @@ class Instrument:
         Raises (NoAnswerError, TransportError, ...) when the instrument cannot be reached.
         """
         self._needs_clear = False
+        self._awaiting = None  # a reply on its way belongs to the fault: the clear drops it
         transport = self.transport
         if not getattr(transport, "link_down", False):
             try:
@@ -255,6 +259,7 @@ class Instrument:
 
     def _clear_quietly(self) -> None:
         self._needs_clear = False
+        self._awaiting = None
         try:
             self.transport.clear()
         except Exception:  # a clear is a courtesy; the next exchange reports real trouble
@@ -306,6 +311,25 @@ class Instrument:
         round trips as the driver can (SCPI: one). By default the same as ``_transmit_settings``."""
         self._transmit_settings(settings)
 
+    def _begin_settings_one_message(self, settings: Sequence[Setting]) -> None:
+        """The first half of ``_transmit_settings_one_message``: send, do not wait for the reply.
+
+        A driver that splits it sends the message and sets ``self._awaiting = settings``;
+        :meth:`_finish_settings` then reads and checks the reply. Until then the instrument
+        settles while other instruments are talked to; any other exchange with this instrument
+        first drops the unread reply (a device clear). By default everything happens here."""
+        self._transmit_settings_one_message(settings)
+
+    def _finish_settings_one_message(self, settings: Sequence[Setting]) -> None:
+        """The second half: read the reply to the settings sent by the first (drivers that split)."""
+        raise NotImplementedError
+
+    def _finish_settings(self) -> None:
+        """Wait for the settings begun by ``_begin_settings_one_message`` (nothing if none are on their way)."""
+        settings, self._awaiting = self._awaiting, None
+        if settings is not None:
+            self._finish_settings_one_message(settings)
+
     def _send_settings(self, settings: Sequence[Setting], *, one_message: bool = False) -> None:
         """Send validated settings as one batch (the driver decides how), then forget caches."""
         try:
@@ -319,11 +343,14 @@ class Instrument:
     def _settings_changed(self, names: tuple[str, ...]) -> None:
         """Called after settings were sent (roles with caches invalidate them)."""
 
+    def _validated(self, values: Sequence[tuple[str, object]]) -> list[Setting]:
+        """Every (property name, value) checked against the limits and formatted (nothing sent)."""
+        cls = type(self)
+        return [Setting(name, value, getattr(cls, name).command(self, value)) for name, value in values]
+
     def _apply(self, values: Sequence[tuple[str, object]], *, one_message: bool = False) -> None:
         """Validate every (property name, value) first, then send them as one batch."""
-        cls = type(self)
-        settings = [Setting(name, value, getattr(cls, name).command(self, value)) for name, value in values]
-        self._send_settings(settings, one_message=one_message)
+        self._send_settings(self._validated(values), one_message=one_message)
 
     # ------------------------------------------------------------------ lifetime
     def safe_state(self) -> None:
@@ -368,8 +395,28 @@ class SignalGenerator(Instrument):
         """Set frequency and power as one batch (both validated before either is sent).
 
         Once per measurement: sent as one message with its synchronisation and error check
-        where the driver can (``_transmit_settings_one_message``)."""
-        self._apply([("frequency_hz", frequency_hz), ("power_dbm", power_dbm)], one_message=True)
+        where the driver can (``_transmit_settings_one_message``). The same as
+        :meth:`begin_cw` then :meth:`finish_cw`."""
+        self.begin_cw(frequency_hz, power_dbm)
+        self.finish_cw()
+
+    def begin_cw(self, frequency_hz: float, power_dbm: float) -> None:
+        """First half of :meth:`configure_cw`: both validated, then sent without waiting.
+
+        The generator settles while other instruments are talked to (the analyzer's trace of
+        the previous sweep is read meanwhile). :meth:`finish_cw` must come next on this
+        instrument: it waits for the settings (``*OPC?``) and checks the error queue. Anything
+        else sent to this instrument first drops the unread reply (a device clear). A driver
+        that cannot split (Windfreak) does everything here and nothing in :meth:`finish_cw`."""
+        settings = self._validated([("frequency_hz", frequency_hz), ("power_dbm", power_dbm)])
+        try:
+            self._begin_settings_one_message(settings)
+        finally:
+            self._settings_changed(("frequency_hz", "power_dbm"))
+
+    def finish_cw(self) -> None:
+        """Second half of :meth:`configure_cw`: the settings' completion and error check (see there)."""
+        self._finish_settings()
 
     def safe_state(self) -> None:
         self.output_enabled = False

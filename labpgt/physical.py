@@ -9,6 +9,16 @@ what the instruments need, in as few round trips as the wire allows:
 2. the analyzer sweeps once (``INIT:IMM;*OPC?``) and its trace is read as a binary block
    (axis, sweep time and sweep mode are cached by the driver, never re-queried).
 
+Pipelined across the instruments: once sweep k is complete the analyzer holds its trace and
+the generator no longer matters to it, so the settings of sample k+1 are *sent* then
+(``begin_cw``), trace k is read and decoded while the generator settles, and only then is the
+generator's reply (``*OPC?`` and its error-queue entry, ``finish_cw``) read before sweep k+1.
+The order of sweeps and of what each instrument receives is unchanged; the trace read and the
+loop's bookkeeping leave the critical path. A fault with a setting in flight: the generator's
+reply is taken first (a fault there is recovered with the other), the row is repeated as
+without pipelining, and the rest of the batch goes one sample at a time. Sending row k+1's
+settings failing (a LimitError, a dropped link) is met at row k+1, as without pipelining.
+
 Everything else happens once per call (a forward batch), after the last sweep: the traces
 are cut into features in one vectorised call and the rows go to the recorder in one
 ``measurements_batch`` (the run file's block append; a recorder without it gets rows one at
@@ -35,6 +45,9 @@ FLAG_SIMULATED = 16
 
 class StationReservoir:
     """The ring measured through a connected :class:`instruments.station.Station`."""
+
+    #: overlap the trace read of sample k with the generator's settling for k+1 (module docstring)
+    pipeline = True
 
     def __init__(self, station, encoder: KnobEncoder, readout: BandReadout,
                  recorder: Recorder | None = None, *, simulated: bool = False):
@@ -77,7 +90,10 @@ class StationReservoir:
         batch, nodes = freq_hz.shape
         n = batch * nodes
         sg, sa = self.station.signal_generator, self.station.spectrum_analyzer
-        configure_cw, sweep = sg.configure_cw, sa.measure
+        # pipelined when the roles can split (stand-ins with configure_cw / measure only cannot)
+        pipeline = self.pipeline and all(hasattr(x, a) for x, a in ((sg, "begin_cw"), (sa, "single_sweep"), (sa, "read_trace")))
+        in_flight = False  # row k's settings were sent during row k-1 (begin_cw), reply unread
+        deferred = None  # sending row k's settings failed during row k-1: met at row k
         frequencies, powers = freq_hz.ravel().tolist(), power_dbm.ravel().tolist()  # sample-major
         traces = np.empty((n, self.readout.points), dtype=np.float32)
         times = np.empty(n)
@@ -87,13 +103,40 @@ class StationReservoir:
         try:
             for k in range(n):  # the critical path: instruments only
                 try:
-                    configure_cw(frequencies[k], powers[k])
-                    _, trace = sweep()
-                    if getattr(sa, "overloaded", False):
-                        raise _overloaded()
+                    if deferred is not None:
+                        exc, deferred = deferred, None
+                        raise exc
+                    if in_flight:
+                        in_flight = False
+                        sg.finish_cw()
+                    else:
+                        sg.configure_cw(frequencies[k], powers[k])
+                    if not pipeline:
+                        _, trace = sa.measure()
+                        if getattr(sa, "overloaded", False):
+                            raise _overloaded()
+                    else:
+                        sa.single_sweep()
+                        if sa.overloaded:  # (before the generator moves: the sweep is repeated as it was)
+                            raise _overloaded()
+                        if k + 1 < n:  # sweep k is done and held: the generator settles while it is read
+                            try:
+                                sg.begin_cw(frequencies[k + 1], powers[k + 1])
+                                in_flight = True
+                            except Exception as exc:  # noqa: BLE001 - met again at its own row
+                                deferred, pipeline = exc, False
+                        _, trace = sa.read_trace()
                 except Exception as exc:  # a fault: recover and repeat (recorded), or re-raised
+                    also = ()
+                    if in_flight:  # the next row's reply first: nothing else may talk to the generator before
+                        in_flight = False
+                        try:
+                            sg.finish_cw()
+                        except Exception as generator_exc:  # noqa: BLE001 - recovered with the row's fault
+                            also = (generator_exc,)
+                    pipeline = False  # the rest of this batch one sample at a time
                     trace, more = self.recovery.repeat(self, exc, step=step, row_offset=k, current_a=current_a,
-                                                       frequency_hz=frequencies[k], power_dbm=powers[k])
+                                                       frequency_hz=frequencies[k], power_dbm=powers[k], also=also)
                     flags[k] |= more
                 traces[k] = trace
                 times[k] = time.time()

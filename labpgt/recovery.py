@@ -79,17 +79,30 @@ class RecoveryPolicy:
         self.unrecovered = 0
 
     def repeat(self, reservoir, exc: BaseException, *, step: int, row_offset: int, current_a: float,
-               frequency_hz: float | None = None, power_dbm: float | None = None):
+               frequency_hz: float | None = None, power_dbm: float | None = None,
+               also: tuple[BaseException, ...] = ()):
         """After ``exc`` hit a measurement: recover and take it again.
 
         Returns (trace, flags to add). With ``frequency_hz`` None only the bias current is
         brought back (returns (None, FLAG_FAULT): the next row was not repeated, only touched). Raises ``exc`` itself if it is not an instrument
-        fault, :class:`MeasurementFailed` when the attempts run out.
+        fault, :class:`MeasurementFailed` when the attempts run out. ``also``: faults met at the
+        same time on other instruments (the generator's reply to a setting in flight while the
+        analyzer failed): recorded with this row and their instruments recovered before the
+        first repeat.
         """
         station = reservoir.station
         met = []  # (time, role, kind, attempt, message)
         attempt, overloads = 1, 0
         trace = None
+        also_roles = []
+        for other in also:
+            what = classify(other, station)
+            if what is None:  # not an instrument's trouble: a bug, raised
+                if met:
+                    self._record(reservoir, met, step, row_offset, recovered=False)
+                raise other from exc
+            met.append((time.time(), what[0], what[1], attempt, f"{type(other).__name__}: {other}"))
+            also_roles.append(what[0])
         while True:
             what = classify(exc, station)
             if what is None:
@@ -112,6 +125,9 @@ class RecoveryPolicy:
                         f"{role}: measurement at step {step} failed {self.max_attempts} times; last fault "
                         f"({kind}): {exc}") from exc
             try:
+                for other_role in also_roles:
+                    self._recover(reservoir, other_role)
+                also_roles = []
                 if kind != "overload":
                     self._recover(reservoir, role)
                 trace = self._measure(reservoir, current_a, frequency_hz, power_dbm, kind == "overload")

@@ -89,12 +89,18 @@ U = np.array([[0.1, -0.2], [0.3, 0.4], [-0.5, 0.0], [0.2, 0.2]])
     ("signal_generator", "truncated", {"no_answer"}),
     ("signal_generator", "unlocked", {"unlocked"}),
     ("current_source", "disconnect", {"no_answer", "connection_lost"}),
+    # the generator's second message of the batch is row 1's settings, sent while trace 0 is read
+    ("signal_generator@1", "truncated", {"no_answer"}),
+    ("signal_generator@1", "unlocked", {"unlocked"}),
+    ("signal_generator@1", "disconnect", {"no_answer", "connection_lost"}),
+    ("signal_generator@1", "garbled", {"bad_reply"}),
 ])
 def test_each_fault_is_recovered_repeated_flagged_and_recorded(rig, role, kind, seen):
     server, station, reservoir, run = rig
+    role, _, after = role.partition("@")
     reservoir.measure(U[:1], current_a=1.8, kind="train", step=0, sample_index=np.arange(1))
     reservoir._current_a = None if role == "current_source" else reservoir._current_a  # the magnet is asked
-    server.instruments[role].faults.trigger(kind, after=1 if role == "spectrum_analyzer" else 0)
+    server.instruments[role].faults.trigger(kind, after=int(after or (1 if role == "spectrum_analyzer" else 0)))
     features = reservoir.measure(U, current_a=1.8, kind="train", step=1, sample_index=np.arange(4))
     assert np.all(np.isfinite(features))
     run.flush()
@@ -161,3 +167,20 @@ def test_a_failed_step_is_checkpointed_at_its_start_and_the_run_marked_failed(tm
         assert r.n_faults == 4 and not any(r.faults()["recovered"])
         import json
         assert json.loads(ckpt["extra"])["status"] == "failed"
+
+
+def test_faults_on_both_instruments_with_a_setting_in_flight_are_recovered_and_recorded(rig):
+    server, station, reservoir, run = rig
+    reservoir.measure(U[:1], current_a=1.8, kind="train", step=0, sample_index=np.arange(1))
+    server.instruments["spectrum_analyzer"].faults.trigger("timeout", after=1)  # trace 0's read
+    server.instruments["signal_generator"].faults.trigger("unlocked", after=1)  # row 1's settings, in flight
+    features = reservoir.measure(U, current_a=1.8, kind="train", step=1, sample_index=np.arange(4))
+    assert np.all(np.isfinite(features))
+    run.flush()
+    with RunReader(run.path) as r:
+        flags = r.measurements.column("flags")
+        faults = r.faults()
+    assert sorted(zip(faults["role"], faults["kind"])) == [("signal_generator", "unlocked"),
+                                                           ("spectrum_analyzer", "no_answer")]
+    assert all(faults["recovered"]) and set(faults["measurement_row"]) == {1}
+    assert [int(f) & (FLAG_REPEATED | FLAG_FAULT) for f in flags] == [0, FLAG_REPEATED | FLAG_FAULT, 0, 0, 0]

@@ -270,3 +270,69 @@ def test_invalid_knobs_move_no_instrument():
     with pytest.raises(ValueError):
         res.measure(np.array([[0.0, 1.5]]), current_a=1.0, kind="train", step=0, sample_index=np.arange(1))
     assert station.signal_generator.sent == [] and station.current_source.ramps == []
+
+
+@pytest.mark.parametrize("flavour", ["keysight", "alt"])
+def test_pipelined_rows_are_those_of_the_unpipelined_loop_bit_for_bit(flavour, tmp_path):
+    """Overlapping the trace read with the generator's settling changes nothing measured."""
+    def run(pipeline):
+        with SimServer(seed=11, flavour=flavour) as server:
+            station = Station.from_text(server.station_toml(), "<sim>")
+            with station:
+                encoder, readout = layout(station)
+                path = tmp_path / f"{flavour}-{pipeline}.h5"
+                with RunFile.create(path, n_params=1, features_per_measurement=5, trace_points=readout.points) as rf:
+                    res = StationReservoir(station, encoder, readout, rf, simulated=True)
+                    res.pipeline = pipeline
+                    out = [res.measure(knobs(6, 2, seed=s), current_a=0.8 + 0.01 * s, kind="train", step=s,
+                                       sample_index=np.arange(6)) for s in range(3)]
+                with RunReader(path) as r:
+                    cols = {c: r.measurements.column(c) for c in ("trace_dbm", "features", "frequency_hz",
+                                                                  "power_dbm", "flags", "step", "node")}
+                return np.stack(out), cols
+
+    features, rows = run(True)
+    features_ref, rows_ref = run(False)
+    assert features.tobytes() == features_ref.tobytes()
+    for name, column in rows_ref.items():
+        assert np.asarray(rows[name]).tobytes() == np.asarray(column).tobytes(), name
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("stage", ["ctrl-c, setting in flight", "settings reply"])
+def test_an_exit_with_a_generator_setting_in_flight_leaves_the_rig_safe(stage):
+    """Pipelined: the generator's reply to row k+1's settings is unread while trace k is read.
+    The safe state still reaches every instrument (the unread reply is dropped first, never
+    taken as the reply to the safe state's own *OPC?)."""
+    with SimServer(seed=3, timeout_s=0.3) as server:
+        station = Station.from_text(server.station_toml(), "<sim>")
+        with pytest.raises((KeyboardInterrupt, _Boom)):
+            with station:
+                encoder, readout = layout(station, nodes=1)
+                res = StationReservoir(station, encoder, readout, Rows(), simulated=True)
+                res.measure(knobs(2, 1), current_a=1.8, kind="train", step=0, sample_index=np.arange(2))
+                sg, sa = station.signal_generator, station.spectrum_analyzer
+                if stage == "ctrl-c, setting in flight":
+                    def interrupt():
+                        assert sg._awaiting is not None, "no setting in flight: the case is not tested"
+                        raise KeyboardInterrupt
+                    sa.read_trace = interrupt
+                else:
+                    finish = sg.finish_cw
+
+                    def boom():
+                        if sg._awaiting is not None:
+                            raise _Boom("the reply to a setting in flight")
+                        return finish()
+                    sg.finish_cw = boom
+                res.measure(knobs(3, 1), current_a=1.8, kind="train", step=1, sample_index=np.arange(3))
+        sim_sg, cs, sim_sa = (server.instruments[r] for r in ("signal_generator", "current_source",
+                                                             "spectrum_analyzer"))
+        assert sim_sg.output is False and cs.output is False and abs(cs.i_set) < 1e-9
+        assert sim_sa.continuous is True
+        drive = np.array([i for _, i in cs.drive_log])
+        assert drive.max() > 1.0 and drive[-1] == 0.0
+        assert np.abs(np.diff(drive)).max() <= 0.05 * (1 + 1e-9)  # ramped, never stepped
