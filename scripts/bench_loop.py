@@ -168,8 +168,14 @@ class Rig:
 
 def instrument(rig: Rig, acc: Acc) -> None:
     sg, sa = rig.station.signal_generator, rig.station.spectrum_analyzer
-    sg.configure_cw = timed(sg.configure_cw, acc, "client_generator")
-    sa.measure = timed(sa.measure, acc, "client_analyzer")
+    if hasattr(sg, "begin_cw"):  # the halves (configure_cw and measure call them): each call counted once
+        sg.begin_cw = timed(sg.begin_cw, acc, "client_generator")
+        sg.finish_cw = timed(sg.finish_cw, acc, "client_generator")
+        sa.single_sweep = timed(sa.single_sweep, acc, "client_analyzer")
+        sa.read_trace = timed(sa.read_trace, acc, "client_analyzer")
+    else:  # older trees
+        sg.configure_cw = timed(sg.configure_cw, acc, "client_generator")
+        sa.measure = timed(sa.measure, acc, "client_analyzer")
     for role, inst in rig.server.instruments.items():
         inst.handle = timed(inst.handle, acc, f"server_{role}")
     object.__setattr__(rig.readout, "features", timed(rig.readout.features, acc, "features"))
@@ -430,6 +436,8 @@ def main(argv=None) -> int:
                    help="run file behind the writer thread, or written in the main thread")
     p.add_argument("--realtime-measurements", type=int, default=320)
     p.add_argument("--runfile-measurements", type=int, default=8000)
+    p.add_argument("--no-pipeline", action="store_true",
+                   help="the measurement loop unpipelined (StationReservoir.pipeline = False): the A/B baseline")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c")
     p.add_argument("--profile", action="store_true", help="print the cProfile top of the main thread (a)")
     p.add_argument("--loop-only", action="store_true",
@@ -440,6 +448,8 @@ def main(argv=None) -> int:
                    help="print the docs table from [BEFORE.json] AFTER.json and exit")
     p.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_loop.json"))
     args = p.parse_args(argv)
+    if args.no_pipeline:
+        StationReservoir.pipeline = False
     if args.markdown:
         results = [json.loads(Path(f).read_text()) for f in args.markdown]
         print(markdown(results[0] if len(results) > 1 else None, results[-1]))
@@ -456,6 +466,7 @@ def main(argv=None) -> int:
         return 0
     skip = set(filter(None, args.skip.split(",")))
     result = {"machine": machine(), "git_head": args.commit_label or git_head(), "args": vars(args),
+              "pipelined": bool(getattr(StationReservoir, "pipeline", False)),
               "command": "python scripts/bench_loop.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     with tempfile.TemporaryDirectory() as tmpdir:
         if "a" not in skip:
