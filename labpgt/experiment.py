@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shlex
 import signal
 import sys
@@ -235,6 +234,28 @@ def find_reference_hz(station, current_a: float, span_hz: float = 200e6, center_
     return peaks[0].frequency_hz, freqs, trace
 
 
+def station_physical_layer(station, config: dict) -> dict:
+    """How knobs map onto this station and how its traces become features, as recorded in a run.
+
+    Probes for the ring's free-running line (unless ``reference_hz`` is set), then builds the
+    encoder (detuning and power around that line, current within the station's limits), the
+    readout (the station's analyzer window, ``bands`` bands) and the trained current's bounds.
+    """
+    from labpgt.encoding import BandReadout, KnobEncoder
+
+    if config["reference_hz"] is None:
+        reference_hz, _, _ = find_reference_hz(station, config["current_a"])
+    else:
+        reference_hz = config["reference_hz"]
+    sa = station.spectrum_analyzer
+    cmin, cmax = (float(v) for v in station.current_source.limits["current_a"])  # the loader requires it
+    encoder = KnobEncoder(n_nodes=config["nodes"], reference_hz=reference_hz, current_min_a=cmin, current_max_a=cmax)
+    readout = BandReadout(center_hz=reference_hz, span_hz=sa.span_hz, points=sa.points, rbw_hz=sa.rbw_hz,
+                          n_bands=config["bands"])
+    return {"encoder": encoder.to_dict(), "readout": readout.to_dict(),
+            "current_bounds_a": current_bounds(config, (cmin, cmax))}
+
+
 class _StopOnSignal:
     """First Ctrl-C / SIGTERM: finish the step in flight, checkpoint, mark aborted.
     A second one: stop at once (the station still leaves the rig safe on the way out)."""
@@ -337,24 +358,11 @@ def run_training(args, argv=None) -> int:
     with open_station(station_arg, seed=config["seed"], ring_params=ring_params,
                       station_text=recorded_station) as (station, sim):
         if layout is None:
-            current = config["current_a"]
-            probe = None
-            if config["reference_hz"] is None:
-                reference_hz, probe_freqs, probe_trace = find_reference_hz(station, current)
-            else:
-                reference_hz = config["reference_hz"]
-            sa = station.spectrum_analyzer
-            cmin, cmax = station.current_source.limits["current_a"]  # the loader requires it
-            encoder = KnobEncoder(n_nodes=config["nodes"], reference_hz=reference_hz,
-                                  current_min_a=float(cmin), current_max_a=float(cmax))
-            readout = BandReadout(center_hz=reference_hz, span_hz=sa.span_hz, points=sa.points,
-                                  rbw_hz=sa.rbw_hz, n_bands=config["bands"])
-            layout = {"encoder": encoder.to_dict(), "readout": readout.to_dict(),
-                      "current_bounds_a": current_bounds(config, (float(cmin), float(cmax)))}
+            layout = station_physical_layer(station, config)
+            encoder, readout = KnobEncoder(**layout["encoder"]), BandReadout(**layout["readout"])
         else:
             encoder = KnobEncoder(**layout["encoder"])
             readout = BandReadout(**layout["readout"])
-            probe = None
             if resume_state is None and sim is not None and config["reference_hz"] is None:
                 # killed before its first checkpoint: the run starts over, and the fresh simulated
                 # world must first see the probe the original run made (it moved its clock and noise)

@@ -59,7 +59,7 @@ def fault_spec(fault_every: int, seed: int) -> str:
 def run_once(measurements: int, seed: int, faults: str | None, workdir: Path, timeout_s: float = 0.5) -> dict:
     from instruments.station import Station
     from labpgt.encoding import BandReadout, KnobEncoder
-    from labpgt.experiment import OPTIONS, build_trainer, current_bounds, find_reference_hz
+    from labpgt.experiment import OPTIONS, build_trainer, station_physical_layer
     from labpgt.physical import FLAG_FAULT, FLAG_REPEATED, StationReservoir
     from labpgt.runfile import RunFile, RunReader
     from sim.server import SimServer
@@ -74,15 +74,10 @@ def run_once(measurements: int, seed: int, faults: str | None, workdir: Path, ti
         try:
             with station:
                 station.spectrum_analyzer.sweep_timeout_margin_s = 0.3  # the sweep takes ~0 s of wall time here
-                reference_hz, _, _ = find_reference_hz(station, config["current_a"])
-                sa = station.spectrum_analyzer
-                cmin, cmax = station.current_source.limits["current_a"]
-                encoder = KnobEncoder(n_nodes=config["nodes"], reference_hz=reference_hz, current_min_a=cmin,
-                                      current_max_a=cmax)
-                readout = BandReadout(center_hz=reference_hz, span_hz=sa.span_hz, points=sa.points,
-                                      rbw_hz=sa.rbw_hz, n_bands=config["bands"])
+                layout = station_physical_layer(station, config)
+                encoder, readout = KnobEncoder(**layout["encoder"]), BandReadout(**layout["readout"])
                 reservoir = StationReservoir(station, encoder, readout, simulated=True)
-                trainer = build_trainer(config, reservoir, current_bounds_a=current_bounds(config, (cmin, cmax)))
+                trainer = build_trainer(config, reservoir, current_bounds_a=layout["current_bounds_a"])
                 run = RunFile.create(path, n_params=trainer.model.params().size,
                                      features_per_measurement=readout.n_bands, trace_points=readout.points,
                                      optimizer_state_shapes={k: np.shape(v) for k, v in trainer.opt_state.items()},

@@ -1,7 +1,6 @@
 """The command line end to end, on the embedded simulated ring and on `labpgt sim serve`."""
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess

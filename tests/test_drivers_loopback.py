@@ -7,7 +7,6 @@ alt (Windfreak SynthHD, Keithley 2400, R&S FSV).
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest

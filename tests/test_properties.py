@@ -3,10 +3,6 @@ own clear errors (or a value), never in another exception."""
 from __future__ import annotations
 
 import math
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
 
 import numpy as np
 import pytest
