@@ -44,6 +44,7 @@ what h5clear does; :func:`clear_write_flags` does the same in pure Python.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -806,6 +807,20 @@ def _read_text(ds) -> str:
     return v.decode("utf-8") if isinstance(v, bytes) else str(v)
 
 
+def _damage_is_a_run_file_error(method):
+    """h5py reports a damaged object as KeyError/OSError/ValueError; say it as a RunFileError."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (KeyError, OSError, ValueError, RuntimeError) as exc:
+            if isinstance(exc, RunFileError):
+                raise
+            raise RunFileError(f"{self.path}: {method.__name__.strip('_')} is unreadable ({exc}); the file is "
+                               f"damaged: `labpgt inspect` shows what is still readable") from None
+    return wrapper
+
+
 class Measurements:
     """Lazy view of the committed measurement rows: ``len()``, ``[slice]`` -> dict of arrays, ``column()``."""
 
@@ -822,10 +837,14 @@ class Measurements:
         if name not in self.COLUMNS:
             raise KeyError(f"no measurement column {name!r}; columns: {self.COLUMNS}")
         sl = _clip(index, len(self))
-        ds = self._g[name]
-        if name == "kind":
-            return ds.astype("i1")[sl]
-        return ds[sl]
+        try:
+            ds = self._g[name]
+            if name == "kind":
+                return ds.astype("i1")[sl]
+            return ds[sl]
+        except (KeyError, OSError, ValueError, RuntimeError) as exc:  # h5py's words for a damaged object
+            raise RunFileError(f"{self._r.path}: measurement column {name!r} is unreadable ({exc}); the file "
+                               f"is damaged: `labpgt inspect` shows what is still readable") from None
 
     def __getitem__(self, index):
         single = isinstance(index, (int, np.integer))
@@ -908,6 +927,7 @@ class RunReader:
     def n_measurements(self) -> int:
         return self._committed[0]
 
+    @_damage_is_a_run_file_error
     def _table(self, table, columns):
         n = self._committed[TABLES.index(table)]
         g = self._f[table]
@@ -919,6 +939,7 @@ class RunReader:
     def evaluations(self) -> dict:
         return self._table("evaluations", _EVAL_COLUMNS)
 
+    @_damage_is_a_run_file_error
     def _text(self, table, name, i):
         g = self._f[table]
         off, length = int(g[f"{name}_offset"][i]), int(g[f"{name}_length"][i])
@@ -932,6 +953,7 @@ class RunReader:
         """Committed fault rows (0 for a file from before the faults table)."""
         return self._committed[len(TABLES)] if "faults" in self._f and len(self._committed) > len(TABLES) else 0
 
+    @_damage_is_a_run_file_error
     def faults(self) -> dict:
         """The faults table as columns (role and kind as strings, message as a list); empty
         columns for a file from before the faults table."""
@@ -966,6 +988,7 @@ class RunReader:
     def n_checkpoints(self) -> int:
         return self._committed[3]
 
+    @_damage_is_a_run_file_error
     def checkpoint(self, i: int) -> dict:
         n = self.n_checkpoints
         if not -n <= i < n:
@@ -984,6 +1007,7 @@ class RunReader:
     def last_checkpoint(self) -> dict | None:
         return self.checkpoint(-1) if self.n_checkpoints else None
 
+    @_damage_is_a_run_file_error
     def status_history(self) -> list[dict]:
         n = self._committed[4]
         g = self._f["status"]
