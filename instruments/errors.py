@@ -44,17 +44,19 @@ class TransportTimeout(InstrumentError, TimeoutError):
     def __init__(self, resource: str, seconds: float, detail: str = ""):
         self.resource = resource
         self.seconds = seconds
+        self.detail = detail
         super().__init__(f"no answer at {resource} after {seconds:g} s" + (f" ({detail})" if detail else ""))
 
 
 class NoAnswerError(InstrumentError, TimeoutError):
     """An instrument did not answer in time."""
 
-    def __init__(self, role: str, resource: str, seconds: float):
+    def __init__(self, role: str, resource: str, seconds: float, detail: str = ""):
         self.role = role
         self.resource = resource
         self.seconds = seconds
-        super().__init__(f"no answer from {role} at {resource} after {seconds:g} s")
+        # the detail says why when it was not a plain silence (e.g. the connection was refused)
+        super().__init__(f"no answer from {role} at {resource} after {seconds:g} s" + (f" ({detail})" if detail else ""))
 
 
 class InstrumentReportedError(InstrumentError):

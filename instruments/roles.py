@@ -214,7 +214,7 @@ class Instrument:
             return operation(*command)
         except TransportTimeout as timeout:
             self._clear_quietly()  # drop a half-delivered reply before the next exchange
-            raise NoAnswerError(self.role, self.resource, timeout.seconds) from timeout
+            raise NoAnswerError(self.role, self.resource, timeout.seconds, timeout.detail) from timeout
         except BaseException:
             # interrupted mid-exchange (Ctrl-C, a fault): a reply may still be on its way
             self._needs_clear = True
@@ -246,7 +246,7 @@ class Instrument:
         try:
             reconnect()
         except TransportTimeout as timeout:
-            raise NoAnswerError(self.role, self.resource, timeout.seconds) from timeout
+            raise NoAnswerError(self.role, self.resource, timeout.seconds, timeout.detail) from timeout
         self._needs_clear = False
         self.identify()
         self.errors()

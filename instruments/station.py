@@ -340,7 +340,7 @@ class Station:
             try:
                 transport = cfg.driver.open_transport(cfg.resource, cfg.options)
             except TransportTimeout as exc:
-                raise NoAnswerError(role, cfg.resource, exc.seconds) from exc
+                raise NoAnswerError(role, cfg.resource, exc.seconds, getattr(exc, "detail", "")) from exc
         kwargs = {"wait": self._wait} if self._wait is not None else {}
         instrument = cfg.driver(transport, role=role, limits=cfg.limits, station_file=self.source,
                                 pacing=self.pacing, **kwargs)
