@@ -49,7 +49,7 @@ OPTIONS: dict[str, Option] = {
                         "network", ("ring", "esn")),
     "estimator": Option(str, "node", "gradient estimator (backprop: transformer baseline only)",
                         ("node", "pgt", "spsa", "oracle", "backprop")),
-    "budget": Option(int, 6000, "training measurements to spend"),
+    "budget": Option(int, 20000, "training measurements to spend"),
     "seed": Option(int, 0, "seed of batches, perturbations and the embedded simulated ring"),
     "out": Option(str, "runs", "run file, or a directory for a new timestamped run file"),
     "batch_size": Option(int, None, "samples per step (default: the estimator's tuned value)"),
