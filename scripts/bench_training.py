@@ -235,13 +235,13 @@ def run_peer(job, ds, reservoir, sched):
         param.function.deterministic = False  # tell Nevergrad the loss is noisy
         name = {"ng-tbpsa": "TBPSA", "ng-ngopt": "NGOpt"}[job["method"]]
         opt = ng.optimizers.registry[name](parametrization=param, budget=n_evals)
-        job["ng_choice"] = getattr(opt, "optim", None).__class__.__name__ if name == "NGOpt" else name
         while state["train"] < job["budget"]:
             cand = opt.ask()
             opt.tell(cand, loss(cand.value))
             if sched.due(state["train"]):
                 evaluate_at(opt.provide_recommendation().value)
         z_final = opt.provide_recommendation().value
+        job["ng_choice"] = str(getattr(getattr(opt, "optim", None), "name", name))  # what NGOpt delegated to
     model.set_params(theta_of(z_final))
     trainer.train_measurements, trainer.step = state["train"], state["evals"]
     trainer.evaluate()
@@ -412,6 +412,8 @@ def main(argv=None) -> int:
     ap.add_argument("--bands", type=int, default=10, help="readout bands per node")
     ap.add_argument("--noise-multiplier", type=float, default=1.0, help="multiplies every condition's noise_scale")
     ap.add_argument("--batch-size", type=int, default=None, help="override every method's batch size")
+    ap.add_argument("--lr-for", nargs=2, action="append", default=[], metavar=("METHOD", "LR"),
+                    help="override one estimator's learning rate (DEFAULTS in labpgt/trainer.py otherwise)")
     ap.add_argument("--sigma0", type=float, default=None, help="peers' initial step (scaled units)")
     ap.add_argument("--option", nargs=3, action="append", default=[], metavar=("METHOD", "KEY", "JSON"),
                     help="estimator option override, e.g. --option node epsilon 0.05")
@@ -453,6 +455,7 @@ def main(argv=None) -> int:
                                      reservoir=args.reservoir, n_nodes=args.nodes, n_bands=args.bands,
                                      noise_multiplier=args.noise_multiplier, batch_size=args.batch_size,
                                      sigma0=args.sigma0, options=options.get(name),
+                                     lr={m: float(v) for m, v in args.lr_for}.get(name),
                                      evals_per_decade=args.evals_per_decade, final_repeats=args.final_repeats))
     jobs.sort(key=lambda j: -j["budget"])  # longest first, for the pool's load balance
     t0 = time.perf_counter()
