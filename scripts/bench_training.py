@@ -37,8 +37,8 @@ measurements (``--evals-per-decade`` per decade from 100), the same for every me
 "measurements to 95%" is quantised to the schedule (about 15% steps by default). Evaluation
 measurements are counted separately and never in the budgets.
 
-Default invocation (a quick look, estimated ~10 minutes on 2 cores; Iris and digits, all three
-conditions, 5 seeds, every method; budgets in DEFAULT_BUDGETS below):
+Default invocation (a quick look: 199 s on 2 cores; Iris and digits, all three conditions,
+5 seeds, every method; budgets in DEFAULT_BUDGETS below):
     python scripts/bench_training.py
 The grid reported in docs/benchmarks.md (FULL_BUDGETS, 5 seeds):
     python scripts/bench_training.py --full
@@ -71,12 +71,12 @@ CONDITIONS = {
     "noise3": {"noise_scale": 3.0, "drift": False},
     "drift": {"noise_scale": 1.0, "drift": True},
 }
-# training measurements per run. Default invocation (a quick look, ~10 min on 2 cores):
+# training measurements per run. Default invocation (a quick look, 199 s on 2 cores):
 DEFAULT_BUDGETS = {
     "iris": {"oracle": 10_000, "node": 10_000, "spsa": 30_000, "pgt": 30_000, "peer": 30_000},
     "digits": {"oracle": 10_000, "node": 20_000, "spsa": 20_000, "pgt": 20_000, "peer": 20_000},
 }
-# --full (the grid reported in docs/benchmarks.md; ~35 min on 2 cores). Larger budgets (10^6) via
+# --full (the grid reported in docs/benchmarks.md; ~16 + 9 min on 2 cores). Larger budgets (10^6) via
 # --budget-for METHOD N.
 FULL_BUDGETS = {
     "iris": {"oracle": 30_000, "node": 30_000, "spsa": 300_000, "pgt": 300_000, "peer": 50_000},
