@@ -139,7 +139,58 @@ class _Stack:
 
 
 # --------------------------------------------------------------------------- hybrid model
-class HybridModel:
+class FlatParameters:
+    """One flat float64 vector of parameters with named slices (``slots``) in groups.
+
+    Needs ``self._params``, ``self.slots``, ``self.size``, ``self.train_current`` and
+    ``self.current_scale_a``; shared by every model the estimators train.
+    """
+
+    def params(self) -> np.ndarray:
+        """A copy of the flat parameter vector."""
+        return self._params.copy()
+
+    def set_params(self, vec: np.ndarray) -> None:
+        vec = np.asarray(vec, dtype=np.float64)
+        if vec.shape != (self.size,):
+            raise ValueError(f"expected a parameter vector of shape ({self.size},), got {vec.shape}")
+        if not np.all(np.isfinite(vec)):
+            raise ValueError("parameter vector contains NaN or inf")
+        self._params[:] = vec
+
+    def group_mask(self, *groups: str) -> np.ndarray:
+        """Boolean mask over the flat vector selecting the named groups."""
+        for g in groups:
+            if g not in GROUPS:
+                raise ValueError(f"unknown parameter group {g!r}; allowed: {', '.join(GROUPS)}")
+        mask = np.zeros(self.size, dtype=bool)
+        for slot in self.slots.values():
+            if slot.group in groups:
+                mask[slot.slice] = True
+        return mask
+
+    def trainable_mask(self) -> np.ndarray:
+        mask = np.ones(self.size, dtype=bool)
+        if not self.train_current:
+            mask[self.slots["physical.current_a"].slice] = False
+        return mask
+
+    def param_scale(self) -> np.ndarray:
+        """Typical size of each parameter's useful change: 1 for weights, current_scale_a for the current (A).
+
+        Estimators that perturb parameters perturb by eps * scale (a 0.05 A kick would move the
+        ring's line by ~30 MHz); the trainer multiplies the optimizer's step by it.
+        """
+        scale = np.ones(self.size)
+        scale[self.slots["physical.current_a"].slice] = self.current_scale_a
+        return scale
+
+    def current_a(self, params: np.ndarray | None = None) -> float:
+        p = self._params if params is None else params
+        return float(p[self.slots["physical.current_a"].slice][0])
+
+
+class HybridModel(FlatParameters):
     """Digital layers -> ring knobs u -> measured features -> digital readout -> softmax CE.
 
     n_inputs: features per data sample; n_knobs: ``reservoir.n_inputs`` (virtual nodes x
@@ -223,50 +274,6 @@ class HybridModel:
                     for pname, value in layer.init(rng).items():
                         self._params[self.slots[f"{prefix}.{i}.{pname}"].slice] = value.ravel()
         self._params[self.slots["physical.current_a"].slice] = current_a
-
-    # ---------------------------------------------------------------- parameters
-    def params(self) -> np.ndarray:
-        """A copy of the flat parameter vector."""
-        return self._params.copy()
-
-    def set_params(self, vec: np.ndarray) -> None:
-        vec = np.asarray(vec, dtype=np.float64)
-        if vec.shape != (self.size,):
-            raise ValueError(f"expected a parameter vector of shape ({self.size},), got {vec.shape}")
-        if not np.all(np.isfinite(vec)):
-            raise ValueError("parameter vector contains NaN or inf")
-        self._params[:] = vec
-
-    def group_mask(self, *groups: str) -> np.ndarray:
-        """Boolean mask over the flat vector selecting the named groups."""
-        for g in groups:
-            if g not in GROUPS:
-                raise ValueError(f"unknown parameter group {g!r}; allowed: {', '.join(GROUPS)}")
-        mask = np.zeros(self.size, dtype=bool)
-        for slot in self.slots.values():
-            if slot.group in groups:
-                mask[slot.slice] = True
-        return mask
-
-    def trainable_mask(self) -> np.ndarray:
-        mask = np.ones(self.size, dtype=bool)
-        if not self.train_current:
-            mask[self.slots["physical.current_a"].slice] = False
-        return mask
-
-    def param_scale(self) -> np.ndarray:
-        """Typical size of each parameter's useful change: 1 for weights, current_scale_a for the current (A).
-
-        Estimators that perturb parameters perturb by eps * scale (a 0.05 A kick would move the
-        ring's line by ~30 MHz); the trainer multiplies the optimizer's step by it.
-        """
-        scale = np.ones(self.size)
-        scale[self.slots["physical.current_a"].slice] = self.current_scale_a
-        return scale
-
-    def current_a(self, params: np.ndarray | None = None) -> float:
-        p = self._params if params is None else params
-        return float(p[self.slots["physical.current_a"].slice][0])
 
     # ---------------------------------------------------------------- forward / backward
     def encode(self, x: np.ndarray, params: np.ndarray | None = None):

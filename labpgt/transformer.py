@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from .interfaces import Perturbation
-from .model import GROUPS, ParamSlot, softmax_cross_entropy
+from .model import GROUPS, FlatParameters, ParamSlot, softmax_cross_entropy
 
 TASKS = ("digits-seq", "narma10")
 RESERVOIRS = ("ring", "esn")
@@ -55,7 +55,7 @@ def _softmax(scores: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-class TransformerModel:
+class TransformerModel(FlatParameters):
     """Transformer encoder block -> reservoir knobs -> measured features -> per-token readout -> head.
 
     n_tokens T, token_features F: the input layout (x is [B, T*F], token-major);
@@ -159,46 +159,6 @@ class TransformerModel:
             if std is not None:
                 self._params[self.slots[name].slice] = rng.normal(0.0, std, shape).ravel()
         self._params[self.slots["physical.current_a"].slice] = current_a
-
-    # ---------------------------------------------------------------- parameters (as HybridModel)
-    def params(self) -> np.ndarray:
-        """A copy of the flat parameter vector."""
-        return self._params.copy()
-
-    def set_params(self, vec: np.ndarray) -> None:
-        vec = np.asarray(vec, dtype=np.float64)
-        if vec.shape != (self.size,):
-            raise ValueError(f"expected a parameter vector of shape ({self.size},), got {vec.shape}")
-        if not np.all(np.isfinite(vec)):
-            raise ValueError("parameter vector contains NaN or inf")
-        self._params[:] = vec
-
-    def group_mask(self, *groups: str) -> np.ndarray:
-        """Boolean mask over the flat vector selecting the named groups (before, physical, readout)."""
-        for g in groups:
-            if g not in GROUPS:
-                raise ValueError(f"unknown parameter group {g!r}; allowed: {', '.join(GROUPS)}")
-        mask = np.zeros(self.size, dtype=bool)
-        for slot in self.slots.values():
-            if slot.group in groups:
-                mask[slot.slice] = True
-        return mask
-
-    def trainable_mask(self) -> np.ndarray:
-        mask = np.ones(self.size, dtype=bool)
-        if not self.train_current:
-            mask[self.slots["physical.current_a"].slice] = False
-        return mask
-
-    def param_scale(self) -> np.ndarray:
-        """1 for weights, current_scale_a for the bias current (A); see HybridModel.param_scale."""
-        scale = np.ones(self.size)
-        scale[self.slots["physical.current_a"].slice] = self.current_scale_a
-        return scale
-
-    def current_a(self, params: np.ndarray | None = None) -> float:
-        p = self._params if params is None else params
-        return float(p[self.slots["physical.current_a"].slice][0])
 
     def _w(self, p: np.ndarray, name: str) -> np.ndarray:
         slot = self.slots[name]
