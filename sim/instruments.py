@@ -102,6 +102,9 @@ class SimRig:
 class _RigDevice(SCPIDevice):
     """An SCPI device attached to a rig."""
 
+    def _noop(self, p, s):
+        """Accepted and without effect here (e.g. clearing averages that are not simulated)."""
+
     def __init__(self, rig: SimRig):
         self.rig = rig
         self.clock = rig.clock
@@ -528,9 +531,6 @@ class SimKeithley2400(_CurrentSourceBase):
             self._apply()
         return self._reading()
 
-    def _noop(self, p, s):
-        pass
-
     @classmethod
     def _setup_commands(cls, r):
         super()._setup_commands(r)
@@ -867,6 +867,42 @@ class _Analyzer(_RigDevice):
     _att_q = _setting_query("attenuation")
     _swt_q = _setting_query("sweep_time")
 
+    # detector, data format and application: the same handlers, vendor tables as class attributes
+    def _det(self, p, s):
+        self.detector = self.DETECTORS(one(p))
+
+    def _det_q(self, p, s):
+        none(p)
+        return self.detector
+
+    def _form(self, p, s):
+        if not p or len(p) > 2:
+            raise SCPIError(-109 if not p else -108)
+        kind = p[0].strip().upper()
+        if kind in ("ASC", "ASCII"):
+            self.format = "ASC"
+        elif kind == "REAL":
+            bits = int(number(p[1], None, integer=True)) if len(p) > 1 else 32
+            if bits not in self.REAL_BITS:
+                raise SCPIError(-224)
+            self.format = f"REAL{bits}"
+        elif kind in ("INT", "INTEGER"):
+            raise SCPIError(*[v for v in self.INTEGER_FORMAT_ERROR if v is not None])
+        else:
+            raise SCPIError(-224)
+
+    def _form_q(self, p, s):
+        none(p)
+        return self.FORMAT_REPLIES[self.format]
+
+    def _inst(self, p, s):
+        if unquote(one(p)).upper() not in self.MODES:
+            raise SCPIError(-224)
+
+    def _inst_q(self, p, s):
+        none(p)
+        return self.MODE_REPLY
+
     def _bord(self, p, s):
         word = _BORDER(one(p))
         norm = word == "NORM"
@@ -904,6 +940,11 @@ class SimKeysightXSA(_Analyzer):
     REF_MIN, REF_MAX = -170.0, 30.0
     LITTLE_ENDIAN_ON_NORM = False  # Keysight: NORMal = MSB first (big endian)
     number_format = staticmethod(_ks)
+    DETECTORS = _DETECTORS_KS
+    REAL_BITS = (32, 64)
+    INTEGER_FORMAT_ERROR = (-221, "Settings conflict")  # FORM INT exists but not for traces
+    FORMAT_REPLIES = {"ASC": "ASC,8", "REAL32": "REAL,32", "REAL64": "REAL,64"}
+    MODES, MODE_REPLY = ("SA",), "SA"
     TRACE_TYPES = Choices("WRITe", "AVERage", "MAXHold", "MINHold")
     MARKER_MODES = Choices("POSition", "DELTa", "FIXed", "OFF")
 
@@ -935,42 +976,6 @@ class SimKeysightXSA(_Analyzer):
     def _trace_type_q(self, p, s):
         none(p)
         return self.trace_mode
-
-    def _det(self, p, s):
-        self.detector = _DETECTORS_KS(one(p))
-
-    def _det_q(self, p, s):
-        none(p)
-        return self.detector
-
-    def _form(self, p, s):
-        if not p or len(p) > 2:
-            raise SCPIError(-109 if not p else -108)
-        kind = p[0].strip().upper()
-        if kind in ("ASC", "ASCII"):
-            self.format = "ASC"
-        elif kind == "REAL":
-            bits = int(number(p[1], None, integer=True)) if len(p) > 1 else 32
-            if bits not in (32, 64):
-                raise SCPIError(-224)
-            self.format = f"REAL{bits}"
-        elif kind in ("INT", "INTEGER"):
-            raise SCPIError(-221, "Settings conflict")
-        else:
-            raise SCPIError(-224)
-
-    def _form_q(self, p, s):
-        none(p)
-        return {"ASC": "ASC,8", "REAL32": "REAL,32", "REAL64": "REAL,64"}[self.format]
-
-    def _inst(self, p, s):
-        mode = unquote(one(p)).upper()
-        if mode not in ("SA",):
-            raise SCPIError(-224)
-
-    def _inst_q(self, p, s):
-        none(p)
-        return "SA"
 
     def _conf_san(self, p, s):
         none(p)
@@ -1020,9 +1025,6 @@ class SimKeysightXSA(_Analyzer):
 
     def _mark_exc(self, p, s):
         self.excursion_db = number(one(p), "DB", 0.0, 100.0)
-
-    def _noop(self, p, s):
-        pass
 
     @classmethod
     def _setup_commands(cls, r):
@@ -1083,6 +1085,11 @@ class SimRohdeFSV(_Analyzer):
     REF_MIN, REF_MAX = -130.0, 30.0
     LITTLE_ENDIAN_ON_NORM = True  # R&S: NORMal = LSB first (little endian)
     number_format = staticmethod(_rs)
+    DETECTORS = _DETECTORS_RS
+    REAL_BITS = (32,)
+    INTEGER_FORMAT_ERROR = (-224, None)
+    FORMAT_REPLIES = {"ASC": "ASC,0", "REAL32": "REAL,32"}
+    MODES, MODE_REPLY = ("SAN", "SANALYZER", "SPECTRUM"), "SAN"
     TRACE_MODES = Choices("WRITe", "AVERage", "MAXHold", "MINHold", "VIEW", "BLANk")
 
     def reset(self):
@@ -1107,40 +1114,6 @@ class SimRohdeFSV(_Analyzer):
     def _trace_mode_q(self, p, s):
         none(p)
         return self.trace_mode
-
-    def _det(self, p, s):
-        self.detector = _DETECTORS_RS(one(p))
-
-    def _det_q(self, p, s):
-        none(p)
-        return self.detector
-
-    def _form(self, p, s):
-        if not p or len(p) > 2:
-            raise SCPIError(-109 if not p else -108)
-        kind = p[0].strip().upper()
-        if kind in ("ASC", "ASCII"):
-            self.format = "ASC"
-        elif kind == "REAL":
-            bits = int(number(p[1], None, integer=True)) if len(p) > 1 else 32
-            if bits != 32:
-                raise SCPIError(-224)
-            self.format = "REAL32"
-        else:
-            raise SCPIError(-224)
-
-    def _form_q(self, p, s):
-        none(p)
-        return "ASC,0" if self.format == "ASC" else "REAL,32"
-
-    def _inst(self, p, s):
-        mode = unquote(one(p)).upper()
-        if mode not in ("SAN", "SANALYZER", "SPECTRUM"):
-            raise SCPIError(-224)
-
-    def _inst_q(self, p, s):
-        none(p)
-        return "SAN"
 
     def _mark_state(self, p, s):
         n = s.get("MARKER", 1)
@@ -1200,9 +1173,6 @@ class SimRohdeFSV(_Analyzer):
         none(p)
         v, self.overload_event = self.overload_event, False
         return "1" if v else "0"
-
-    def _noop(self, p, s):
-        pass
 
     @classmethod
     def _setup_commands(cls, r):
