@@ -12,10 +12,7 @@ from labpgt.physical import FLAG_SIMULATED, StationReservoir
 from labpgt.runfile import RunFile, RunReader
 from labpgt.writer import RecorderThread
 
-try:
-    from sim.server import SimServer
-except Exception as exc:  # pragma: no cover - the simulator is written concurrently
-    pytest.skip(f"sim.server cannot be imported ({exc})", allow_module_level=True)
+from sim.server import SimServer
 
 from instruments.station import Station
 

@@ -90,7 +90,7 @@ def test_raw_socket_lines_blocks_and_reconnect(keysight):
 
 
 def test_pyvisa_socket_binary_both_orders(keysight):
-    pyvisa = pytest.importorskip("pyvisa")
+    import pyvisa
     rm = pyvisa.ResourceManager("@py")
     try:
         sa = rm.open_resource(keysight.resources["spectrum_analyzer"], read_termination="\n",
@@ -153,7 +153,7 @@ def test_rohde_byte_order_on_the_wire(alt):
 
 
 def test_synthhd_over_pyserial(alt):
-    serial = pytest.importorskip("serial")
+    import serial
     path = alt.resources["signal_generator"][len("ASRL"):-len("::INSTR")]
     assert path.startswith("/dev/pts/")
     port = serial.Serial(path, timeout=2)
@@ -183,7 +183,7 @@ def test_synthhd_over_pyserial(alt):
 
 
 def test_synthhd_over_pyvisa_asrl(alt):
-    pyvisa = pytest.importorskip("pyvisa")
+    import pyvisa
     rm = pyvisa.ResourceManager("@py")
     try:
         s = rm.open_resource(alt.resources["signal_generator"], read_termination="\n", write_termination="",

@@ -131,7 +131,7 @@ def test_optimizers_follow_their_formulas():
 
 
 def test_resume_from_a_run_file_checkpoint(tmp_path):
-    runfile = pytest.importorskip("labpgt.runfile")
+    from labpgt import runfile
     full = toy_trainer("node", budget=1200)
     full.run()
 
@@ -152,7 +152,7 @@ def test_resume_from_a_run_file_checkpoint(tmp_path):
 
 def test_node_on_the_simulated_ring_learns_iris():
     """A short node run through the simulated ring (DirectRingReservoir, default noise, no drift)."""
-    ring = pytest.importorskip("sim.ring")
+    from sim import ring
     from labpgt.reservoirs import DirectRingReservoir
     from labpgt.trainer import make_trainer
 
@@ -165,7 +165,7 @@ def test_node_on_the_simulated_ring_learns_iris():
 
 
 def test_direct_ring_reservoir_counts_replays_and_rejects():
-    ring = pytest.importorskip("sim.ring")
+    from sim import ring
     from labpgt.reservoirs import DirectRingReservoir
 
     res = DirectRingReservoir(ring.RingParams(drift_enabled=False), seed=3, n_nodes=2)
