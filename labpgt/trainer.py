@@ -269,6 +269,7 @@ class Trainer:
 #: - pgt: lr 0.01 (0.03 no better); spsa: first_step 0.05 (0.2 unstable).
 DEFAULTS = {
     "node": {"options": {"epsilon": 0.05}, "optimizer": "adam", "lr": 0.05, "decay_steps": 300, "batch_size": 32},
+    "twin": {"options": {}, "optimizer": "adam", "lr": 0.05, "decay_steps": 300, "batch_size": 8},
     "oracle": {"options": {"fd_step": 0.05}, "optimizer": "adam", "lr": 0.05, "decay_steps": 300, "batch_size": 16},
     "pgt": {"options": {"epsilon": 0.02, "n_directions": 1}, "optimizer": "adam", "lr": 0.01, "decay_steps": 300,
             "batch_size": 16},

@@ -177,3 +177,90 @@ def test_smoothed_oracle_rejects_a_box_that_leaves_the_knob_range():
             model, res, x, y, np.arange(BATCH), 0, np.random.default_rng(0))
     with pytest.raises(ValueError):
         Oracle(smoothing=-1)
+
+
+# --------------------------------------------------------------------------- the digital twin (PAT)
+def _feed_twin(est, model, res, steps, seed=3):
+    """Run the twin on fresh random batches (it learns the ring from what it measures)."""
+    rng = np.random.default_rng(seed)
+    data = np.random.default_rng(seed + 100)
+    spent = []
+    for step in range(steps):
+        xb = data.normal(size=(BATCH, 4))
+        yb = data.integers(0, 3, BATCH)
+        spent.append(est.estimate(model, res, xb, yb, np.arange(BATCH), step, rng).measurements_spent)
+    return spent, rng
+
+
+def test_twin_measurement_counts_are_exact():
+    model, res, x, y = setup(noise_std=0.05)
+    est = make_estimator("twin", warmup_steps=2, first_fit_iters=5, fit_iters=2)
+    rng = np.random.default_rng(0)
+    for step in range(5):
+        before = res.measurements
+        e = est.estimate(model, res, x, y, np.arange(BATCH), step, rng)
+        # node perturbation (+/- pairs) while warming up, then one clean pass per sample x node
+        expected = (2 if step < 2 else 1) * BATCH * N_NODES
+        assert e.measurements_spent == expected == res.measurements - before
+        assert np.all(np.isfinite(e.grad))
+    # every measured row (warm-up +/- passes and clean passes) went into the buffer
+    assert len(est.buffer) == (2 * 2 + 3) * BATCH * N_NODES
+
+
+def test_twin_vjp_matches_finite_differences_of_the_twin():
+    model, res, x, y = setup(noise_std=0.05)
+    est = make_estimator("twin", warmup_steps=0, first_fit_iters=20)
+    _feed_twin(est, model, res, 2)
+    rng = np.random.default_rng(1)
+    rows = rng.uniform(-1, 1, (5, est.net["W1"].shape[0]))
+    g_out = rng.normal(size=(5, est.net["W2"].shape[1]))
+    h = 1e-6
+    fd = np.zeros_like(rows)
+    for j in range(rows.shape[1]):
+        up, down = rows.copy(), rows.copy()
+        up[:, j] += h
+        down[:, j] -= h
+        fd[:, j] = np.sum(g_out * (est.forward(up)[0] - est.forward(down)[0]), axis=1) / (2 * h)
+    np.testing.assert_allclose(est.vjp(rows, g_out), fd, rtol=1e-6, atol=1e-8)
+
+
+def test_twin_gradient_follows_the_true_gradient_once_fitted():
+    model, res, x, y = setup(noise_std=0.01)
+    truth = true_gradient(model, res, x, y)
+    est = make_estimator("twin", buffer_size=1500)
+    _feed_twin(est, model, res, 60)
+    e = est.estimate(model, res, x, y, np.arange(BATCH), 60, np.random.default_rng(9))
+    assert e.measurements_spent == BATCH * N_NODES and e.extra["warmup"] == 0
+    scale = model.param_scale()
+    assert corr(e.grad * scale, truth * scale) > 0.9
+    before = model.group_mask("before")  # the part that goes through the twin's Jacobian
+    assert corr(e.grad[before], truth[before]) > 0.9
+    # an unfitted twin (fresh random weights) does not: the agreement comes from the fit
+    raw = make_estimator("twin", warmup_steps=0, first_fit_iters=0, fit_iters=0)
+    e_raw = raw.estimate(model, res, x, y, np.arange(BATCH), 0, np.random.default_rng(9))
+    assert corr(e_raw.grad[before], truth[before]) < 0.9
+
+
+def test_twin_state_round_trip_continues_bit_for_bit():
+    import json
+
+    model, res, x, y = setup(noise_std=0.05)
+    est = make_estimator("twin", warmup_steps=1, first_fit_iters=10, fit_iters=5, buffer_size=40)
+    _, rng = _feed_twin(est, model, res, 4)
+    state = json.loads(json.dumps(est.state_dict()))  # as the trainer's checkpoint carries it
+    rng_state, counter = rng.bit_generator.state, res.measurements
+    twin = make_estimator("twin", warmup_steps=1, first_fit_iters=10, fit_iters=5, buffer_size=40)
+    twin.load_state_dict(state)
+    for step in range(4, 7):
+        a = est.estimate(model, res, x, y, np.arange(BATCH), step, rng)
+        res_b = ToyReservoir(n_nodes=N_NODES, features_per_node=6, noise_std=0.05, seed=0)
+        res_b.measurements = counter
+        rng_b = np.random.default_rng()
+        rng_b.bit_generator.state = rng_state
+        b = twin.estimate(model, res_b, x, y, np.arange(BATCH), step, rng_b)
+        np.testing.assert_array_equal(a.grad, b.grad)
+        rng_state, counter = rng.bit_generator.state, res.measurements
+    for k in est.net:
+        np.testing.assert_array_equal(est.net[k], twin.net[k])
+    np.testing.assert_array_equal(est.buffer, twin.buffer)
+    assert len(est.buffer) == 40  # bounded
