@@ -7,6 +7,7 @@ physics and noise), under one or more conditions, over several seeds:
 - ``oracle``  exact gradients of the noiseless simulated ring (locally averaged, see
   labpgt/estimators.py Oracle), measuring only the clean forward pass;
 - ``node``    node perturbation at the ring's inputs (labpgt's method);
+- ``twin``    Physics-Aware Training: measured forward pass, backward through a fitted digital twin;
 - ``pgt``     parameter-space perturbation (PGT as published), ``spsa`` Spall's SPSA;
 - ``cmaes``   CMA-ES through pycma (``cma``) on the same trainable parameters (scaled units);
 - ``ng-tbpsa``  Nevergrad's TBPSA (its documented choice for noisy continuous problems) and
@@ -63,7 +64,7 @@ sys.path.insert(0, str(ROOT))
 from labpgt.datasets import load  # noqa: E402
 from labpgt.trainer import DEFAULTS, make_trainer  # noqa: E402
 
-ESTIMATORS = ("oracle", "node", "spsa", "pgt")
+ESTIMATORS = ("oracle", "node", "twin", "spsa", "pgt")
 PEERS = ("cmaes", "ng-tbpsa", "ng-ngopt")
 METHODS = ESTIMATORS + PEERS
 CONDITIONS = {
@@ -73,14 +74,14 @@ CONDITIONS = {
 }
 # training measurements per run. Default invocation (a quick look, 199 s on 2 cores):
 DEFAULT_BUDGETS = {
-    "iris": {"oracle": 10_000, "node": 10_000, "spsa": 30_000, "pgt": 30_000, "peer": 30_000},
-    "digits": {"oracle": 10_000, "node": 20_000, "spsa": 20_000, "pgt": 20_000, "peer": 20_000},
+    "iris": {"oracle": 10_000, "node": 10_000, "twin": 10_000, "spsa": 30_000, "pgt": 30_000, "peer": 30_000},
+    "digits": {"oracle": 10_000, "node": 20_000, "twin": 20_000, "spsa": 20_000, "pgt": 20_000, "peer": 20_000},
 }
 # --full (the grid reported in docs/benchmarks.md; ~16 + 9 min on 2 cores). Larger budgets (10^6) via
 # --budget-for METHOD N.
 FULL_BUDGETS = {
-    "iris": {"oracle": 30_000, "node": 30_000, "spsa": 300_000, "pgt": 300_000, "peer": 50_000},
-    "digits": {"oracle": 100_000, "node": 200_000, "spsa": 100_000, "pgt": 100_000, "peer": 100_000},
+    "iris": {"oracle": 30_000, "node": 30_000, "twin": 30_000, "spsa": 300_000, "pgt": 300_000, "peer": 50_000},
+    "digits": {"oracle": 100_000, "node": 200_000, "twin": 100_000, "spsa": 100_000, "pgt": 100_000, "peer": 100_000},
 }
 # peer settings (tuned on Iris at the default noise: CMA-ES sigma0 0.05 / 0.1 / 0.3 / 0.5 / 1.0 and
 # batch 16 / 64; TBPSA sigma0 0.1 / 0.3 / 1.0; NGOpt 0.1 / 0.3; 0.5 and batch 16 were best for CMA-ES)
