@@ -507,7 +507,8 @@ class DigitalTwin(_Estimator):
 
     # ------------------------------------------------------------ the estimate
     def estimate(self, model, reservoir, x, y, sample_index, step, rng) -> Estimate:
-        n_nodes = reservoir.n_nodes
+        # virtual nodes per sample: the in-process reservoirs say so, a station through its encoder
+        n_nodes = getattr(reservoir, "n_nodes", None) or getattr(getattr(reservoir, "encoder", None), "n_nodes", 1)
         scale_a = model.current_scale_a
         if self.current_ref is None:
             self.current_ref = model.current_a()

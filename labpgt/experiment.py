@@ -48,7 +48,7 @@ OPTIONS: dict[str, Option] = {
     "reservoir": Option(str, "ring", "transformer reservoir: the simulated ring (direct mode) or an echo-state "
                         "network", ("ring", "esn")),
     "estimator": Option(str, "node", "gradient estimator (backprop: transformer baseline only)",
-                        ("node", "pgt", "spsa", "oracle", "backprop")),
+                        ("node", "pgt", "spsa", "oracle", "twin", "backprop")),
     "budget": Option(int, 20000, "training measurements to spend"),
     "seed": Option(int, 0, "seed of batches, perturbations and the embedded simulated ring"),
     "out": Option(str, "runs", "run file, or a directory for a new timestamped run file"),

@@ -94,15 +94,16 @@ def test_train_then_inspect_and_resume_of_a_completed_run_changes_nothing(tmp_pa
     assert run.read_bytes() == before
 
 
-def test_interrupted_run_resumes_to_the_same_final_parameters(tmp_path):
-    budget = "3200"  # ~50 steps: the interrupt below lands long before the end
+@pytest.mark.parametrize("estimator", [[], ["--estimator", "twin"]], ids=["default", "twin"])
+def test_interrupted_run_resumes_to_the_same_final_parameters(tmp_path, estimator):
+    budget = "3200"  # ~50 steps (node; ~400 for the twin): the interrupt below lands long before the end
     straight = tmp_path / "straight.h5"
-    code, _, err = run_cli("train", "--budget", budget, "--seed", "5", "--out", str(straight), "--no-progress",
-                           "--eval-every", "4", "--checkpoint-every", "3")
+    code, _, err = run_cli("train", *estimator, "--budget", budget, "--seed", "5", "--out", str(straight),
+                           "--no-progress", "--eval-every", "4", "--checkpoint-every", "3")
     assert code == 0, err
 
     broken = tmp_path / "broken.h5"
-    proc = subprocess.Popen([sys.executable, "-m", "labpgt.cli", "train", "--budget", budget, "--seed", "5",
+    proc = subprocess.Popen([sys.executable, "-m", "labpgt.cli", "train", *estimator, "--budget", budget, "--seed", "5",
                              "--out", str(broken), "--no-progress", "--eval-every", "4", "--checkpoint-every", "3"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # stop it somewhere in the middle: wherever it stops, the resumed run must end identically
