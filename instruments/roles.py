@@ -146,15 +146,17 @@ class Instrument:
         overrides the class's instrument ranges (a model read from ``*IDN?``).
         """
         ranges = cls.instrument_ranges if ranges is None else ranges
-        problems: list[tuple[str, str, str]] = []
+        # a misspelt key first: it also explains the "missing" key it was meant to be
+        problems: list[tuple[str, str, str]] = [
+            (key, "is not a known limit", ", ".join(cls.station_limits))
+            for key in station if key not in cls.station_limits]
         for key, spec in cls.station_limits.items():
             if spec.required and key not in station:
                 problems.append((key, "is missing", f"{key}: {spec.doc or spec.shape}"))
         for key, value in station.items():
             spec = cls.station_limits.get(key)
             if spec is None:
-                problems.append((key, "is not a known limit", ", ".join(cls.station_limits)))
-                continue
+                continue  # reported above
             unit = unit_of(spec.quantity or key)
             own = ranges.get(spec.quantity) if spec.quantity else None
             own_text = f"[{own[0]:g}, {own[1]:g}] {unit} ({cls.__name__})" if own else ""

@@ -108,6 +108,9 @@ def parse_config_text(text: str, source: str) -> dict:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    if "experiment" in data and set(data) != {"experiment"}:
+        raise ConfigError(f"{source}: give the options either as flat keys or inside one [experiment] table, "
+                          f"not both and no other tables (found: {', '.join(sorted(data))})")
     data = data.get("experiment", data) if set(data) == {"experiment"} else data
     unknown = sorted(set(data) - set(OPTIONS))
     if unknown:

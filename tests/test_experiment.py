@@ -114,3 +114,10 @@ def test_a_run_file_path_in_a_new_directory_is_created(tmp_path):
     run = tmp_path / "new" / "deeper" / "run.h5"
     assert main(["train", "--budget", "64", "--out", str(run), "--no-progress"]) == 0
     assert run.exists()
+
+
+def test_an_experiment_table_beside_other_tables_is_explained():
+    with pytest.raises(ConfigError) as err:
+        parse_config_text('[experiment]\nbudget = 5\n[other]\nx = 1\n', "exp.toml")
+    assert "one [experiment] table" in str(err.value)
+    assert parse_config_text('[experiment]\nbudget = 5\n', "exp.toml") == {"budget": 5}

@@ -355,3 +355,16 @@ def test_ramp_steps_are_small_inside_and_end_on_target(start, target, step):
         assert abs(value - previous) <= step * (1 + 1e-9)
         assert -2.5 - 1e-12 <= value <= 2.5 + 1e-12
         previous = value
+
+
+def test_a_misspelt_limit_is_reported_as_unknown_before_the_missing_one(tmp_path):
+    from sim.server import SimServer
+
+    with SimServer(seed=0) as server:
+        text = server.station_toml().replace("ramp_rate_a_per_s =", "ramp_rate_a_per_sec =")
+    path = tmp_path / "typo.toml"
+    path.write_text(text)
+    with pytest.raises(StationFileError) as err:
+        Station.load(path)
+    # the misspelt key is what the error is about, not the "missing" key it was meant to be
+    assert str(err.value).startswith(f"{path}: current_source.limits.ramp_rate_a_per_sec: is not a known limit")
