@@ -54,11 +54,11 @@ OPTIONS: dict[str, Option] = {
     "out": Option(str, "runs", "run file, or a directory for a new timestamped run file"),
     "batch_size": Option(int, None, "samples per step (default: the estimator's tuned value)"),
     "lr": Option(float, None, "learning rate (default: the estimator's tuned value)"),
-    "epsilon": Option(float, None, "perturbation size (node: knobs, pgt: parameters)"),
-    "directions": Option(int, None, "pgt: perturbation directions per step"),
-    "one_sided": Option(bool, None, "pgt: one-sided differences"),
-    "distribution": Option(str, None, "pgt: perturbation distribution", ("gaussian", "rademacher")),
-    "scope": Option(str, None, "pgt: parameters perturbed", ("all", "upstream")),
+    "epsilon": Option(float, None, "perturbation size (node: knobs, pgt: parameters; default: the estimator's tuned value)"),
+    "directions": Option(int, None, "pgt: perturbation directions per step (default: 1)"),
+    "one_sided": Option(bool, None, "pgt: one-sided differences (default: two-sided)"),
+    "distribution": Option(str, None, "pgt: perturbation distribution (default: rademacher)", ("gaussian", "rademacher")),
+    "scope": Option(str, None, "pgt: parameters perturbed (default: all)", ("all", "upstream")),
     "nodes": Option(int, 1, "virtual nodes (measurements) per sample"),
     "bands": Option(int, 10, "readout bands across the analyzer span"),
     "hidden": Option(int, 8, "width of the digital layer before the ring"),
@@ -80,8 +80,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         if opt.type is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=opt.help)
         else:
-            parser.add_argument(flag, type=opt.type, default=None, choices=opt.choices,
-                                help=f"{opt.help} (default: {opt.default})")
+            # options without a fixed default say in their help what they default to
+            suffix = f" (default: {opt.default})" if opt.default is not None else ""
+            parser.add_argument(flag, type=opt.type, default=None, choices=opt.choices, help=opt.help + suffix)
 
 
 def _check_value(name: str, value, source: str):
