@@ -121,3 +121,11 @@ def test_an_experiment_table_beside_other_tables_is_explained():
         parse_config_text('[experiment]\nbudget = 5\n[other]\nx = 1\n', "exp.toml")
     assert "one [experiment] table" in str(err.value)
     assert parse_config_text('[experiment]\nbudget = 5\n', "exp.toml") == {"budget": 5}
+
+
+def test_the_shipped_example_experiment_file_is_valid():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "experiment.toml"
+    config = resolve(parse("--config", str(path)))
+    assert config["estimator"] == "node" and config["budget"] == 20000 and config["seed"] == 1
