@@ -205,6 +205,11 @@ def build_trainer(config: dict, reservoir, recorder=None, progress=None, current
         eval_every=config["eval_every"], checkpoint_every=config["checkpoint_every"],
         recorder=recorder, progress=progress,
     )
+    one_batch = trainer.batch_size * config["nodes"]  # the least any estimator's step measures
+    if config["budget"] < one_batch:
+        raise ConfigError(f"budget {config['budget']} is smaller than one batch through the ring "
+                          f"({trainer.batch_size} samples x {config['nodes']} nodes = {one_batch} measurements); "
+                          f"allowed: {one_batch} or more")
     if current_bounds_a is not None:
         # the initial current too: the first perturbation must already stay inside the limits
         trainer.model.current_bounds_a = tuple(current_bounds_a)
