@@ -19,8 +19,9 @@ Timing (virtual clock unless the rig is real-time; see ``sim.clock``):
   SynthHD: PLL unlocked for 4 ms after a frequency change (``p`` answers 0), each serial query
   costs 1 ms;
 * current change: ``*OPC?`` waits until the output reached the setpoint through the coil (R-L,
-  limited by the compliance voltage) *and* the magnet settled (3 tau_coil) -- the clock advances,
-  the ring's own coil model gives the field meanwhile;
+  limited by the compliance voltage) *and* the magnet's field settled to within
+  ``FIELD_SETTLED_OE`` of its target (at least 3 tau_coil; a full 0 -> 1.8 A ramp about
+  8.5 tau_coil) -- the clock advances, the ring's own coil model gives the field meanwhile;
 * analyzer ``INIT``: the sweep takes its sweep time times the sweep/average count;
   ``*OPC?``/``*WAI`` wait for it. Until then ``TRAC:DATA?`` answers the previous trace (stale,
   as a real instrument without synchronisation). In continuous mode a trace query is a sweep
@@ -257,6 +258,10 @@ class CoilLoad:
         return t < self._t_hit
 
 
+#: a magnet's field counts as settled within this of its target, Oe (~0.14 MHz of the ring's line)
+FIELD_SETTLED_OE = 0.05
+
+
 class _CurrentSourceBase(_RigDevice):
     """Shared by the simulated current sources: the coil, the ring's current, the settle."""
 
@@ -291,9 +296,17 @@ class _CurrentSourceBase(_RigDevice):
             vc = max(abs(self.v_set), 1e-3)
         t_end = self.coil.command(t, target, vc)
         self.drive_log.append((t, target))
-        if self.rig.current_source is self:
-            self.rig.ring.set_current(t, self.coil.final_current())
         settle = t + 3.0 * self.rig.tau_coil_s
+        if self.rig.current_source is self:
+            ring = self.rig.ring
+            field_before = ring.field_oe(t)
+            ring.set_current(t, self.coil.final_current())
+            # settled = the field within FIELD_SETTLED_OE of where it is heading (3 tau leaves 5 %
+            # of a big step: 12 Oe, ~35 MHz, after a 0 -> 1.8 A ramp)
+            field_target = ring.field_oe(math.inf)
+            gap_oe = abs(field_target - field_before)
+            if gap_oe > FIELD_SETTLED_OE:
+                settle = max(settle, t + self.rig.tau_coil_s * math.log(gap_oe / FIELD_SETTLED_OE))
         self.pending_until = max(self.pending_until, settle if t_end == math.inf else max(t_end, settle))
 
     def measured_current(self) -> float:
