@@ -35,6 +35,7 @@ Standard library only.
 """
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 
@@ -287,3 +288,26 @@ def apply_spec(spec, instruments: dict, default_seed: int = 0) -> None:
                 faults.trigger(kind, how[1] - 1)
             else:
                 faults.set_rate(kind, how)
+
+
+def handle_with_faults(device, message, execute, disconnected):
+    """Run ``execute(message)`` under the device's rig lock (if any), with its faults applied.
+
+    The one path every simulated instrument takes for a message: the armed faults decide
+    first (a ``disconnect`` returns ``disconnected`` and the message is never executed), then
+    the message runs, then the faults may spoil the reply.
+    """
+    faults = device.faults
+    lock = device.lock if device.lock is not None else contextlib.nullcontext()
+    armed = faults.armed
+    due = ()
+    if armed:
+        with lock:
+            due = faults.before(device, message)
+        if "disconnect" in due:
+            return disconnected
+    with lock:
+        out = execute(message)
+    if armed:
+        out = faults.after(out, due, message)
+    return out

@@ -47,6 +47,7 @@ import threading
 import numpy as np
 
 from sim.clock import VirtualClock
+from sim.faults import handle_with_faults
 from sim.scpi import (Choices, SCPIDevice, SCPIError, block, boolean, none, nr1, nr3, number,
                       one, unquote)
 
@@ -1289,24 +1290,8 @@ class SimWindfreakSynthHD:
     def handle(self, data) -> bytes | None:
         if isinstance(data, str):
             data = data.encode("latin-1")
-        faults = self.faults
-        armed = faults.armed
-        due = ()
-        if armed:
-            if self.lock is not None:
-                with self.lock:
-                    due = faults.before(self, data)
-            else:
-                due = faults.before(self, data)
-            if "disconnect" in due:
-                return None  # a serial port cannot be unplugged here: the packet is lost
-        if self.lock is not None:
-            with self.lock:
-                out = self._execute(data)
-        else:
-            out = self._execute(data)
-        if armed:
-            out = faults.after(out or None, due, data)
+        # a serial port cannot be unplugged here: a "disconnect" loses the packet
+        out = handle_with_faults(self, data, lambda d: self._execute(d) or None, None)
         return out or None
 
     def force_unlock(self, seconds: float) -> None:

@@ -226,7 +226,7 @@ def _expand(pattern: str):
 
 
 # Faults live in sim.faults (re-exported here, where tests have always found them)
-from sim.faults import DISCONNECT, Faults  # noqa: E402
+from sim.faults import DISCONNECT, Faults, handle_with_faults  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- device
@@ -486,25 +486,7 @@ class SCPIDevice:
         """
         if isinstance(message, (bytes, bytearray)):
             message = message.decode("latin-1")
-        faults = self.faults
-        armed = faults.armed
-        due = ()
-        if armed:
-            if self.lock is not None:
-                with self.lock:
-                    due = faults.before(self, message)
-            else:
-                due = faults.before(self, message)
-            if "disconnect" in due:
-                return DISCONNECT
-        if self.lock is not None:
-            with self.lock:
-                out = self._join(self.execute(message))
-        else:
-            out = self._join(self.execute(message))
-        if armed:
-            out = faults.after(out, due, message)
-        return out
+        return handle_with_faults(self, message, lambda m: self._join(self.execute(m)), DISCONNECT)
 
     # --- in-process message exchange (IEEE 488.2 style: -410 / -420)
     def write(self, message) -> None:
