@@ -61,7 +61,33 @@ def _safe_handle(device, message) -> bytes | None:
         return None
 
 
-class SocketServer:
+class _ServedDevice:
+    """A device served by a thread of its own until ``stop()`` (a self-pipe wakes it, no polling)."""
+
+    def _start_thread(self, label: str) -> None:
+        self._waker = _Waker()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"sim-{type(self.device).__name__}-{label}",
+                                        daemon=True)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._waker.wake()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5.0)
+        self._close()
+        self._waker.close()
+
+    def _close(self) -> None:
+        """Release what the server holds (its socket or pty), after the thread has ended."""
+        raise NotImplementedError
+
+
+class SocketServer(_ServedDevice):
     """One SCPI device on a raw TCP socket."""
 
     def __init__(self, device, host: str = "127.0.0.1", port: int = 0):
@@ -72,27 +98,15 @@ class SocketServer:
         self._sock.bind((host, port))
         self._sock.listen(1)
         self.port = self._sock.getsockname()[1]
-        self._waker = _Waker()
-        self._stop = threading.Event()
         self._conn: socket.socket | None = None
-        self._thread = threading.Thread(target=self._run, name=f"sim-{type(device).__name__}-{self.port}",
-                                        daemon=True)
+        self._start_thread(str(self.port))
 
     @property
     def resource(self) -> str:
         return f"TCPIP::{self.host}::{self.port}::SOCKET"
 
-    def start(self) -> "SocketServer":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._waker.wake()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5.0)
+    def _close(self) -> None:
         self._sock.close()
-        self._waker.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -148,7 +162,7 @@ class SocketServer:
                         return
 
 
-class PtyServer:
+class PtyServer(_ServedDevice):
     """A serial device on a pseudo-terminal."""
 
     PACKET_GAP_S = 0.002
@@ -158,29 +172,18 @@ class PtyServer:
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)
         self.path = os.ttyname(self._slave)
-        self._waker = _Waker()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"sim-{type(device).__name__}-pty", daemon=True)
+        self._start_thread("pty")
 
     @property
     def resource(self) -> str:
         return f"ASRL{self.path}::INSTR"
 
-    def start(self) -> "PtyServer":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._waker.wake()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5.0)
+    def _close(self) -> None:
         for fd in (self._master, self._slave):
             try:
                 os.close(fd)
             except OSError:
                 pass
-        self._waker.close()
 
     def _run(self) -> None:
         # the slave stays open here, so a client closing the port does not hang up the master
