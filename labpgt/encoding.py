@@ -21,6 +21,22 @@ import numpy as np
 KNOBS_PER_NODE = 2  # (detuning, power)
 
 
+def check_knobs(u: np.ndarray, n_inputs: int) -> np.ndarray:
+    """``u`` as float64 [batch, n_inputs] with every value finite and inside [-1, 1], or a
+    ValueError naming the first bad value (every reservoir checks its knobs this way)."""
+    u = np.asarray(u, dtype=np.float64)
+    if u.ndim != 2 or u.shape[1] != n_inputs:
+        raise ValueError(f"knobs must have shape [batch, {n_inputs}], got {u.shape}")
+    bad = ~np.isfinite(u) | (np.abs(u) > 1.0)
+    if bad.any():
+        sample, knob = np.argwhere(bad)[0]
+        raise ValueError(
+            f"knob value {u[sample, knob]!r} (sample {sample}, knob {knob}) is outside the "
+            f"allowed range [-1, 1] or not finite; {int(bad.sum())} bad value(s) in total"
+        )
+    return u
+
+
 @dataclass(frozen=True)
 class KnobEncoder:
     """u [B, n_nodes * 2] in [-1, 1] -> drive frequency (Hz) and power (dBm) per sample and node.
@@ -51,17 +67,7 @@ class KnobEncoder:
         return current_a
 
     def check_knobs(self, u: np.ndarray) -> np.ndarray:
-        u = np.asarray(u, dtype=np.float64)
-        if u.ndim != 2 or u.shape[1] != self.n_inputs:
-            raise ValueError(f"knobs must have shape [batch, {self.n_inputs}], got {u.shape}")
-        bad = ~np.isfinite(u) | (np.abs(u) > 1.0)
-        if bad.any():
-            sample, knob = np.argwhere(bad)[0]
-            raise ValueError(
-                f"knob value {u[sample, knob]!r} (sample {sample}, knob {knob}) is outside the "
-                f"allowed range [-1, 1] or not finite; {int(bad.sum())} bad value(s) in total"
-            )
-        return u
+        return check_knobs(u, self.n_inputs)
 
     def encode(self, u: np.ndarray, current_a: float) -> dict:
         """Settings in SI units: drive_frequency_hz and drive_power_dbm [B, n_nodes], current_a (A)."""

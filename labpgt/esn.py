@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .encoding import check_knobs
 from .interfaces import Perturbation
 
 
@@ -73,12 +74,7 @@ class EchoStateReservoir:
         self.coupling = device.normal(0.0, current_coupling_per_ma, self.n_units)
 
     def _check(self, u: np.ndarray) -> np.ndarray:
-        u = np.asarray(u, dtype=np.float64)
-        if u.ndim != 2 or u.shape[1] != self.n_inputs:
-            raise ValueError(f"knobs must have shape [batch, {self.n_inputs}], got {u.shape}")
-        if not np.all(np.isfinite(u)) or np.any(np.abs(u) > 1.0):
-            raise ValueError(f"knobs must be finite and inside [-1, 1]; got range [{u.min()}, {u.max()}]")
-        return u
+        return check_knobs(u, self.n_inputs)
 
     def _run(self, u: np.ndarray, current_a: float):
         """States [B, T, n_units] and the tanh activations (kept for the VJP)."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .encoding import KNOBS_PER_NODE, BandReadout, KnobEncoder
+from .encoding import BandReadout, KnobEncoder, check_knobs
 from .interfaces import Perturbation
 
 
@@ -54,12 +54,7 @@ class ToyReservoir:
         self.coupling = physics.normal(0.0, current_coupling_per_ma, features_per_node)
 
     def _check(self, u: np.ndarray) -> np.ndarray:
-        u = np.asarray(u, dtype=np.float64)
-        if u.ndim != 2 or u.shape[1] != self.n_inputs:
-            raise ValueError(f"knobs must have shape [batch, {self.n_inputs}], got {u.shape}")
-        if not np.all(np.isfinite(u)) or np.any(np.abs(u) > 1.0):
-            raise ValueError(f"knobs must be finite and inside [-1, 1]; got range [{u.min()}, {u.max()}]")
-        return u
+        return check_knobs(u, self.n_inputs)
 
     def noiseless(self, u: np.ndarray, current_a: float) -> np.ndarray:
         """The noise-free features (the oracle's model); costs no measurement."""
