@@ -54,6 +54,7 @@ from labpgt.encoding import BandReadout, KnobEncoder  # noqa: E402
 from labpgt.experiment import find_reference_hz  # noqa: E402
 from labpgt.physical import StationReservoir  # noqa: E402
 from labpgt.runfile import RunFile  # noqa: E402
+import sim.clock  # noqa: E402
 from sim.server import SimServer  # noqa: E402
 
 try:
@@ -438,6 +439,9 @@ def main(argv=None) -> int:
     p.add_argument("--runfile-measurements", type=int, default=8000)
     p.add_argument("--no-pipeline", action="store_true",
                    help="the measurement loop unpipelined (StationReservoir.pipeline = False): the A/B baseline")
+    p.add_argument("--plain-sleep", action="store_true",
+                   help="real-time simulated instruments wait with one plain time.sleep (sim.clock._SPIN_S = 0), "
+                        "as before the yield-spin: the A/B baseline for (b)")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c")
     p.add_argument("--profile", action="store_true", help="print the cProfile top of the main thread (a)")
     p.add_argument("--loop-only", action="store_true",
@@ -450,6 +454,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.no_pipeline:
         StationReservoir.pipeline = False
+    if args.plain_sleep:
+        sim.clock._SPIN_S = 0.0
     if args.markdown:
         results = [json.loads(Path(f).read_text()) for f in args.markdown]
         print(markdown(results[0] if len(results) > 1 else None, results[-1]))
@@ -467,6 +473,7 @@ def main(argv=None) -> int:
     skip = set(filter(None, args.skip.split(",")))
     result = {"machine": machine(), "git_head": args.commit_label or git_head(), "args": vars(args),
               "pipelined": bool(getattr(StationReservoir, "pipeline", False)),
+              "sim_wait_spin_s": sim.clock._SPIN_S,
               "command": "python scripts/bench_loop.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     with tempfile.TemporaryDirectory() as tmpdir:
         if "a" not in skip:

@@ -16,6 +16,9 @@ import threading
 import time
 
 
+_SPIN_S = 0.0005  # the last half millisecond of a real-time wait is yielded away, not slept
+
+
 class VirtualClock:
     """Seconds since the rig was switched on."""
 
@@ -38,6 +41,19 @@ class VirtualClock:
         with self._lock:
             self._t = float(t)
 
+    def _sleep_until(self, t: float) -> None:
+        """Sleep until ``now() >= t``: the instrument's own latency, not synchronisation.
+
+        A plain ``time.sleep`` wakes ~0.2 ms late on Linux (timer slack and the thread's
+        rescheduling), so a simulated 5 ms settle would take 5.2 ms and the simulator would
+        be slower than the instrument it models. Sleep to just short of ``t``, then yield
+        (``sleep(0)`` releases the GIL) until it is reached."""
+        coarse = t - self.now() - _SPIN_S
+        if coarse > 0:
+            time.sleep(coarse)
+        while self.now() < t:
+            time.sleep(0)
+
     def advance(self, dt: float, release=None) -> float:
         """Spend ``dt`` seconds; see :meth:`advance_to`."""
         return self.advance_to(self.now() + max(0.0, float(dt)), release)
@@ -50,16 +66,15 @@ class VirtualClock:
         rig keep answering meanwhile.
         """
         if self.realtime:
-            delay = float(t) - self.now()
-            if delay > 0:
+            if float(t) > self.now():
                 if release is not None:
                     release.release()
                     try:
-                        time.sleep(delay)  # the instrument's own latency, not synchronisation
+                        self._sleep_until(float(t))
                     finally:
                         release.acquire()
                 else:
-                    time.sleep(delay)
+                    self._sleep_until(float(t))
             return self.now()
         with self._lock:
             if t > self._t:

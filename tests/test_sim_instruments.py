@@ -406,3 +406,19 @@ def test_realtime_instruments_really_take_their_time():
     t = time.perf_counter()
     assert q(sa, ":INIT;*OPC?") == b"1\n"
     assert time.perf_counter() - t >= 0.019
+
+
+def test_realtime_clock_waits_are_never_early_and_not_skipped_when_late():
+    # the yield-spin of sim.clock: a wait ends at or after its deadline, never before; a deadline
+    # already passed returns at once (now, not the deadline)
+    from sim.clock import VirtualClock
+
+    clock = VirtualClock(realtime=True)
+    for dt in (0.0003, 0.002, 0.006):
+        target = clock.now() + dt
+        reached = clock.advance_to(target)
+        assert reached >= target
+        assert clock.now() >= target
+    past = clock.now() - 1.0
+    assert clock.advance_to(past) >= past + 1.0
+
