@@ -218,44 +218,79 @@ def build_trainer(config: dict, reservoir, recorder=None, progress=None, current
 
 
 # --------------------------------------------------------------------------- running
-def find_reference_hz(station, current_a: float, span_hz: float = 200e6, center_hz: float = 2.07e9) -> tuple[float, np.ndarray, np.ndarray]:
+PROBE_SPAN_HZ = 200e6
+PROBE_CENTER_HZ = 2.07e9
+PROBE_POINTS = 1001
+PROBE_MIN_PROMINENCE_DB = 15.0
+
+
+def probe_sweep(station, current_a: float, span_hz: float = PROBE_SPAN_HZ, center_hz: float = PROBE_CENTER_HZ):
     """Probe sweep with RF off: the free-running line of the ring at ``current_a``.
 
-    Returns (line frequency Hz, frequency axis, trace) so the probe can be recorded.
+    Returns a :class:`labpgt.runfile.Probe` with the sweep (axis, trace as read) and its settings,
+    for the run file's /probe. The analyzer is left on the station's measurement window, centred
+    on the found line.
     """
+    from labpgt.runfile import Probe
     from labpgt.spectra import strongest_peaks
 
     sa = station.spectrum_analyzer
     station.signal_generator.output_enabled = False
     station.current_source.ramp_to(current_a)
     # the station's measurement window, restored around the found line after the wide probe
-    points, rbw, window_hz = sa.points, sa.rbw_hz, sa.span_hz
-    sa.configure(center_hz=center_hz, span_hz=span_hz, rbw_hz=max(rbw, span_hz / 2000), points=1001,
-                 reference_level_dbm=sa.reference_level_dbm)
+    points, rbw, window_hz, ref_level = sa.points, sa.rbw_hz, sa.span_hz, sa.reference_level_dbm
+    sa.configure(center_hz=center_hz, span_hz=span_hz, rbw_hz=max(rbw, span_hz / 2000), points=PROBE_POINTS,
+                 reference_level_dbm=ref_level)
     freqs, trace = sa.measure()
-    peaks = strongest_peaks(freqs, trace, count=1, min_prominence_db=15.0)
+    time_s = time.time()
+    overloaded = bool(sa.overloaded)
+    probe_rbw = float(sa.rbw_hz)  # as the analyzer has it (a real one may round the request)
+    peaks = strongest_peaks(freqs, trace, count=1, min_prominence_db=PROBE_MIN_PROMINENCE_DB)
     if not peaks:
         raise RuntimeError(
             f"no free-running line found within {center_hz / 1e9:.3f} GHz ± {span_hz / 2e6:.0f} MHz at "
             f"{current_a} A: the ring is below threshold or elsewhere; set reference_hz explicitly")
     sa.configure(center_hz=peaks[0].frequency_hz, span_hz=window_hz, rbw_hz=rbw, points=points,
-                 reference_level_dbm=sa.reference_level_dbm)
-    return peaks[0].frequency_hz, freqs, trace
+                 reference_level_dbm=ref_level)
+    return Probe(
+        reference_source="probe", reference_hz=peaks[0].frequency_hz, time_s=time_s, current_a=float(current_a),
+        center_hz=float(center_hz), span_hz=float(span_hz), rbw_hz=probe_rbw, points=PROBE_POINTS,
+        reference_level_dbm=float(ref_level), line_hz=peaks[0].frequency_hz, line_dbm=peaks[0].power_dbm,
+        rf_output_enabled=0, overloaded=int(overloaded), min_prominence_db=PROBE_MIN_PROMINENCE_DB,
+        frequency_hz=freqs, trace_dbm=trace)
 
 
-def station_physical_layer(station, config: dict) -> dict:
+def find_reference_hz(station, current_a: float, span_hz: float = PROBE_SPAN_HZ,
+                      center_hz: float = PROBE_CENTER_HZ) -> tuple[float, np.ndarray, np.ndarray]:
+    """:func:`probe_sweep` as (line frequency Hz, frequency axis, trace)."""
+    probe = probe_sweep(station, current_a, span_hz=span_hz, center_hz=center_hz)
+    return probe.reference_hz, probe.frequency_hz, probe.trace_dbm
+
+
+def reference_probe(station, config: dict):
+    """Where this run's reference frequency comes from: the configuration's ``reference_hz``
+    (no sweep), or else a :func:`probe_sweep` at ``current_a``."""
+    from labpgt.runfile import Probe
+
+    if config["reference_hz"] is not None:
+        return Probe.from_config(config["reference_hz"])
+    return probe_sweep(station, config["current_a"])
+
+
+def station_physical_layer(station, config: dict, probe=None) -> dict:
     """How knobs map onto this station and how its traces become features, as recorded in a run.
 
-    Probes for the ring's free-running line (unless ``reference_hz`` is set), then builds the
-    encoder (detuning and power around that line, current within the station's limits), the
-    readout (the station's analyzer window, ``bands`` bands) and the trained current's bounds.
+    Takes the reference frequency from ``probe`` (a :class:`labpgt.runfile.Probe`; by default
+    :func:`reference_probe`: a sweep for the ring's free-running line unless ``reference_hz`` is
+    set), then builds the encoder (detuning and power around that line, current within the
+    station's limits), the readout (the station's analyzer window, ``bands`` bands) and the
+    trained current's bounds.
     """
     from labpgt.encoding import BandReadout, KnobEncoder
 
-    if config["reference_hz"] is None:
-        reference_hz, _, _ = find_reference_hz(station, config["current_a"])
-    else:
-        reference_hz = config["reference_hz"]
+    if probe is None:
+        probe = reference_probe(station, config)
+    reference_hz = probe.reference_hz
     sa = station.spectrum_analyzer
     cmin, cmax = (float(v) for v in station.current_source.limits["current_a"])  # the loader requires it
     encoder = KnobEncoder(n_nodes=config["nodes"], reference_hz=reference_hz, current_min_a=cmin, current_max_a=cmax)
@@ -366,33 +401,40 @@ def run_training(args, argv=None) -> int:
     ring_params = _ring_params(config) if embedded else None
     with open_station(station_arg, seed=config["seed"], ring_params=ring_params,
                       station_text=recorded_station) as (station, sim):
+        probe = None
         if layout is None:
-            layout = station_physical_layer(station, config)
+            probe = reference_probe(station, config)  # kept in the run file as /probe
+            layout = station_physical_layer(station, config, probe)
             encoder, readout = KnobEncoder(**layout["encoder"]), BandReadout(**layout["readout"])
         else:
             encoder = KnobEncoder(**layout["encoder"])
             readout = BandReadout(**layout["readout"])
             if resume_state is None and sim is not None and config["reference_hz"] is None:
                 # killed before its first checkpoint: the run starts over, and the fresh simulated
-                # world must first see the probe the original run made (it moved its clock and noise)
-                find_reference_hz(station, config["current_a"])
+                # world must first see the probe the original run made (it moved its clock and noise).
+                # Not recorded: it replays the sweep already in /probe (the one that set the run's
+                # reference), it is not a new measurement of the ring
+                probe_sweep(station, config["current_a"])
         reservoir = StationReservoir(station, encoder, readout, simulated=embedded)
         if embedded:
             reservoir.noiseless = _noiseless_twin(config, encoder, readout)
         trainer = build_trainer(config, reservoir, current_bounds_a=layout["current_bounds_a"])
-        if resume_state is not None:
-            trainer.load_state_dict(resume_state)
-            if sim is not None:
-                # bring the fresh simulator's magnet to the checkpointed current, then rewind
-                # its world to the checkpoint (clock, noise stream, coil history)
-                reservoir.set_current(trainer.model.current_a())
-                _restore_world(sim, resume_state)
+        if args.resume:
+            if resume_state is not None:
+                trainer.load_state_dict(resume_state)
+                if sim is not None:
+                    # bring the fresh simulator's magnet to the checkpointed current, then rewind
+                    # its world to the checkpoint (clock, noise stream, coil history)
+                    reservoir.set_current(trainer.model.current_a())
+                    _restore_world(sim, resume_state)
+            # (no checkpoint yet: the run starts over in the same file, its rows so far abandoned)
             run = RunFile.open_append(run_path)
         else:
             run = RunFile.create(
                 run_path, n_params=trainer.model.params().size,
                 param_names=None, features_per_measurement=readout.n_bands, trace_points=readout.points,
                 optimizer_state_shapes={k: np.shape(v) for k, v in trainer.opt_state.items()},
+                probe=probe,
                 metadata={
                     "station_toml": station.config_text,
                     "experiment_toml": config_to_toml(config),

@@ -4,7 +4,9 @@
   evaluation, against training measurements spent
 - spectra.png: example traces of one sample: clean, + and - perturbed
 - settings.png: drive detuning vs power of the measurements (coloured by step); current vs step
-- summary.txt: status, steps, measurements, final test accuracy, duration, instruments
+- probe.png: the start-up probe sweep (RF off) and the line it found; only for a run file with a
+  recorded probe sweep (/probe)
+- summary.txt: status, steps, measurements, final test accuracy, duration, instruments, probe
 
 Rows abandoned by a resume are left out, as in replay. Works on a file still being written.
 """
@@ -19,7 +21,7 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .runfile import KINDS, RunReader  # noqa: E402
+from .runfile import KINDS, RunFileError, RunReader  # noqa: E402
 
 MAX_SCATTER = 20000  # settings scatter: at most this many rows (evenly spaced) are read
 
@@ -30,12 +32,20 @@ def report(path, out_dir) -> list[Path]:
     with RunReader(path) as r:
         steps = _effective(r, "steps", r.steps())
         evals = _effective(r, "evaluations", r.evaluations())
+        try:
+            probe, probe_text = r.probe(), None
+        except RunFileError as e:  # a damaged /probe: said in the summary, the rest is reported
+            probe, probe_text = None, f"UNREADABLE ({e})"
+        if probe_text is None:
+            probe_text = probe.describe() if probe is not None else "not recorded"
         files = [
             _loss_accuracy(steps, evals, out / "loss_accuracy.png"),
             _spectra(r, out / "spectra.png"),
             _settings(r, steps, out / "settings.png"),
-            _summary(r, steps, evals, out / "summary.txt"),
         ]
+        if probe is not None and probe.swept:
+            files.append(_probe(probe, out / "probe.png"))
+        files.append(_summary(r, steps, evals, out / "summary.txt", probe_text))
     return files
 
 
@@ -116,7 +126,19 @@ def _settings(r, steps, path):
     return _save(fig, path)
 
 
-def _summary(r, steps, evals, path):
+def _probe(probe, path):
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(probe.frequency_hz / 1e9, probe.trace_dbm, lw=0.8, label=f"probe sweep, RF off, {probe.current_a} A")
+    ax.axvline(probe.line_hz / 1e9, color="C3", lw=0.8, ls="--",
+               label=f"line (reference): {probe.line_hz / 1e9:.6f} GHz, {probe.line_dbm:.1f} dBm")
+    ax.set(xlabel="frequency (GHz)", ylabel="power (dBm)",
+           title=f"start-up probe: {probe.points} points, RBW {probe.rbw_hz / 1e3:.0f} kHz")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _summary(r, steps, evals, path, probe_text="not recorded"):
     md = r.metadata
     hist = r.status_history()
     start = hist[0]["time_s"] if hist else float("nan")
@@ -140,6 +162,7 @@ def _summary(r, steps, evals, path):
         f"package version: {md.get('package_version', '')}",
         f"seed: {md.get('seed')}",
         f"command line: {md.get('command_line', '')}",
+        f"probe: {probe_text}",
         "instruments:",
     ]
     lines += [f"  {role}: {idn}" for role, idn in sorted(md.get("identities", {}).items())] or ["  (none recorded)"]

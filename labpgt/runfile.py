@@ -30,6 +30,19 @@ Layout (format_version 1)::
     /status/                the status log (the current status is the last committed row):
                             time_s, code (enum running/completed/failed/aborted), pid, message_*,
                             host_*
+    /probe/                 (optional: files written before it, and runs that had no station
+                            probe, e.g. the in-process transformer, have no such group and read
+                            as "no probe") where the drive's reference frequency came from,
+                            written once at creation, before SWMR. Attributes: reference_source
+                            ("probe" or "config"), reference_hz; for "probe" also time_s,
+                            current_a, center_hz, span_hz, rbw_hz (read back), points,
+                            reference_level_dbm, line_hz, line_dbm (the found line and its
+                            level), rf_output_enabled (0: RF off), overloaded, min_prominence_db;
+                            datasets frequency_hz [points] float64 and trace_dbm [points] (the
+                            analyzer's trace as read, float32). "config": reference_hz was given,
+                            no sweep was made, no datasets. A ``--resume`` that re-runs the probe
+                            to replay a simulated world records nothing: /probe stays the sweep
+                            that set the run's reference (the replayed sweep is the same one).
 
 Text that changes (status messages, RNG state JSON) cannot live in attributes (read-only under
 SWMR) nor in variable-length strings (unsafe under SWMR), so a text column ``x`` is stored as
@@ -52,6 +65,7 @@ import socket
 import struct
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -143,6 +157,138 @@ _TEXT_COLUMNS = {"checkpoints": ("rng_state", "extra"), "status": ("message", "h
 
 class RunFileError(ValueError):
     """A file that is not a readable labpgt run file; the message says what is wrong and what is expected."""
+
+
+# --------------------------------------------------------------------------------------------
+# the start-up probe (/probe)
+
+PROBE_SOURCES = ("probe", "config")
+#: /probe attributes of a probe sweep (reference_source "probe"): (name, units, description)
+_PROBE_ATTRS = (
+    ("time_s", "s", "unix time when the probe's trace was read"),
+    ("current_a", "A", "bias current set point, ramped to before the sweep"),
+    ("center_hz", "Hz", "analyzer centre frequency requested"),
+    ("span_hz", "Hz", "analyzer span requested"),
+    ("rbw_hz", "Hz", "resolution bandwidth, read back from the analyzer after the sweep"),
+    ("points", "1", "trace points"),
+    ("reference_level_dbm", "dBm", "analyzer reference level"),
+    ("line_hz", "Hz", "frequency of the strongest line: the run's reference_hz"),
+    ("line_dbm", "dBm", "level of that line in the trace"),
+    ("rf_output_enabled", "1", "signal generator RF output during the sweep, as commanded (0 = off)"),
+    ("overloaded", "1", "1 if the analyzer reported the sweep overloaded"),
+    ("min_prominence_db", "dB", "a line counts if it stands this far above the trace median"),
+)
+_PROBE_INT_ATTRS = ("points", "rf_output_enabled", "overloaded")
+
+
+@dataclass(frozen=True, eq=False)
+class Probe:
+    """Where a run's drive reference frequency came from: the start-up probe sweep (RF off, the
+    magnet at the operating current, a wide analyzer sweep for the ring's free-running line), or
+    the configuration (``reference_source == "config"``: no sweep, only ``reference_hz``)."""
+
+    reference_source: str
+    reference_hz: float
+    time_s: float | None = None
+    current_a: float | None = None
+    center_hz: float | None = None
+    span_hz: float | None = None
+    rbw_hz: float | None = None
+    points: int | None = None
+    reference_level_dbm: float | None = None
+    line_hz: float | None = None
+    line_dbm: float | None = None
+    rf_output_enabled: int | None = None
+    overloaded: int | None = None
+    min_prominence_db: float | None = None
+    frequency_hz: np.ndarray | None = None  # Hz, float64 [points]
+    trace_dbm: np.ndarray | None = None  # dBm, as read (float32 from the analyzers' REAL,32 blocks)
+
+    @classmethod
+    def from_config(cls, reference_hz: float) -> "Probe":
+        return cls("config", float(reference_hz))
+
+    @property
+    def swept(self) -> bool:
+        return self.reference_source == "probe"
+
+    def describe(self) -> str:
+        """One line for ``labpgt inspect`` and the report's summary."""
+        if not self.swept:
+            return f"none: reference_hz {self.reference_hz:.6f} Hz given in the experiment configuration"
+        return (f"line {self.line_hz / 1e9:.6f} GHz at {self.line_dbm:.1f} dBm (the reference); {self.points} points, "
+                f"{self.center_hz / 1e9:.4f} GHz ± {self.span_hz / 2e6:.0f} MHz, RBW {self.rbw_hz / 1e3:.0f} kHz, "
+                f"{self.current_a} A, RF {'on' if self.rf_output_enabled else 'off'}"
+                + (", OVERLOADED" if self.overloaded else "")
+                + f", at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.time_s))}")
+
+
+def _checked_probe(probe: Probe) -> Probe:
+    """Validate a probe before anything is written; arrays normalised to what is stored."""
+    if not isinstance(probe, Probe):
+        raise ValueError(f"probe must be a labpgt.runfile.Probe, got {type(probe).__name__}")
+    if probe.reference_source not in PROBE_SOURCES:
+        raise ValueError(f"probe reference_source {probe.reference_source!r} is not one of {PROBE_SOURCES}")
+    if not np.isfinite(probe.reference_hz):
+        raise ValueError(f"probe reference_hz must be finite, got {probe.reference_hz!r}")
+    if not probe.swept:
+        return probe
+    missing = [name for name in [n for n, *_ in _PROBE_ATTRS] + ["frequency_hz", "trace_dbm"]
+               if getattr(probe, name) is None]
+    if missing:
+        raise ValueError(f"a probe sweep (reference_source 'probe') lacks {', '.join(missing)}")
+    freqs = np.asarray(probe.frequency_hz, dtype=np.float64)
+    trace = np.asarray(probe.trace_dbm)
+    if trace.dtype not in (np.float32, np.float64):
+        trace = trace.astype(np.float64)
+    if freqs.ndim != 1 or trace.shape != freqs.shape or freqs.size != int(probe.points):
+        raise ValueError(f"probe frequency_hz {freqs.shape} and trace_dbm {trace.shape} must both have "
+                         f"points={probe.points} values")
+    return Probe(**{**probe.__dict__, "frequency_hz": freqs, "trace_dbm": trace})
+
+
+def _write_probe(f: h5py.File, probe: Probe) -> None:
+    """/probe: attributes and two fixed-size datasets, created before SWMR starts (never changed)."""
+    g = f.create_group("probe")
+    g.attrs["description"] = (
+        "where the drive's reference frequency came from: 'probe' = a sweep with RF off at the operating "
+        "current found the ring's free-running line (attributes name their units by suffix: _s, _a, _hz, "
+        "_dbm, _db; see attribute_units), 'config' = reference_hz was given, no sweep")
+    g.attrs["reference_source"] = probe.reference_source
+    g.attrs["reference_hz"] = float(probe.reference_hz)
+    if not probe.swept:
+        g.attrs["attribute_units"] = json.dumps({"reference_hz": "Hz"})
+        return
+    for name, *_ in _PROBE_ATTRS:
+        value = getattr(probe, name)
+        g.attrs[name] = int(value) if name in _PROBE_INT_ATTRS else float(value)
+    g.attrs["attribute_units"] = json.dumps({"reference_hz": "Hz", **{n: u for n, u, _ in _PROBE_ATTRS}})
+    g.attrs["attribute_descriptions"] = json.dumps({n: d for n, _, d in _PROBE_ATTRS})
+    ds = g.create_dataset("frequency_hz", data=probe.frequency_hz)
+    ds.attrs["units"] = "Hz"
+    ds.attrs["description"] = "frequency axis of the probe's trace, as the analyzer reported it"
+    ds = g.create_dataset("trace_dbm", data=probe.trace_dbm)
+    ds.attrs["units"] = "dBm"
+    ds.attrs["description"] = "the probe sweep's trace as read from the analyzer (RF off)"
+
+
+def _read_probe(f: h5py.File, path) -> Probe | None:
+    if "probe" not in f:
+        return None
+    g = f["probe"]
+    a = g.attrs
+    source = a["reference_source"]
+    source = source.decode() if isinstance(source, bytes) else str(source)
+    if source not in PROBE_SOURCES:
+        raise RunFileError(f"{path}: /probe has reference_source {source!r}; expected one of {PROBE_SOURCES}")
+    if source == "config":
+        return Probe.from_config(float(a["reference_hz"]))
+    values = {name: (int(a[name]) if name in _PROBE_INT_ATTRS else float(a[name])) for name, *_ in _PROBE_ATTRS}
+    freqs, trace = g["frequency_hz"][()], g["trace_dbm"][()]
+    if freqs.ndim != 1 or trace.shape != freqs.shape or freqs.size != values["points"]:
+        raise RunFileError(f"{path}: /probe is inconsistent: frequency_hz {freqs.shape}, trace_dbm {trace.shape}, "
+                           f"points={values['points']}")
+    return Probe(source, float(a["reference_hz"]), **values, frequency_hz=freqs, trace_dbm=trace)
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,12 +453,14 @@ class RunFile:
     def create(cls, path, *, n_params: int, param_names=None, features_per_measurement: int,
                trace_points: int, optimizer_state_shapes: dict | None = None, metadata: dict | None = None,
                features_units: str = "1", trace_compression: str | None = None,
-               overwrite: bool = False) -> "RunFile":
+               probe: Probe | None = None, overwrite: bool = False) -> "RunFile":
         """Create a new run file with every dataset, then switch to SWMR writing.
 
         metadata: station_toml, experiment_toml (verbatim text), identities (role -> IDN),
         package_version, command_line, seed, plus anything JSON-able.
         trace_compression: None (default, fastest; noisy dBm traces barely compress) or "lzf".
+        probe: where the drive's reference frequency came from (:class:`Probe`), kept as /probe;
+        None: no /probe group (a run with no station probe).
         """
         path = Path(path)
         if path.exists() and not overwrite:
@@ -326,6 +474,7 @@ class RunFile:
         if len(param_names) != n_params:
             raise ValueError(f"{len(param_names)} param_names for n_params={n_params}")
         optimizer_state_shapes = {k: tuple(int(d) for d in v) for k, v in (optimizer_state_shapes or {}).items()}
+        probe = _checked_probe(probe) if probe is not None else None
 
         f = h5py.File(path, "w", libver="latest")
         try:
@@ -391,6 +540,8 @@ class RunFile:
             for col in _FAULT_COLUMNS:
                 _new_column(fa, *col, chunk_rows=256)
             _new_text_column(fa, "message", "what the driver reported")
+            if probe is not None:
+                _write_probe(f, probe)
 
             f.swmr_mode = True  # from here on: no new objects, no attribute changes
         except BaseException:
@@ -973,6 +1124,18 @@ class RunReader:
         out["message"] = [self._text("faults", "message", i) for i in range(n)]
         return out
 
+    def probe(self) -> Probe | None:
+        """The start-up probe (/probe), or None for a file without one (written before probes were
+        recorded, or by a run that had no station probe). A damaged /probe raises RunFileError;
+        the rest of the file reads as before."""
+        try:
+            return _read_probe(self._f, self.path)
+        except RunFileError:
+            raise
+        except (KeyError, OSError, ValueError, RuntimeError, TypeError) as exc:
+            raise RunFileError(f"{self.path}: /probe is unreadable ({exc}); the file is damaged there, the rest "
+                               f"of it is not affected") from None
+
     def effective_rows(self, table: str = "measurements") -> np.ndarray:
         """Row indices of ``table`` (measurements, steps, evaluations) on the run's path: rows
         recorded after the checkpoint a resume continued from, and before that resume, are
@@ -1142,6 +1305,12 @@ def _describe(r: RunReader, lines: list) -> None:
         fl = r.faults()
         kinds = ", ".join(f"{k} {int(np.sum(fl['kind'] == k))}" for k in FAULT_KINDS if np.any(fl["kind"] == k))
         lines.append(f"  instrument faults: {r.n_faults} ({int(fl['recovered'].sum())} recovered; {kinds})")
+    try:
+        probe = r.probe()
+        lines.append("  probe: " + (probe.describe() if probe is not None else "not recorded (no /probe group)"))
+    except RunFileError as e:  # the rest of the file is shown; the damage still makes inspect exit 1
+        lines.append("  probe: UNREADABLE")
+        lines.append(f"  PROBLEM: {e}")
     if len(evals["step"]):
         lines.append(f"  last test accuracy: {evals['test_accuracy'][-1]:.4f} at step {evals['step'][-1]}")
     lines.append(f"  parameters: {r.n_params}; trace points: {r.trace_points}; "
