@@ -37,7 +37,9 @@ import json
 import os
 import platform
 import pstats
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -113,12 +115,41 @@ def timed(fn, acc, key):
     return wrapper
 
 
+class SimProcess:
+    """``labpgt sim serve`` in a child process: its station file is read from its output."""
+
+    def __init__(self, *, seed: int, realtime: bool, tmpdir: str):
+        cmd = [sys.executable, "-m", "labpgt.cli", "sim", "serve", "--seed", str(seed),
+               "--station-out", os.path.join(tmpdir, f"sim-station-{time.time_ns()}.toml")]
+        if realtime:
+            cmd.append("--realtime")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=str(ROOT))
+        lines = []
+        for line in self.proc.stdout:  # blocks until the server has printed its station file
+            if line.startswith("# station file written to"):
+                break
+            lines.append(line)
+        else:
+            raise RuntimeError(f"labpgt sim serve exited ({self.proc.wait()}) before writing its station file")
+        self._toml = "".join(lines)
+
+    def station_toml(self) -> str:
+        return self._toml
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)  # its Ctrl-C path closes the servers
+        self.proc.wait(timeout=30)
+
+
 class Rig:
     """The embedded station (in-process loopback servers) + reservoir + run file."""
 
     def __init__(self, *, realtime: bool, recorder_mode: str, batch: int, tmpdir: str, seed: int = 0,
-                 trace_compression=None):
-        self.server = SimServer(seed=seed, realtime=realtime).start()
+                 trace_compression=None, sim_process: bool = False):
+        if sim_process:  # the simulated instruments in their own process, as real ones are their own boxes
+            self.server = SimProcess(seed=seed, realtime=realtime, tmpdir=tmpdir)
+        else:
+            self.server = SimServer(seed=seed, realtime=realtime).start()
         self.station = Station.from_text(self.server.station_toml(), source_name="<bench station>")
         self.station.__enter__()
         self.batch = batch
@@ -246,9 +277,25 @@ def bench_realtime(args, tmpdir) -> dict:
     from sim import instruments as sim_instruments
 
     acc = Acc()
-    rig = Rig(realtime=True, recorder_mode=args.recorder, batch=args.batch, tmpdir=tmpdir)
+    rig = Rig(realtime=True, recorder_mode=args.recorder, batch=args.batch, tmpdir=tmpdir,
+              sim_process=args.sim_process)
     try:
         rig.loop(args.batch)  # learns sweep mode, time and axis
+        sweep_s = float(rig.station.spectrum_analyzer.sweep_time_s)
+        settle_s = float(getattr(sim_instruments, "GENERATOR_SETTLE_S", 0.0))
+        if args.sim_process:  # nothing to instrument inside another process: nominal busy only
+            t0 = time.perf_counter()
+            times = rig.loop(args.realtime_measurements)
+            wall = time.perf_counter() - t0
+            n = len(times) * args.batch
+            nominal = settle_s + sweep_s
+            return {"measurements": n, "sim": "process", "generator_settle_ms": settle_s * 1e3,
+                    "sweep_time_ms": sweep_s * 1e3, "nominal_instrument_ms_per_measurement": nominal * 1e3,
+                    "wall_ms_per_measurement": wall / n * 1e3,
+                    "median_batch_ms_per_measurement": statistics.median(times) / args.batch * 1e3,
+                    "overhead_ms_per_measurement": wall / n * 1e3 - nominal * 1e3,
+                    "busy_share_nominal": nominal * n / wall, "loadavg": os.getloadavg(),
+                    "measurements_per_s": n / wall}
         for role, inst in rig.server.instruments.items():
             inst.handle = timed(inst.handle, acc, f"server_{role}")
         clock = rig.server.rig.clock
@@ -265,8 +312,6 @@ def bench_realtime(args, tmpdir) -> dict:
                     acc.add("sleep_got", time.perf_counter() - t0)
 
         clock.advance_to = sleep_accounted
-        sweep_s = float(rig.station.spectrum_analyzer.sweep_time_s)
-        settle_s = float(getattr(sim_instruments, "GENERATOR_SETTLE_S", 0.0))
         t0 = time.perf_counter()
         times = rig.loop(args.realtime_measurements)
         wall = time.perf_counter() - t0
@@ -276,7 +321,7 @@ def bench_realtime(args, tmpdir) -> dict:
     finally:
         rig.close()
     nominal = settle_s + sweep_s
-    return {"measurements": n, "generator_settle_ms": settle_s * 1e3, "sweep_time_ms": sweep_s * 1e3,
+    return {"measurements": n, "sim": "threads", "generator_settle_ms": settle_s * 1e3, "sweep_time_ms": sweep_s * 1e3,
             "nominal_instrument_ms_per_measurement": nominal * 1e3,
             "wall_ms_per_measurement": wall / n * 1e3,
             "median_batch_ms_per_measurement": statistics.median(times) / args.batch * 1e3,
@@ -442,6 +487,9 @@ def main(argv=None) -> int:
     p.add_argument("--plain-sleep", action="store_true",
                    help="real-time simulated instruments wait with one plain time.sleep (sim.clock._SPIN_S = 0), "
                         "as before the yield-spin: the A/B baseline for (b)")
+    p.add_argument("--sim-process", action="store_true",
+                   help="(b): the simulated instruments in their own process (labpgt sim serve --realtime), "
+                        "as real instruments are their own boxes, instead of threads sharing this process's GIL")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c")
     p.add_argument("--profile", action="store_true", help="print the cProfile top of the main thread (a)")
     p.add_argument("--loop-only", action="store_true",
