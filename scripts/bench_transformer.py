@@ -8,6 +8,8 @@ digits-seq (8x8 digits as 8 row tokens) through the same reservoir, over several
   one clean measured pass per step (B*T evaluations);
 - node: node perturbation at the reservoir's knobs, exact backprop through the digital rest
   (2*B*T evaluations per step);
+- node-token: node's kicks, but each token's knobs credited through that token's measured change of
+  the features and the readout's exact gradient (2*B*T evaluations per step; not the default set);
 - pgt: PGT as published, parameter-space perturbation of all parameters (2*B*T per step);
 - spsa: Spall's SPSA on the parameters before the reservoir, exact readout (2*B*T per step).
 
@@ -18,8 +20,10 @@ test accuracy at fixed budgets and at the end, and the median evaluations needed
 
 Default (a few minutes on 2 cores):
     python scripts/bench_transformer.py
-Longer, closer to convergence for the perturbative methods:
-    python scripts/bench_transformer.py --seeds 5 --budget-esn 6000000 --budget-ring 2000000
+Long enough for backprop to flatten and node to plateau (~15 min on 2 cores; docs/benchmarks.md):
+    python scripts/bench_transformer.py --reservoirs ring esn --methods backprop node node-token \
+        --budget-ring 4000000 --budget-backprop-ring 1500000 --budget-esn 6000000 --evals 24 \
+        --out scripts/results/bench_transformer_concat.json
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -41,8 +46,8 @@ sys.path.insert(0, str(ROOT))
 from labpgt.transformer import TRANSFORMER_DEFAULTS, make_transformer_trainer  # noqa: E402
 
 METHODS = ("backprop", "node", "pgt", "spsa")
-EVALS_PER_SAMPLE_TOKEN = {"backprop": 1, "oracle": 1, "node": 2, "pgt": 2, "spsa": 2}
-CHECKPOINTS = (50_000, 200_000, 500_000, 2_000_000)
+EVALS_PER_SAMPLE_TOKEN = {"backprop": 1, "oracle": 1, "node": 2, "node-token": 2, "pgt": 2, "spsa": 2}
+CHECKPOINTS = (200_000, 500_000, 1_000_000, 2_000_000, 4_000_000)
 SECTION = "## Transformer with a reservoir layer"
 
 
@@ -165,6 +170,9 @@ def main(argv=None) -> int:
     ap.add_argument("--task", default="digits-seq")
     ap.add_argument("--budget-esn", type=int, default=2_000_000, help="training evaluations per run, echo-state")
     ap.add_argument("--budget-ring", type=int, default=200_000, help="training evaluations per run, ring")
+    ap.add_argument("--budget-backprop-ring", type=int, default=None,
+                    help="training evaluations of the ring's backprop runs (default: --budget-ring); the ring's "
+                         "backprop differences the noiseless ring every step, ~4x the wall time per evaluation")
     ap.add_argument("--evals", type=int, default=12, help="test evaluations per run")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_transformer.json"))
@@ -173,13 +181,19 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
-        for key in ("seeds", "methods", "reservoirs", "task", "budget_esn", "budget_ring"):
-            setattr(args, key, saved["args"][key])
+        for key in ("seeds", "methods", "reservoirs", "task", "budget_esn", "budget_ring", "budget_backprop_ring"):
+            setattr(args, key, saved["args"].get(key))
         args.out = args.from_json
 
     budgets = {"esn": args.budget_esn, "ring": args.budget_ring}
-    jobs = [{"task": args.task, "reservoir": res, "method": m, "seed": s, "budget": budgets[res], "n_evals": args.evals}
-            for res in args.reservoirs for m in args.methods for s in range(args.seeds)]
+
+    def budget_of(res, method):
+        if res == "ring" and method == "backprop" and args.budget_backprop_ring:
+            return args.budget_backprop_ring
+        return budgets[res]
+
+    jobs = [{"task": args.task, "reservoir": res, "method": m, "seed": s, "budget": budget_of(res, m),
+             "n_evals": args.evals} for res in args.reservoirs for m in args.methods for s in range(args.seeds)]
     # slowest first (the ring's backprop differences the noiseless ring every step), for load balance
     jobs.sort(key=lambda j: -(j["budget"] * (5 if j["reservoir"] == "ring" else 1) * (3 if j["method"] == "backprop" else 1)))
     t0 = time.perf_counter()
@@ -200,7 +214,7 @@ def main(argv=None) -> int:
         command = saved["command"]
     else:
         command = "python scripts/bench_transformer.py" + ("" if argv is None and len(sys.argv) == 1
-                                                          else " " + " ".join(argv if argv is not None else sys.argv[1:]))
+                                                          else " " + shlex.join(argv if argv is not None else sys.argv[1:]))
     print()
     print(text)
     print(f"\n{machine()}; {wall:.0f} s wall")
@@ -216,12 +230,22 @@ def main(argv=None) -> int:
             "test-split evaluations not counted); median over seeds, tuned defaults (`TRANSFORMER_DEFAULTS`). "
             "`backprop` is the baseline that differentiates the reservoir (echo-state: analytic VJP; ring: central "
             "differences of the noiseless simulated ring); `node`, `pgt` (as published, all parameters perturbed) "
-            "and `spsa` only measure. “evals to ≥ backprop − 2 pt”: median evaluations until the test accuracy "
+            "and `spsa` only measure; `node-token` (not in the default set) is node perturbation with the same "
+            "kicks whose credit reaches each token's knobs through that token's measured change of the features "
+            "and the readout's exact gradient. Every method trains the same model (`MODEL_DEFAULTS`: since "
+            "the concat head, per-token projections concatenated before the head, bias current fixed). "
+            "“evals to ≥ backprop − 2 pt”: median evaluations until the test accuracy "
             "first comes within 2 points of backprop's final median on the same reservoir (never = not within "
-            "the budget; — = backprop not in that run).")
-        heading = (f"{args.task}, {args.seeds} seeds, budgets: "
-                   + ", ".join(f"{'echo-state' if r == 'esn' else 'ring'} {fmt_evals(budgets[r])}"
-                               for r in args.reservoirs) + f"; methods: {', '.join(args.methods)}")
+            "the budget; — = backprop not in that run). Accuracies are on the 360-sample test split: one "
+            "evaluation's sampling error is about ±1.5 points.")
+        described = []
+        for r in args.reservoirs:
+            text_r = f"{'echo-state' if r == 'esn' else 'ring'} {fmt_evals(budgets[r])}"
+            if r == "ring" and "backprop" in args.methods and budget_of(r, "backprop") != budgets[r]:
+                text_r += f" (backprop {fmt_evals(budget_of(r, 'backprop'))})"
+            described.append(text_r)
+        heading = (f"{args.task}, {args.seeds} seeds, budgets: " + ", ".join(described)
+                   + f"; methods: {', '.join(args.methods)}")
         body = (text + "\n\n" + f"Reproduce: `{command}` ({wall / 60:.0f} min wall). Machine: {machine()}. "
                 f"Raw curves: `{Path(args.out).relative_to(ROOT) if Path(args.out).is_relative_to(ROOT) else args.out}`.")
         write_docs(Path(args.docs), intro, heading, body)

@@ -8,17 +8,18 @@ import pytest
 from labpgt.esn import EchoStateReservoir
 from labpgt.model import HybridModel
 from labpgt.reservoirs import ToyReservoir
+from labpgt.estimators import NodePerturbation
 from labpgt.transformer import (
-    ESTIMATORS, FLAG_SIMULATED, RESERVOIRS, TASKS, Backprop, TransformerModel, make_estimator,
-    make_transformer_trainer, reservoir_vjp,
+    ESTIMATORS, FLAG_SIMULATED, RESERVOIRS, TASKS, Backprop, TokenNodePerturbation, TransformerModel,
+    make_estimator, make_transformer_trainer, reservoir_vjp,
 )
 
 T, F, K, M = 4, 3, 2, 5
 
 
-def small(task="classification", activation="tanh", n_heads=2, seed=1):
+def small(task="classification", activation="tanh", n_heads=2, seed=1, pooling="concat"):
     model = TransformerModel(T, F, K, M, 3 if task == "classification" else 1, task=task, d_model=6,
-                             n_heads=n_heads, d_mlp=7, d_after=4, activation=activation, seed=seed)
+                             n_heads=n_heads, d_mlp=7, d_after=4, activation=activation, pooling=pooling, seed=seed)
     reservoir = EchoStateReservoir(T, K, M, noise_std=0.0, seed=2)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(5, T * F))
@@ -37,10 +38,11 @@ def numeric_gradient(fn, p0, scale, h=1e-6):
     return g
 
 
-@pytest.mark.parametrize("task,activation,n_heads", [("classification", "tanh", 2), ("regression", "tanh", 1),
-                                                      ("classification", "relu", 3)])
-def test_every_parameter_gradient_matches_finite_differences(task, activation, n_heads):
-    model, res, x, y = small(task, activation, n_heads)
+@pytest.mark.parametrize("task,activation,n_heads,pooling", [
+    ("classification", "tanh", 2, "concat"), ("regression", "tanh", 1, "concat"), ("classification", "relu", 3, "concat"),
+    ("classification", "tanh", 2, "mean"), ("regression", "relu", 1, "mean")])
+def test_every_parameter_gradient_matches_finite_differences(task, activation, n_heads, pooling):
+    model, res, x, y = small(task, activation, n_heads, pooling=pooling)
 
     def loss(p):
         u, _ = model.encode(x, p)
@@ -101,6 +103,20 @@ def test_exposes_exactly_the_hybrid_model_interface():
         model.set_params(np.full(model.size, np.nan))
 
 
+def test_concat_pooling_keeps_which_token_is_which_and_mean_pooling_does_not():
+    features = np.random.default_rng(8).normal(size=(3, T * M))
+    swapped = features.reshape(3, T, M)[:, ::-1].reshape(3, T * M)  # the same tokens, in reverse order
+    concat, _, _, _ = small(pooling="concat")
+    mean, _, _, _ = small(pooling="mean")
+    assert concat.slots["readout.head.weight"].shape == (T * 4, 3)  # d_after 4 per token, in place
+    assert mean.slots["readout.head.weight"].shape == (4, 3)
+    assert np.abs(concat.logits(features) - concat.logits(swapped)).max() > 1e-3
+    np.testing.assert_allclose(mean.logits(features), mean.logits(swapped), rtol=1e-12, atol=1e-12)
+    assert concat.config["pooling"] == "concat" and mean.config["pooling"] == "mean"
+    with pytest.raises(ValueError, match="allowed: concat, mean"):
+        small(pooling="max")
+
+
 def test_regression_reports_one_minus_nmse():
     model, _, _, _ = small("regression")
     features = np.random.default_rng(5).normal(size=(6, T * M))
@@ -117,7 +133,8 @@ def trainer(estimator, reservoir="esn", budget=1, **kw):
     return make_transformer_trainer("digits-seq", estimator, reservoir, seed=0, budget=budget, **kw)
 
 
-@pytest.mark.parametrize("estimator,cost_per_sample_token", [("node", 2), ("backprop", 1), ("oracle", 1), ("pgt", 2)])
+@pytest.mark.parametrize("estimator,cost_per_sample_token", [("node", 2), ("node-token", 2), ("backprop", 1),
+                                                             ("oracle", 1), ("pgt", 2)])
 def test_exact_reservoir_evaluations_per_step(estimator, cost_per_sample_token):
     tr = trainer(estimator, batch_size=16)
     x, y, index = tr.next_batch()
@@ -168,6 +185,26 @@ def test_backprop_uses_the_echo_state_vjp_and_measures_once():
     np.testing.assert_allclose(est.grad, numeric, rtol=1e-4, atol=1e-7)
 
 
+def test_node_token_credit_is_unbiased_and_less_noisy_than_node_on_independent_nodes():
+    """Noiseless toy reservoir (independent virtual nodes): averaged over many kicks, both estimate the
+    exact gradient; crediting each token through its own measured change leaves less noise."""
+    model = TransformerModel(T, F, K, M, 3, d_model=6, n_heads=2, d_mlp=7, d_after=4, train_current=False, seed=1)
+    res = ToyReservoir(n_nodes=T, knobs_per_node=K, features_per_node=M, noise_std=0.0, seed=1)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(5, T * F)), rng.integers(0, 3, 5)
+    exact = Backprop(fd_step=1e-5).estimate(model, res, x, y, np.arange(5), 0, rng).grad
+    errors = {}
+    for est in (TokenNodePerturbation(epsilon=1e-4, n_directions=400), NodePerturbation(epsilon=1e-4, n_directions=400)):
+        grad = est.estimate(model, res, x, y, np.arange(5), 0, np.random.default_rng(1)).grad
+        before = model.group_mask("before")
+        errors[est.name] = np.linalg.norm(grad[before] - exact[before]) / np.linalg.norm(exact[before])
+        np.testing.assert_allclose(grad[~before], exact[~before], rtol=1e-3, atol=1e-6)  # the readout is exact
+    assert errors["node-token"] < 0.1
+    assert errors["node-token"] < 0.6 * errors["node"], errors
+    with pytest.raises(ValueError, match="train_current=False"):
+        TokenNodePerturbation().estimate(small()[0], res, x, y, np.arange(5), 0, rng)
+
+
 class ListRecorder:
     def __init__(self):
         self.measurements, self.steps, self.evaluations = [], [], []
@@ -199,7 +236,7 @@ def test_ring_measurements_go_to_the_recorder_flagged_simulated():
 
 def test_names_are_validated():
     assert TASKS == ("digits-seq", "narma10") and RESERVOIRS == ("ring", "esn")
-    assert set(ESTIMATORS) == {"backprop", "node", "pgt", "spsa", "oracle"}
+    assert set(ESTIMATORS) == {"backprop", "node", "node-token", "pgt", "spsa", "oracle"}
     with pytest.raises(ValueError, match="allowed: ring, esn"):
         make_transformer_trainer("digits-seq", "node", "photonic", seed=0, budget=1)
     with pytest.raises(ValueError, match="allowed: digits-seq, narma10"):
