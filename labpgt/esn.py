@@ -38,6 +38,9 @@ class EchoStateReservoir:
     so the trainable current means something here too.
     """
 
+    #: the state carries from token to token: a kick of one token's knobs moves every later token
+    independent_nodes = False
+
     def __init__(
         self,
         n_tokens: int,

@@ -48,7 +48,7 @@ OPTIONS: dict[str, Option] = {
     "reservoir": Option(str, "ring", "transformer reservoir: the simulated ring (direct mode) or an echo-state "
                         "network", ("ring", "esn")),
     "estimator": Option(str, "node", "gradient estimator (backprop: transformer baseline only)",
-                        ("node", "pgt", "spsa", "oracle", "twin", "backprop")),
+                        ("node", "pgt", "spsa", "oracle", "twin", "backprop", "node-token")),
     "budget": Option(int, 20000, "training measurements to spend"),
     "seed": Option(int, 0, "seed of batches, perturbations and the embedded simulated ring"),
     "out": Option(str, "runs", "run file, or a directory for a new timestamped run file"),
@@ -144,7 +144,13 @@ def check_combination(config: dict, source: str = "experiment") -> dict:
                           f"direct mode, or an echo-state network); it takes no station")
     if config["model"] == "dense" and config["estimator"] == "backprop":
         raise ConfigError(f"{source}: estimator 'backprop' differentiates the reservoir and exists only for the "
-                          f"transformer baseline; allowed for the dense model: node, pgt, spsa, oracle")
+                          f"transformer baseline; allowed for the dense model: node, pgt, spsa, oracle, twin")
+    if config["model"] == "dense" and config["estimator"] == "node-token":
+        raise ConfigError(f"{source}: estimator 'node-token' credits each token of a sequence separately and exists "
+                          f"only for the transformer; allowed for the dense model: node, pgt, spsa, oracle, twin")
+    if config["model"] == "transformer" and config["estimator"] == "twin":
+        raise ConfigError(f"{source}: estimator 'twin' is for the dense model; allowed for the transformer: "
+                          f"node, node-token, pgt, spsa, oracle, backprop")
     return config
 
 
@@ -161,7 +167,7 @@ def config_to_toml(config: dict) -> str:
 def estimator_options(config: dict) -> dict:
     name = config["estimator"]
     opts = {}
-    if config["epsilon"] is not None and name in ("node", "pgt"):
+    if config["epsilon"] is not None and name in ("node", "pgt", "node-token"):
         opts["epsilon"] = config["epsilon"]
     if name == "pgt":
         if config["directions"] is not None:

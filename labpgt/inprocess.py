@@ -49,6 +49,7 @@ class RecordingReservoir:
         self.inner, self.recorder = reservoir, recorder
         self.n_inputs, self.n_features = reservoir.n_inputs, reservoir.n_features
         self.n_nodes = reservoir.n_nodes
+        self.independent_nodes = getattr(reservoir, "independent_nodes", False)
         if hasattr(reservoir, "noiseless"):
             self.noiseless = reservoir.noiseless
         if hasattr(reservoir, "vjp"):
@@ -102,8 +103,9 @@ def build_transformer(config: dict, progress=None, reservoir_override=None):
         eval_every=config["eval_every"], checkpoint_every=config["checkpoint_every"])
     if reservoir_override is not None:
         # the replayed reservoir answers with recorded features; the noise-free model the
-        # backprop and oracle estimators differentiate still comes from the simulated one
-        for name in ("noiseless", "vjp"):
+        # backprop and oracle estimators differentiate, and whether its tokens are separate
+        # measurements (node-token), still come from the simulated one
+        for name in ("noiseless", "vjp", "independent_nodes"):
             if hasattr(trainer.reservoir, name):
                 setattr(reservoir_override, name, getattr(trainer.reservoir, name))
         trainer.reservoir = reservoir_override

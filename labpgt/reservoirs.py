@@ -30,6 +30,10 @@ class ToyReservoir:
     noise_std is the Gaussian noise per feature (features are O(1)).
     """
 
+    #: each virtual node is its own measurement: a kick of one node's knobs changes only that
+    #: node's features (node-token credits each token separately only where this holds)
+    independent_nodes = True
+
     def __init__(
         self,
         n_nodes: int = 1,
@@ -80,6 +84,10 @@ class DirectRingReservoir:
     (center_hz defaults to the reference); current_a: the bias current the reference is taken at.
     recorder: optional Recorder receiving one record per measurement (settings, trace, features).
     """
+
+    #: each virtual node is its own measurement: a kick of one node's knobs changes only that
+    #: node's features (node-token credits each token separately only where this holds)
+    independent_nodes = True
 
     def __init__(
         self,

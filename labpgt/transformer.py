@@ -445,7 +445,6 @@ class TokenNodePerturbation:
 
     def estimate(self, model, reservoir, x, y, sample_index, step, rng):
         from .estimators import Estimate
-        from .reservoirs import DirectRingReservoir, ToyReservoir
 
         if self.epsilon > 1.0 - model.u_scale + 1e-12:
             raise ValueError(f"node-token epsilon {self.epsilon} must be <= 1 - u_scale = {1.0 - model.u_scale:.3g}")
@@ -455,7 +454,8 @@ class TokenNodePerturbation:
         batch = len(y)
         u, cache = model.encode(x)
         current = model.current_a()
-        nodes = reservoir.n_nodes if isinstance(reservoir, (DirectRingReservoir, ToyReservoir)) else 1
+        # per-token credit only where a token's kick moves only its own features
+        nodes = reservoir.n_nodes if getattr(reservoir, "independent_nodes", False) else 1
         kw = dict(current_a=current, kind="train", step=step, sample_index=sample_index)
         kicks, changes, clean = [], [], np.zeros((batch, reservoir.n_features))
         for j in range(self.n_directions):

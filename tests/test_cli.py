@@ -183,12 +183,16 @@ def test_train_on_the_alt_station_with_the_current_at_its_limit(tmp_path):
     assert evaluated.size and evaluated.max() <= 1.0 - 3e-3 + 1e-12
 
 
-@pytest.mark.parametrize("reservoir", ["esn", "ring"])
-def test_transformer_trains_records_every_evaluation_and_replays(tmp_path, reservoir):
+@pytest.mark.parametrize("reservoir, estimator", [("esn", "node"), ("ring", "node"), ("esn", "node-token"),
+                                                  ("ring", "node-token")])
+def test_transformer_trains_records_every_evaluation_and_replays(tmp_path, reservoir, estimator):
+    # node-token credits each ring token separately (independent measurements) and an echo-state
+    # sample as a whole: a replayed reservoir that forgot which it is would diverge at step 1
     from labpgt.runfile import RunReader
 
-    run = tmp_path / f"{reservoir}.h5"
+    run = tmp_path / f"{reservoir}-{estimator}.h5"
     code, out, err = run_cli("train", "--model", "transformer", "--task", "digits-seq", "--reservoir", reservoir,
+                             "--estimator", estimator,
                              "--budget", "4096", "--eval-every", "4", "--out", str(run), "--no-progress")
     assert code == 0, err
     with RunReader(run) as reader:
@@ -208,3 +212,7 @@ def test_transformer_options_that_do_not_fit_are_refused(capsys):
     assert "takes no station" in capsys.readouterr().err
     assert main(["train", "--estimator", "backprop"]) == 2
     assert "transformer baseline" in capsys.readouterr().err
+    assert main(["train", "--estimator", "node-token"]) == 2
+    assert "only for the transformer" in capsys.readouterr().err
+    assert main(["train", "--model", "transformer", "--estimator", "twin"]) == 2
+    assert "allowed for the transformer: node, node-token" in capsys.readouterr().err

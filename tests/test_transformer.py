@@ -279,3 +279,17 @@ def test_resume_from_a_checkpoint_continues_bit_for_bit(estimator):
     resumed.run()
     assert resumed.step == straight.step
     np.testing.assert_array_equal(resumed.model.params(), straight.model.params())
+
+
+def test_which_reservoirs_have_independent_tokens_survives_recording_and_replay():
+    # node-token's per-token credit depends on it; the recording and replay wrappers must carry it
+    from labpgt.esn import EchoStateReservoir
+    from labpgt.inprocess import RecordingReservoir
+    from labpgt.reservoirs import DirectRingReservoir, ToyReservoir
+
+    assert DirectRingReservoir.independent_nodes and ToyReservoir.independent_nodes
+    assert EchoStateReservoir.independent_nodes is False
+    toy = ToyReservoir(n_nodes=3, knobs_per_node=2, features_per_node=4, seed=0)
+    assert RecordingReservoir(toy).independent_nodes is True
+    esn = EchoStateReservoir(n_tokens=3, knobs_per_token=2, n_units=4, seed=0)
+    assert RecordingReservoir(esn).independent_nodes is False
