@@ -230,7 +230,7 @@ def main(argv=None) -> int:
             "test-split evaluations not counted); median over seeds, tuned defaults (`TRANSFORMER_DEFAULTS`). "
             "`backprop` is the baseline that differentiates the reservoir (echo-state: analytic VJP; ring: central "
             "differences of the noiseless simulated ring); `node`, `pgt` (as published, all parameters perturbed) "
-            "and `spsa` only measure; `node-token` (not in the default set) is node perturbation with the same "
+            "and `spsa` only measure; `node-token` (not in the benchmark's default set; `labpgt train --model transformer --estimator node-token`) is node perturbation with the same "
             "kicks whose credit reaches each token's knobs through that token's measured change of the features "
             "and the readout's exact gradient. Every method trains the same model (`MODEL_DEFAULTS`: since "
             "the concat head, per-token projections concatenated before the head, bias current fixed). "
