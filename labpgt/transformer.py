@@ -444,7 +444,7 @@ class TokenNodePerturbation:
         pass
 
     def estimate(self, model, reservoir, x, y, sample_index, step, rng):
-        from .estimators import Estimate
+        from .estimators import Estimate, _rademacher
 
         if self.epsilon > 1.0 - model.u_scale + 1e-12:
             raise ValueError(f"node-token epsilon {self.epsilon} must be <= 1 - u_scale = {1.0 - model.u_scale:.3g}")
@@ -459,7 +459,7 @@ class TokenNodePerturbation:
         kw = dict(current_a=current, kind="train", step=step, sample_index=sample_index)
         kicks, changes, clean = [], [], np.zeros((batch, reservoir.n_features))
         for j in range(self.n_directions):
-            delta = rng.integers(0, 2, size=u.shape) * 2.0 - 1.0
+            delta = _rademacher(rng, u.shape)
             f_plus = reservoir.measure(u + self.epsilon * delta, perturbation=Perturbation(j, +1), **kw)
             f_minus = reservoir.measure(u - self.epsilon * delta, perturbation=Perturbation(j, -1), **kw)
             kicks.append(delta)
