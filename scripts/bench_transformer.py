@@ -46,7 +46,8 @@ sys.path.insert(0, str(ROOT))
 from labpgt.transformer import TRANSFORMER_DEFAULTS, make_transformer_trainer  # noqa: E402
 
 METHODS = ("backprop", "node", "pgt", "spsa")
-EVALS_PER_SAMPLE_TOKEN = {"backprop": 1, "oracle": 1, "node": 2, "node-token": 2, "pgt": 2, "spsa": 2}
+EVALS_PER_SAMPLE_TOKEN = {"backprop": 1, "oracle": 1, "node": 2, "pgt": 2, "spsa": 2,
+                          "node-token": 2 * TRANSFORMER_DEFAULTS["node-token"]["options"].get("n_directions", 1)}
 CHECKPOINTS = (200_000, 500_000, 1_000_000, 2_000_000, 4_000_000)
 SECTION = "## Transformer with a reservoir layer"
 

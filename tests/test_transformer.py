@@ -133,7 +133,7 @@ def trainer(estimator, reservoir="esn", budget=1, **kw):
     return make_transformer_trainer("digits-seq", estimator, reservoir, seed=0, budget=budget, **kw)
 
 
-@pytest.mark.parametrize("estimator,cost_per_sample_token", [("node", 2), ("node-token", 2), ("backprop", 1),
+@pytest.mark.parametrize("estimator,cost_per_sample_token", [("node", 2), ("node-token", 4), ("backprop", 1),
                                                              ("oracle", 1), ("pgt", 2)])
 def test_exact_reservoir_evaluations_per_step(estimator, cost_per_sample_token):
     tr = trainer(estimator, batch_size=16)
