@@ -50,6 +50,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))  # _machine, when loaded by path
+
+from _machine import cpu_model  # noqa: E402
 
 from instruments.station import Station  # noqa: E402
 from labpgt.encoding import BandReadout, KnobEncoder  # noqa: E402
@@ -70,15 +73,7 @@ CURRENT_A = 1.8
 
 
 def machine() -> dict:
-    model = "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
+    return {"nproc": os.cpu_count(), "cpu_model": cpu_model(), "python": platform.python_version(),
             "platform": platform.platform(), "loadavg_at_start": os.getloadavg()}
 
 

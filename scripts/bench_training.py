@@ -60,6 +60,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))  # _machine, when loaded by path
+
+from _machine import cpu_model  # noqa: E402
 
 from labpgt.datasets import load  # noqa: E402
 from labpgt.trainer import DEFAULTS, make_trainer  # noqa: E402
@@ -383,15 +386,7 @@ def markdown(results: dict, budgets: list[int]) -> str:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version()}
+    return {"nproc": os.cpu_count(), "cpu": cpu_model(platform.processor() or "?"), "python": platform.python_version()}
 
 
 def main(argv=None) -> int:

@@ -42,6 +42,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))  # _machine, when loaded by path
+
+from _machine import cpu_model  # noqa: E402
 
 from labpgt.transformer import TRANSFORMER_DEFAULTS, make_transformer_trainer  # noqa: E402
 
@@ -132,15 +135,7 @@ def table(rows: list[dict]) -> str:
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"nproc {os.cpu_count()}, {cpu}, Python {platform.python_version()}, numpy {np.__version__}"
+    return f"nproc {os.cpu_count()}, {cpu_model('unknown CPU')}, Python {platform.python_version()}, numpy {np.__version__}"
 
 
 def write_docs(path: Path, intro: str, subsection: str, body: str) -> None:
