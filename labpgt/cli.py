@@ -191,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     insp = sub.add_parser("inspect", help="what a run file holds")
     insp.add_argument("run", help="run file (.h5)")
     insp.set_defaults(func=cmd_inspect)
+
+    from labpgt.study.cli import add_study_parser
+
+    add_study_parser(sub)
     return parser
 
 
