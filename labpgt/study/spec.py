@@ -146,7 +146,9 @@ def trial_name(overrides: dict, search_point: int | None = None) -> str:
     if search_point is not None:
         readable = f"search{search_point:04d}-seed{overrides['seed']}"
     else:
-        readable = "-".join(f"{k}{v}" for k, v in overrides.items())
+        # sorted (seed last): reordering keys in the study file must not rename the trials
+        keys = sorted(k for k in overrides if k != "seed") + ["seed"]
+        readable = "-".join(f"{k}{overrides[k]}" for k in keys)
     readable = re.sub(r"[^A-Za-z0-9.=_-]+", "_", readable)[:80]
     return f"{readable}-{digest}"
 
