@@ -260,3 +260,33 @@ def test_a_worker_lost_mid_trial_is_retried_and_the_run_resumes(tmp_path):
     with RunReader(run_file) as reader:
         assert reader.status == "completed"
         assert [h["status"] for h in reader.status_history()][:2] == ["running", "aborted"]
+
+
+def test_bench_training_trials_give_the_scripts_own_results(tmp_path, cluster):
+    """Trial kind "bench-training": bench_training's run_one on a worker; the same job run here
+    gives the same numbers (the runs are seeded)."""
+    from dask.distributed import Client
+
+    from labpgt.study.kinds import run_bench_training
+    from labpgt.study.runner import StudyRunner
+    from labpgt.study.summary import read_index
+
+    path = write(tmp_path / "s.toml", f"[study]\nkind = 'bench-training'\nout = '{tmp_path / 'out'}'\nseeds = [2]\n"
+                                      "[base]\nmethod = 'node'\nbudget = 320\nfinal_repeats = 1\n"
+                                      "[grid]\ncondition = ['default', 'noise3']\n")
+    study = load_study(path)
+    with Client(cluster) as client:
+        assert StudyRunner(study, client, report=lambda line: None).run() == 0
+    index = read_index(study.out)
+    for trial in study.trials():
+        stored = json.loads((study.out / "trials" / trial.name / "result.json").read_text())
+        here = run_bench_training(trial.experiment)
+        assert stored["curve"] == [list(point) for point in here["curve"]]
+        assert stored["final_accuracy"] == here["final_accuracy"]
+        assert index["trials"][trial.name]["final_test_accuracy"] == here["final_accuracy"]
+
+
+def test_a_bench_training_study_refuses_an_unknown_method(tmp_path):
+    path = write(tmp_path / "s.toml", "[study]\nkind = 'bench-training'\n[grid]\nmethod = ['node', 'adam']\n")
+    with pytest.raises(StudyError, match=r"'adam' is not allowed; allowed: oracle, node"):
+        load_study(path)

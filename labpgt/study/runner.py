@@ -24,8 +24,10 @@ from pathlib import Path
 
 from labpgt.study import summary as summary_mod
 from labpgt.study.options import config_to_toml
-from labpgt.study.spec import STUDY_OWNED, Study, Trial
-from labpgt.study.trial import RUN_FILE, STOP_TIMEOUT_S, TrialTask, run_file_state, run_trial, stop_children
+from labpgt.study.kinds import KINDS
+from labpgt.study.spec import Study, Trial
+from labpgt.study.trial import (RUN_FILE, STOP_TIMEOUT_S, TrialTask, direct_result_state, run_file_state, run_trial,
+                                stop_children)
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ def dask_client(workers: int, scheduler: str | None = None) -> Iterator:
 
 def trial_toml(trial: Trial) -> str:
     """The trial's experiment file: every option the study resolved, except those it owns."""
-    config = {k: v for k, v in trial.experiment.items() if k not in STUDY_OWNED}
+    config = {k: v for k, v in trial.experiment.items() if k not in KINDS["train"].owned}
     return config_to_toml(config)
 
 
@@ -87,9 +89,10 @@ class StudyRunner:
     # ------------------------------------------------------------------ bookkeeping
     def _entry(self, trial: Trial) -> dict:
         entry = self.index["trials"].setdefault(trial.name, {})
-        entry.update({"options": trial.overrides, "search_point": trial.search_point,
-                      "run_file": str(Path(TRIALS_FOLDER) / trial.name / RUN_FILE),
+        entry.update({"options": trial.overrides, "search_point": trial.search_point, "kind": trial.kind,
                       "station": trial.station})
+        if trial.kind == "train":
+            entry["run_file"] = str(Path(TRIALS_FOLDER) / trial.name / RUN_FILE)
         entry.setdefault("status", "pending")
         return entry
 
@@ -107,8 +110,12 @@ class StudyRunner:
         return max(1, sum(self.client.nthreads().values()))
 
     # ------------------------------------------------------------------ scheduling
+    def _state(self, trial: Trial) -> dict:
+        folder = self.trials_folder / trial.name
+        return run_file_state(folder / RUN_FILE) if trial.kind == "train" else direct_result_state(folder)
+
     def _already_done(self, trial: Trial) -> bool:
-        state = run_file_state(self.trials_folder / trial.name / RUN_FILE)
+        state = self._state(trial)
         if state["status"] != "completed":
             return False
         entry = self._entry(trial)
@@ -125,8 +132,9 @@ class StudyRunner:
             if station is not None and station in self.busy_stations:
                 continue  # this station's queue: wait for its trial in flight
             self.pending.remove(trial)
-            task = TrialTask(name=trial.name, folder=str(self.trials_folder / trial.name),
-                             config_toml=trial_toml(trial))
+            task = TrialTask(name=trial.name, folder=str(self.trials_folder / trial.name), kind=trial.kind,
+                             config_toml=trial_toml(trial) if trial.kind == "train" else "",
+                             job=trial.experiment)
             future = self.client.submit(run_trial, task, key=f"trial-{trial.name}-{time.time_ns()}", pure=False)
             self.in_flight[future] = trial
             if station is not None:
@@ -139,7 +147,7 @@ class StudyRunner:
         try:
             result = future.result()
         except Exception as exc:  # the task itself failed (e.g. every worker holding it was lost)
-            state = run_file_state(self.trials_folder / trial.name / RUN_FILE)
+            state = self._state(trial)
             result = {**state, "status": "failed" if state["status"] != "completed" else "completed",
                       "error": f"{type(exc).__name__}: {exc}"}
         self._record(trial, result)
@@ -295,6 +303,9 @@ class StudyRunner:
         for future, trial in self.in_flight.items():
             future.cancel()
             entry = self._entry(trial)
+            if trial.kind != "train":  # in-process: nothing to stop or resume; reruns from the start
+                entry["status"] = "pending"
+                continue
             state = _settled_state(self.trials_folder / trial.name / RUN_FILE)
             entry.update({k: v for k, v in state.items() if k not in ("writer_pid", "writer_host")})
             if state["status"] == "missing":

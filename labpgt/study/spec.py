@@ -44,7 +44,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from labpgt.study.options import OPTIONS, ConfigError, validated_experiment
+from labpgt.study.kinds import KINDS, TrialKind, TrialKindError
 
 
 class StudyError(ValueError):
@@ -52,13 +52,11 @@ class StudyError(ValueError):
 
 
 TABLES = ("study", "base", "grid", "variants", "search")
-STUDY_KEYS = ("out", "seeds", "workers")
+STUDY_KEYS = ("out", "seeds", "workers", "kind")
 SEARCH_KEYS = ("trials", "objective", "sampler", "seed", "space")
 #: what a search may optimise, and in which direction
 OBJECTIVES = {"final_test_accuracy": "maximize", "final_test_loss": "minimize"}
 SAMPLERS = ("tpe", "random")
-#: options the study owns: each trial's run file lives in the study folder, and no progress bar
-STUDY_OWNED = ("out", "progress")
 
 
 @dataclass(frozen=True)
@@ -93,12 +91,13 @@ class Trial:
     name: str
     overrides: dict
     experiment: dict
+    kind: str = "train"
     search_point: int | None = None
 
     @property
     def station(self) -> str | None:
         """The station file this trial measures through (None: the embedded simulator)."""
-        return self.experiment["station"]
+        return self.experiment.get("station")
 
 
 @dataclass
@@ -109,6 +108,7 @@ class Study:
     seeds: tuple[int, ...]
     workers: int | None
     base: dict
+    kind: TrialKind
     variants: list[dict] = field(default_factory=list)
     search: Search | None = None
 
@@ -122,11 +122,11 @@ class Study:
         overrides = {**variant, "seed": seed}
         source = f"{self.path} (trial {_describe(overrides)})"
         try:
-            experiment = validated_experiment({**self.base, **overrides, "progress": False}, source)
-        except ConfigError as exc:
+            experiment = self.kind.resolve({**self.base, **overrides}, source)
+        except TrialKindError as exc:
             raise StudyError(str(exc)) from None
         return Trial(name=trial_name(overrides, search_point), overrides=overrides, experiment=experiment,
-                     search_point=search_point)
+                     kind=self.kind.name, search_point=search_point)
 
     def stations(self) -> set[str]:
         """The station files the study's trials use (besides the embedded simulator)."""
@@ -169,10 +169,14 @@ def load_study(path, out: str | None = None) -> Study:
 
     settings = _table(path, data, "study")
     _only(path, "[study]", settings, STUDY_KEYS, "keys")
+    kind_name = settings.get("kind", "train")
+    if kind_name not in KINDS:
+        raise StudyError(f"{path}: [study] kind = {kind_name!r} is not allowed; allowed: {', '.join(KINDS)}")
+    kind = KINDS[kind_name]
     base = _table(path, data, "base")
-    _check_options(path, "[base]", base)
+    _check_options(path, kind, "[base]", base)
 
-    seeds = settings.get("seeds", [base.get("seed", OPTIONS["seed"].default)])
+    seeds = settings.get("seeds", [base.get("seed", 0)])
     if (not isinstance(seeds, list) or not seeds or len(set(map(repr, seeds))) != len(seeds)
             or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
         raise StudyError(f"{path}: [study] seeds = {seeds!r} is not allowed; allowed: a non-empty list of "
@@ -184,24 +188,24 @@ def load_study(path, out: str | None = None) -> Study:
     if not isinstance(folder, str) or not folder:
         raise StudyError(f"{path}: [study] out = {folder!r} is not allowed; allowed: a folder path (text)")
 
-    variants = _variants(path, data)
+    variants = _variants(path, kind, data)
     search = None
     if "search" in data:
         if "grid" in data or "variants" in data:
             raise StudyError(f"{path}: [search] cannot be combined with [grid] or [[variants]]; allowed: either a "
                              f"search or a grid/list of variants")
-        search = _search(path, data["search"], base)
+        search = _search(path, kind, data["search"])
     if "seed" in base and "seeds" in settings:
         raise StudyError(f"{path}: [base] seed and [study] seeds both given; allowed: one of them")
     study = Study(path=path, text=text, out=Path(folder), seeds=tuple(seeds), workers=workers, base=base,
-                  variants=variants, search=search)
+                  kind=kind, variants=variants, search=search)
     # every trial's experiment checked now, before anything runs (a search: the base and each bound)
     if search is None:
         study.trials()
     else:
         for dim in search.space:
             for value in (dim.choices or (dim.low, dim.high)):
-                study.trial({dim.name: _typed(dim.name, value)}, seeds[0])
+                study.trial({dim.name: _typed(kind, dim.name, value)}, seeds[0])
     return study
 
 
@@ -220,13 +224,14 @@ def _table(path, data: dict, name: str) -> dict:
     return table
 
 
-def _check_options(path, where: str, options: dict) -> None:
-    """Option names only (values are checked per trial, with the experiment's own rules)."""
-    unknown = [key for key in options if key not in OPTIONS]
+def _check_options(path, kind: TrialKind, where: str, options: dict) -> None:
+    """Option names only (values are checked per trial, with the trial kind's own rules)."""
+    names = kind.option_names()
+    unknown = [key for key in options if key not in names]
     if unknown:
         raise StudyError(f"{path}: {where} unknown option(s) {', '.join(map(repr, unknown))}; allowed: "
-                         f"{', '.join(k for k in OPTIONS if k not in STUDY_OWNED)}")
-    owned = [key for key in options if key in STUDY_OWNED]
+                         f"{', '.join(k for k in names if k not in kind.owned)}")
+    owned = [key for key in options if key in kind.owned]
     if owned:
         raise StudyError(f"{path}: {where} {owned[0]} is set by the study (each trial's run file goes to the study "
                          f"folder, without a progress bar); allowed: the other experiment options")
@@ -234,9 +239,9 @@ def _check_options(path, where: str, options: dict) -> None:
         raise StudyError(f"{path}: {where} seed is not allowed here; allowed: [study] seeds = [...]")
 
 
-def _variants(path, data: dict) -> list[dict]:
+def _variants(path, kind: TrialKind, data: dict) -> list[dict]:
     grid = _table(path, data, "grid")
-    _check_options(path, "[grid]", grid)
+    _check_options(path, kind, "[grid]", grid)
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise StudyError(f"{path}: [grid] {key} = {values!r} is not allowed; allowed: a non-empty list of values")
@@ -246,7 +251,7 @@ def _variants(path, data: dict) -> list[dict]:
         raise StudyError(f"{path}: variants must be a list of tables [[variants]], got {listed!r}")
     variants = []
     for i, variant in enumerate(listed):
-        _check_options(path, f"[[variants]] #{i + 1}", variant)
+        _check_options(path, kind, f"[[variants]] #{i + 1}", variant)
         both = sorted(set(variant) & set(grid))
         if both:
             raise StudyError(f"{path}: [[variants]] #{i + 1} sets {both[0]!r}, which [grid] varies too; allowed: "
@@ -255,11 +260,11 @@ def _variants(path, data: dict) -> list[dict]:
     return variants
 
 
-def _typed(name: str, value):
-    return float(value) if OPTIONS[name].type is float and isinstance(value, int) else value
+def _typed(kind: TrialKind, name: str, value):
+    return float(value) if kind.option_type(name) is float and isinstance(value, int) else value
 
 
-def _search(path, table, base: dict) -> Search:
+def _search(path, kind: TrialKind, table) -> Search:
     if not isinstance(table, dict):
         raise StudyError(f"{path}: 'search' must be a table [search], got {table!r}")
     _only(path, "[search]", table, SEARCH_KEYS, "keys")
@@ -280,12 +285,12 @@ def _search(path, table, base: dict) -> Search:
     if not isinstance(space, dict) or not space:
         raise StudyError(f"{path}: [search.space] is missing or empty; allowed: option = {{ low = ..., high = ... }} "
                          f"or option = {{ choices = [...] }}")
-    _check_options(path, "[search.space]", space)
+    _check_options(path, kind, "[search.space]", space)
     return Search(trials=trials, objective=objective, sampler=sampler, seed=seed,
-                  space=tuple(_dimension(path, name, spec) for name, spec in space.items()))
+                  space=tuple(_dimension(path, kind, name, spec) for name, spec in space.items()))
 
 
-def _dimension(path, name: str, spec) -> Dimension:
+def _dimension(path, kind: TrialKind, name: str, spec) -> Dimension:
     where = f"{path}: [search.space] {name}"
     allowed = "{ low = ..., high = ..., log = true|false, step = ... } or { choices = [...] }"
     if not isinstance(spec, dict):
@@ -295,16 +300,16 @@ def _dimension(path, name: str, spec) -> Dimension:
         choices = spec["choices"]
         if set(spec) != {"choices"} or not isinstance(choices, list) or not choices:
             raise StudyError(f"{where}: choices must be a non-empty list and alone; allowed: {allowed}")
-        return Dimension(name, choices=tuple(_typed(name, c) for c in choices))
-    kind = OPTIONS[name].type
-    if kind not in (int, float):
-        raise StudyError(f"{where}: a range needs a numeric option ({name} is {kind.__name__}); allowed: "
+        return Dimension(name, choices=tuple(_typed(kind, name, c) for c in choices))
+    number = kind.option_type(name)
+    if number not in (int, float):
+        raise StudyError(f"{where}: a range needs a numeric option ({name} is {number.__name__}); allowed: "
                          f"{{ choices = [...] }}")
     low, high, log, step = spec.get("low"), spec.get("high"), spec.get("log", False), spec.get("step")
     for key, value in (("low", low), ("high", high)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise StudyError(f"{where}.{key} = {value!r} is not allowed; allowed: a finite number")
-        if kind is int and not isinstance(value, int):
+        if number is int and not isinstance(value, int):
             raise StudyError(f"{where}.{key} = {value!r} is not allowed; allowed: a whole number ({name} is int)")
     if not low < high:
         raise StudyError(f"{where}: low = {low!r}, high = {high!r} is not allowed; allowed: low < high")
@@ -314,7 +319,7 @@ def _dimension(path, name: str, spec) -> Dimension:
         raise StudyError(f"{where}: log = true with low = {low!r} is not allowed; allowed: low > 0")
     if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0 or log):
         raise StudyError(f"{where}.step = {step!r} is not allowed; allowed: a positive number, without log")
-    return Dimension(name, low=_typed(name, low), high=_typed(name, high), log=log, step=step)
+    return Dimension(name, low=_typed(kind, name, low), high=_typed(kind, name, high), log=log, step=step)
 
 
 def default_workers() -> int:

@@ -36,6 +36,7 @@ RUN_FILE = "run.h5"
 CONFIG_FILE = "trial.toml"
 LOG_FILE = "train.log"
 ATTEMPTS_FILE = "attempts"
+RESULT_FILE = "result.json"  # in-process trials (no run file)
 #: how long a retried trial waits for the previous attempt's child to checkpoint and exit
 WRITER_EXIT_TIMEOUT_S = 120.0
 #: how long a stopped child may take to finish its step, checkpoint and mark its file aborted
@@ -53,6 +54,8 @@ class TrialTask:
     name: str
     folder: str
     config_toml: str
+    kind: str = "train"
+    job: dict | None = None
 
 
 def _die_with_parent() -> None:
@@ -130,6 +133,8 @@ def _count_attempt(folder: Path) -> int:
 def run_trial(task: TrialTask) -> dict:
     """Run (or resume, or skip) one trial; returns its status and figures, never raises for a
     trial that fails (the error is in the result, the study goes on)."""
+    if task.kind != "train":
+        return run_direct_trial(task)
     folder = Path(task.folder)
     folder.mkdir(parents=True, exist_ok=True)
     run_path = folder / RUN_FILE
@@ -172,6 +177,46 @@ def run_trial(task: TrialTask) -> dict:
         if state["status"] in ("missing", "running"):
             result["status"] = "failed"
     return result
+
+
+def direct_result_state(folder: Path) -> dict:
+    """Status and figures of an in-process trial from its result file ({"status": "missing"} without one)."""
+    path = folder / RESULT_FILE
+    if not path.exists():
+        return {"status": "missing"}
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        return {"status": "unreadable", "message": str(exc)}
+    curve = [[int(m), float(a), float(loss)] for m, a, loss in result["curve"]]
+    return {"status": "completed", "evaluations": curve, "final_test_accuracy": float(result["final_accuracy"]),
+            "final_test_loss": float(result["final_loss"]), "final_measurements": int(result["train_measurements"]),
+            "train_measurements": int(result["train_measurements"]), "divergent": bool(result["divergent"])}
+
+
+def run_direct_trial(task: TrialTask) -> dict:
+    """An in-process trial (a kind of labpgt.study.kinds other than train), run on this worker;
+    its whole result kept as JSON in the trial's folder (written atomically: present = complete)."""
+    from labpgt.study.kinds import run_bench_training
+
+    folder = Path(task.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    attempts = _count_attempt(folder)
+    base = {"name": task.name, "attempts": attempts, "worker_host": socket.gethostname(), "worker_pid": os.getpid()}
+    state = direct_result_state(folder)
+    if state["status"] == "completed":
+        return {**base, **state, "wall_s": 0.0, "action": "skipped"}
+    started = time.time()
+    try:
+        result = run_bench_training(task.job)
+    except Exception as exc:  # recorded with the trial, the study goes on
+        log.exception("trial %s failed", task.name)
+        return {**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "action": "started",
+                "wall_s": time.time() - started}
+    tmp = folder / (RESULT_FILE + ".tmp")
+    tmp.write_text(json.dumps(result, default=float))
+    os.replace(tmp, folder / RESULT_FILE)
+    return {**base, **direct_result_state(folder), "action": "started", "wall_s": time.time() - started}
 
 
 def _last_error(log_path: Path, exit_code: int) -> str:
