@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from _machine import cpu_model  # noqa: E402
@@ -48,9 +49,19 @@ def run_once(workers: int, trials: int, budget: int, scratch: Path, tag: str) ->
         raise RuntimeError(f"study with {workers} worker(s) exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     index = json.loads((out / "index.json").read_text())
     trial_walls = [entry["wall_s"] for entry in index["trials"].values()]
+    # the trials' span (first run file created to last one completed): the engine's parallel part,
+    # without the cluster's start and stop
+    from labpgt.runfile import RunReader
+
+    spans = []
+    for entry in index["trials"].values():
+        with RunReader(out / entry["run_file"]) as reader:
+            history = reader.status_history()
+            spans.append((history[0]["time_s"], history[-1]["time_s"]))
     accuracies = sorted(round(entry["final_test_accuracy"], 6) for entry in index["trials"].values())
     return {"workers": workers, "wall_s": wall_s, "load_1min_before": load_before,
             "load_1min_after": os.getloadavg()[0], "trial_wall_s_sum": sum(trial_walls),
+            "trials_span_s": max(end for _, end in spans) - min(start for start, _ in spans),
             "final_accuracies": accuracies}
 
 
@@ -76,6 +87,7 @@ def main(argv=None) -> int:
     per_repeat = [next(r["wall_s"] for r in runs if r["repeat"] == k and r["workers"] == 1)
                   / next(r["wall_s"] for r in runs if r["repeat"] == k and r["workers"] == 2)
                   for k in range(args.repeats)]
+    spans = {w: [r["trials_span_s"] for r in runs if r["workers"] == w] for w in (1, 2)}
     same_results = len({tuple(r["final_accuracies"]) for r in runs}) == 1
     summary = {
         "median_wall_s": {str(w): statistics.median(v) for w, v in walls.items()},
@@ -83,6 +95,8 @@ def main(argv=None) -> int:
         "max_wall_s": {str(w): max(v) for w, v in walls.items()},
         "speedup_of_medians": statistics.median(walls[1]) / statistics.median(walls[2]),
         "speedup_per_repeat": per_repeat,
+        "median_trials_span_s": {str(w): statistics.median(v) for w, v in spans.items()},
+        "trials_span_speedup_of_medians": statistics.median(spans[1]) / statistics.median(spans[2]),
         "load_1min": [r["load_1min_before"] for r in runs],
         "same_final_accuracies_in_every_run": same_results,
     }
@@ -101,7 +115,10 @@ def main(argv=None) -> int:
               f"{summary['max_wall_s'][str(w)]:7.1f}")
     print(f"speed-up (ratio of medians) {summary['speedup_of_medians']:.2f}x; per repeat "
           + ", ".join(f"{x:.2f}x" for x in per_repeat))
-    print(f"1-min load average before each run: " + ", ".join(f"{x:.1f}" for x in summary["load_1min"]))
+    print(f"trials' span (cluster start and stop left out), median: 1 worker "
+          f"{summary['median_trials_span_s']['1']:.1f} s, 2 workers {summary['median_trials_span_s']['2']:.1f} s: "
+          f"{summary['trials_span_speedup_of_medians']:.2f}x")
+    print("1-min load average before each run: " + ", ".join(f"{x:.1f}" for x in summary["load_1min"]))
     print(f"same final accuracies in every run (seeded): {same_results}")
     print(f"wrote {args.out}")
     return 0

@@ -257,16 +257,22 @@ class StudyRunner:
         if stations:
             self.report(f"station file(s) {', '.join(sorted(stations))}: their trials run one at a time (a queue)")
         if self.study.search is None:
-            for trial in self.study.trials():
-                self._entry(trial)
+            trials = self.study.trials()
+            for trial in trials:
+                self._entry(trial)["in_study"] = True
                 if self._already_done(trial):
                     continue
                 self.pending.append(trial)
+            # trials of an earlier version of the study file stay in the index (and on disk) but
+            # leave the summary
+            for name in set(self.index["trials"]) - {trial.name for trial in trials}:
+                self.index["trials"][name]["in_study"] = False
         else:
             self._setup_search()
         summary_mod.write_index(self.folder, self.index)
-        skipped = len(self.index["trials"]) - len(self.pending)
-        self.report(f"study {self.study.path}: {len(self.index['trials'])} trials known, {skipped} already completed; "
+        known = sum(entry.get("in_study", True) for entry in self.index["trials"].values())
+        skipped = known - len(self.pending)
+        self.report(f"study {self.study.path}: {known} trials known, {skipped} already completed; "
                     f"folder {self.folder}; {self._capacity()} worker thread(s)")
         interrupted = False
         try:

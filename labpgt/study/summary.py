@@ -62,7 +62,7 @@ def _short(value) -> str:
 def summarise(index: dict) -> list[dict]:
     """One row per method, in the order of first appearance in the index."""
     groups: dict[str, list[dict]] = {}
-    for entry in index["trials"].values():
+    for entry in current_trials(index).values():
         groups.setdefault(method_label(entry), []).append(entry)
     rows = []
     for label, entries in groups.items():
@@ -102,8 +102,13 @@ def table_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def current_trials(index: dict) -> dict:
+    """The trials of the study file as it is now (not those of an earlier version of it)."""
+    return {name: entry for name, entry in index["trials"].items() if entry.get("in_study", True)}
+
+
 def failures(index: dict) -> list[str]:
-    return [f"{name}: {entry.get('error', entry['status'])}" for name, entry in index["trials"].items()
+    return [f"{name}: {entry.get('error', entry['status'])}" for name, entry in current_trials(index).items()
             if entry["status"] == "failed"]
 
 
@@ -111,7 +116,7 @@ def accuracy_curves(index: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per method: a common grid of training measurements and each seed's test accuracy on it
     (the last evaluation at or before each mark; NaN before a run's first evaluation)."""
     groups: dict[str, list[list]] = {}
-    for entry in index["trials"].values():
+    for entry in current_trials(index).values():
         if entry.get("evaluations"):
             groups.setdefault(method_label(entry), []).append(entry["evaluations"])
     out = {}
