@@ -59,6 +59,9 @@ def dask_client(workers: int, scheduler: str | None = None) -> Iterator:
 def trial_toml(trial: Trial) -> str:
     """The trial's experiment file: every option the study resolved, except those it owns."""
     config = {k: v for k, v in trial.experiment.items() if k not in KINDS["train"].owned}
+    if config.get("station") is not None:
+        # relative to where the study was started (as for labpgt train), absolute for the workers
+        config["station"] = str(Path(config["station"]).resolve())
     return config_to_toml(config)
 
 
@@ -75,7 +78,7 @@ class _Point:
 class StudyRunner:
     def __init__(self, study: Study, client, report: Callable[[str], None] = log.info):
         self.study, self.client, self.report = study, client, report
-        self.folder = study.out
+        self.folder = study.out.resolve()  # absolute: workers need not share the driver's cwd
         self.trials_folder = self.folder / TRIALS_FOLDER
         self.index = summary_mod.read_index(self.folder)
         self.index["study_file"] = str(study.path)
