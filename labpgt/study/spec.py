@@ -5,6 +5,7 @@
 out = "studies/iris"          # the study folder (default: studies/<file stem>, beside the cwd)
 seeds = [0, 1, 2]             # every variant runs once per seed (default: the base's seed)
 workers = 2                   # local worker processes (default: the CPUs; --workers wins)
+kind = "train"                # train (labpgt train runs) | bench-training (labpgt/study/kinds.py)
 
 [base]                        # an experiment: the keys of `labpgt train --config`
 dataset = "iris"

@@ -245,7 +245,3 @@ def stop_children(timeout_s: float = STOP_TIMEOUT_S) -> list[int]:
             child.kill()
             child.wait()
     return [child.pid for child in children]
-
-
-def result_json(result: dict) -> str:
-    return json.dumps(result, sort_keys=True)
