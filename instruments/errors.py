@@ -9,6 +9,9 @@ from __future__ import annotations
 class InstrumentError(Exception):
     """Anything that went wrong talking to, or deciding about, an instrument."""
 
+    #: the station role concerned, where the error knows it (None: not known)
+    role: str | None = None
+
 
 class LinkError(InstrumentError):
     """The link to an instrument misbehaved (a garbled, truncated or unframed reply, a dropped

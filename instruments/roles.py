@@ -208,6 +208,11 @@ class Instrument:
     def resource(self) -> str:
         return getattr(self.transport, "resource", "?")
 
+    @property
+    def link_down(self) -> bool:
+        """Whether the transport knows its connection dropped (a reconnect is due)."""
+        return bool(getattr(self.transport, "link_down", False))
+
     def _io(self, operation, *command: str):
         if self._needs_clear or self._awaiting is not None:
             # a reply left unread (an abandoned second half) is dropped, never taken as this one's

@@ -15,13 +15,9 @@ never imports ``drivers`` itself.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import math
 import re
-import signal
-import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Optional
@@ -31,6 +27,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from .interrupts import held_while_safe
 from .errors import InstrumentError, LimitError, LinkError, NoAnswerError, StationFileError, TransportTimeout
 from .roles import CurrentSource, Instrument, SignalGenerator, SpectrumAnalyzer, unit_of
 
@@ -86,36 +83,6 @@ def resource_is_valid(resource: str) -> bool:
             port = match.groupdict().get("port")
             return port is None or 0 < int(port) < 65536
     return False
-
-
-@contextlib.contextmanager
-def _signals_deferred():
-    """Hold Ctrl-C and SIGTERM while the rig is made safe, then deliver them.
-
-    An impatient second Ctrl-C during the ramp down must not leave current in the magnet; the
-    signal is acted on once RF is off and the current is at zero.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-
-    def hold(signum, frame):
-        received.append(signum)
-        print("making the rig safe (RF off, current ramping to zero): please wait", file=sys.stderr, flush=True)
-
-    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if received:
-            handler = previous[received[0]]
-            if callable(handler):
-                handler(received[0], None)
-            elif handler == signal.SIG_DFL and received[0] == signal.SIGINT:
-                raise KeyboardInterrupt
 
 
 def _worth_another_try(exc: BaseException) -> bool:
@@ -396,7 +363,7 @@ class Station:
             ("spectrum_analyzer", "continuous sweep", lambda sa: sa.safe_state()),
         )
         problems = []
-        with _signals_deferred():
+        with held_while_safe():
             self._run_safe_steps(steps, skip, problems)
         return problems
 

@@ -8,16 +8,8 @@ import sys
 from pathlib import Path
 
 from instruments.errors import InstrumentError
-from labpgt import __version__
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM turned into an interrupt, so every ``with`` block leaves the rig safe and a run
-    file records the run as aborted (like Ctrl-C), not failed."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated(f"terminated by signal {signum}")
+from instruments.interrupts import Terminated, terminate_as_interrupt
+from labpgt import __version__, logs
 
 
 # --------------------------------------------------------------------------- sim serve
@@ -139,6 +131,9 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labpgt", description=__doc__)
     parser.add_argument("--version", action="version", version=f"labpgt {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more messages: -v progress notes, -vv every message on the wire (role, resource)")
+    parser.add_argument("--log-file", metavar="PATH", help="also write every message, wire trace included, to PATH")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser("sim", help="the simulated ring")
@@ -173,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--seed", type=int, default=0, help="seed of the embedded simulated ring")
     measure.set_defaults(func=cmd_measure)
 
-    from labpgt.experiment.run import add_train_arguments
+    from labpgt.experiment.options import add_train_arguments
 
     train = sub.add_parser("train", help="train the hybrid network through the ring")
     add_train_arguments(train)
@@ -197,9 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return args.func(args)
+        logs.configure(args.verbose, args.log_file)
+    except OSError as exc:
+        print(f"error: cannot write the log file {args.log_file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        with terminate_as_interrupt():
+            return args.func(args)
     except Terminated as exc:
         print(f"{exc}; the rig was left safe", file=sys.stderr)
         return 143
@@ -213,8 +213,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -626,13 +626,13 @@ class _Source:
         self.ramps.append(current_a)
 
 
-class _Faults:
-    def __init__(self):
-        self.rows, self.faults = [], []
-        self.n_measurements = 0
+from tests.test_physical import Rows  # noqa: E402 - one row-keeping recorder for the tests
 
-    def measurement(self, record):
-        self.rows.append(record)
+
+class _Faults(Rows):
+    def __init__(self):
+        super().__init__()
+        self.faults = []
 
     def fault(self, record):
         self.faults.append(record)
@@ -705,7 +705,7 @@ def test_pipelined_loop_sends_the_next_setting_before_reading_the_trace():
 
 
 def test_pipelined_a_trace_read_fault_takes_the_generator_reply_first_then_repeats_the_row():
-    from labpgt.reservoirs.station import FLAG_FAULT, FLAG_REPEATED
+    from labpgt.contracts import FLAG_FAULT, FLAG_REPEATED
     from drivers.transport import TIMEOUT
 
     settings = _pipelined_rig([], [])[2]
@@ -736,7 +736,7 @@ def test_pipelined_a_trace_read_fault_takes_the_generator_reply_first_then_repea
 
 
 def test_pipelined_a_generator_fault_in_flight_with_an_analyzer_fault_is_recovered_and_recorded_with_it():
-    from labpgt.reservoirs.station import FLAG_FAULT, FLAG_REPEATED
+    from labpgt.contracts import FLAG_FAULT, FLAG_REPEATED
     from drivers.transport import TIMEOUT
 
     settings = _pipelined_rig([], [])[2]
@@ -758,7 +758,7 @@ def test_pipelined_a_generator_fault_in_flight_with_an_analyzer_fault_is_recover
 
 
 def test_pipelined_a_failure_sending_the_next_setting_is_met_at_its_own_row():
-    from labpgt.reservoirs.station import FLAG_FAULT, FLAG_REPEATED
+    from labpgt.contracts import FLAG_FAULT, FLAG_REPEATED
     from drivers.transport import TIMEOUT
 
     settings = _pipelined_rig([], [])[2]

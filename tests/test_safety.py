@@ -68,8 +68,9 @@ def run_until(stage: str, server, tmp_path):
         elif stage == "sigint":
             sa.single_sweep = lambda: signal.raise_signal(signal.SIGINT)
         elif stage == "sigterm":
-            from labpgt.cli import _raise_terminated
-            previous = signal.signal(signal.SIGTERM, _raise_terminated)
+            from instruments.interrupts import terminate_as_interrupt
+            sigterm = terminate_as_interrupt()
+            sigterm.__enter__()
             sa.single_sweep = lambda: signal.raise_signal(signal.SIGTERM)
         elif stage == "failed instrument":
             server.instruments["spectrum_analyzer"].faults.set_rate("timeout", 1.0)
@@ -78,7 +79,7 @@ def run_until(stage: str, server, tmp_path):
             reservoir.measure(U, current_a=1.8, kind="train", step=1, sample_index=np.arange(3))
         finally:
             if stage == "sigterm":
-                signal.signal(signal.SIGTERM, previous)
+                sigterm.__exit__(None, None, None)
 
 
 @pytest.mark.parametrize("stage, error", [
