@@ -11,6 +11,7 @@ a :class:`LimitError` raised before anything is sent; nothing is ever clamped.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ from .errors import (
     NoAnswerError,
     TransportTimeout,
 )
+
+#: every message on the wire at DEBUG, with role and resource (``labpgt -vv`` or ``--log-file``)
+WIRE_LOG = logging.getLogger("instruments.wire")
 
 _UNIT_SUFFIXES = (("_dbm", "dBm"), ("_db", "dB"), ("_hz", "Hz"), ("_a", "A"), ("_v", "V"), ("_s", "s"))
 
@@ -218,7 +222,14 @@ class Instrument:
             # a reply left unread (an abandoned second half) is dropped, never taken as this one's
             self._clear_quietly()
         try:
-            return operation(*command)
+            if not WIRE_LOG.isEnabledFor(logging.DEBUG):  # the hot path pays one check
+                return operation(*command)
+            WIRE_LOG.debug("%s %s %s %s", self.role, self.resource, operation.__name__, " ".join(map(repr, command)))
+            reply = operation(*command)
+            if reply is not None:
+                shown = f"<{len(reply)} bytes>" if isinstance(reply, (bytes, bytearray)) else repr(reply)
+                WIRE_LOG.debug("%s %s reply %s", self.role, self.resource, shown)
+            return reply
         except TransportTimeout as timeout:
             self._clear_quietly()  # drop a half-delivered reply before the next exchange
             raise NoAnswerError(self.role, self.resource, timeout.seconds, timeout.detail) from timeout

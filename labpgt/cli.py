@@ -109,7 +109,11 @@ def cmd_report(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from labpgt.runfile.hdf5 import inspect
+    from labpgt.runfile import inspect
+
+    if not Path(args.run).is_file():
+        print(f"error: {args.run}: no such file", file=sys.stderr)
+        return 1
 
     text = inspect(args.run)
     print(text)

@@ -97,7 +97,7 @@ class Recorder(Protocol):
     """Receives everything a run produces. The HDF5 run file implements it; NullRecorder drops it.
 
     ``measurements_batch`` takes a batch of rows (arrays of one row per sample x node, scalars
-    shared by the batch: see ``labpgt.runfile.hdf5.RunFile.measurements_batch``).
+    shared by the batch: see ``labpgt.runfile.writer.RunFile.measurements_batch``).
     ``n_measurements`` is the number of measurement rows recorded so far (a fault names its row).
     """
 

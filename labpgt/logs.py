@@ -1,8 +1,8 @@
 """Logging for the command line: warnings on stderr by default, more with ``-v``, everything to ``--log-file``.
 
-Library code logs through ``logging.getLogger(__name__)`` and never prints. The transports log
-every message on the wire at DEBUG with role and resource (loggers under ``drivers``): ``-vv``
-or ``--log-file`` gives the wire trace a lab needs to debug a rig.
+Library code logs through ``logging.getLogger(__name__)`` and never prints. Every message on the
+wire is logged at DEBUG with role and resource (logger ``instruments.wire``): ``-vv`` or
+``--log-file`` gives the wire trace a lab needs to debug a rig.
 """
 from __future__ import annotations
 

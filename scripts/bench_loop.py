@@ -58,7 +58,7 @@ from instruments.station import Station  # noqa: E402
 from labpgt.reservoirs.encoding import BandReadout, KnobEncoder  # noqa: E402
 from labpgt.experiment.run import find_reference_hz  # noqa: E402
 from labpgt.reservoirs.station import StationReservoir  # noqa: E402
-from labpgt.runfile.hdf5 import RunFile  # noqa: E402
+from labpgt.runfile import RunFile  # noqa: E402
 import sim.clock  # noqa: E402
 from sim.server import SimServer  # noqa: E402
 

@@ -61,7 +61,7 @@ def run_once(measurements: int, seed: int, faults: str | None, workdir: Path, ti
     from labpgt.reservoirs.encoding import BandReadout, KnobEncoder
     from labpgt.experiment.run import OPTIONS, build_trainer, station_physical_layer
     from labpgt.reservoirs.station import FLAG_FAULT, FLAG_REPEATED, StationReservoir
-    from labpgt.runfile.hdf5 import RunFile, RunReader
+    from labpgt.runfile import RunFile, RunReader
     from sim.server import SimServer
 
     config = {name: opt.default for name, opt in OPTIONS.items()}

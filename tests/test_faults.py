@@ -9,7 +9,7 @@ from labpgt.reservoirs.encoding import BandReadout, KnobEncoder
 from labpgt.contracts import FLAG_FAULT, FLAG_OVERLOAD, FLAG_REPEATED
 from labpgt.reservoirs.station import StationReservoir
 from labpgt.reservoirs.recovery import MeasurementFailed
-from labpgt.runfile.hdf5 import RunFile, RunReader
+from labpgt.runfile import RunFile, RunReader
 from sim.faults import FaultSpecError, Faults, apply_spec, parse_spec
 from sim.instruments import SimKeysightMXG, SimRig
 from sim.server import SimServer

@@ -10,7 +10,7 @@ from labpgt.reservoirs.encoding import BandReadout, KnobEncoder
 from labpgt.contracts import NullRecorder, Perturbation
 from labpgt.contracts import FLAG_SIMULATED
 from labpgt.reservoirs.station import StationReservoir
-from labpgt.runfile.hdf5 import RunFile, RunReader
+from labpgt.runfile import RunFile, RunReader
 from labpgt.runfile.thread import RecorderThread
 
 from sim.server import SimServer

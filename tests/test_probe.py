@@ -11,7 +11,7 @@ import pytest
 
 import labpgt.experiment.probe as experiment
 from labpgt.cli import main
-from labpgt.runfile.hdf5 import Probe, RunFile, RunFileError, RunReader, inspect
+from labpgt.runfile import Probe, RunFile, RunFileError, RunReader, inspect
 
 P = 11  # trace points of the measurement rows in the hand-made files
 

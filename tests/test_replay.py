@@ -11,7 +11,7 @@ from labpgt.contracts import Perturbation
 from labpgt.experiment.replay import replay
 from labpgt.reservoirs.replay import RecordingExhausted, ReplayDivergence, ReplayReservoir
 from labpgt.reservoirs.direct import ToyReservoir
-from labpgt.runfile.hdf5 import RunFile, RunReader
+from labpgt.runfile import RunFile, RunReader
 
 NODES, FPN, P = 2, 4, 16
 ENCODER = KnobEncoder(n_nodes=NODES, reference_hz=2.0671e9)

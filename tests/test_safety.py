@@ -57,7 +57,7 @@ def run_until(stage: str, server, tmp_path):
                     return boom if name == "features" else getattr(readout, name)
             reservoir.readout = Broken()
         elif stage == "run-file write":
-            from labpgt.runfile.hdf5 import RunFile
+            from labpgt.runfile import RunFile
             run = RunFile.create(tmp_path / "r.h5", n_params=1, features_per_measurement=4, trace_points=401)
             run.measurements_batch = boom
             reservoir.recorder = run

@@ -43,11 +43,11 @@ PROBE_MIN_PROMINENCE_DB = 15.0
 def probe_sweep(station, current_a: float, span_hz: float = PROBE_SPAN_HZ, center_hz: float = PROBE_CENTER_HZ):
     """Probe sweep with RF off: the free-running line of the ring at ``current_a``.
 
-    Returns a :class:`labpgt.runfile.hdf5.Probe` with the sweep (axis, trace as read) and its settings,
+    Returns a :class:`labpgt.runfile.probe.Probe` with the sweep (axis, trace as read) and its settings,
     for the run file's /probe. The analyzer is left on the station's measurement window, centred
     on the found line.
     """
-    from labpgt.runfile.hdf5 import Probe
+    from labpgt.runfile import Probe
     from labpgt.reservoirs.spectra import strongest_peaks
 
     sa = station.spectrum_analyzer
@@ -86,7 +86,7 @@ def find_reference_hz(station, current_a: float, span_hz: float = PROBE_SPAN_HZ,
 def reference_probe(station, config: dict):
     """Where this run's reference frequency comes from: the configuration's ``reference_hz``
     (no sweep), or else a :func:`probe_sweep` at ``current_a``."""
-    from labpgt.runfile.hdf5 import Probe
+    from labpgt.runfile import Probe
 
     if config["reference_hz"] is not None:
         return Probe.from_config(config["reference_hz"])
@@ -96,7 +96,7 @@ def reference_probe(station, config: dict):
 def station_physical_layer(station, config: dict, probe=None) -> dict:
     """How knobs map onto this station and how its traces become features, as recorded in a run.
 
-    Takes the reference frequency from ``probe`` (a :class:`labpgt.runfile.hdf5.Probe`; by default
+    Takes the reference frequency from ``probe`` (a :class:`labpgt.runfile.probe.Probe`; by default
     :func:`reference_probe`: a sweep for the ring's free-running line unless ``reference_hz`` is
     set), then builds the encoder (detuning and power around that line, current within the
     station's limits), the readout (the station's analyzer window, ``bands`` bands) and the

@@ -1,6 +1,6 @@
 """A recorder's writes on a background thread, off the instruments' critical path.
 
-:class:`RecorderThread` wraps the run file (:class:`labpgt.runfile.hdf5.RunFile`), itself a
+:class:`RecorderThread` wraps the run file (:class:`labpgt.runfile.writer.RunFile`), itself a
 :class:`labpgt.contracts.Recorder`:
 
 * ``measurement`` and ``measurements_batch`` are queued and return at once; the queue is
