@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 
+from labpgt import logs
 from labpgt.cli import main
 
 
@@ -20,13 +21,12 @@ def test_log_file_holds_the_wire_trace_with_role_and_resource(tmp_path, capsys):
 
 def test_verbosity_sets_the_console_level(tmp_path):
     assert main(["-vv", "--log-file", str(tmp_path / "x.log"), "inspect", str(tmp_path / "missing.h5")]) == 1
-    console = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)
-               and not isinstance(h, logging.FileHandler)]
-    assert console and console[-1].level == logging.DEBUG
+    console = [h for h in logs._installed if not isinstance(h, logging.FileHandler)]
+    assert len(console) == 1 and console[0].level == logging.DEBUG
     assert main(["inspect", str(tmp_path / "missing.h5")]) == 1  # a missing file is an error
-    console = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)
-               and not isinstance(h, logging.FileHandler)]
+    console = [h for h in logs._installed if not isinstance(h, logging.FileHandler)]
     assert len(console) == 1 and console[0].level == logging.WARNING  # configured once per command
+    assert all(h in logging.getLogger().handlers for h in logs._installed)
 
 
 def test_an_unwritable_log_file_is_a_one_line_error(tmp_path, capsys):
