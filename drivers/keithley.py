@@ -28,6 +28,8 @@ class Keithley2400(SCPIInstrument, CurrentSource):
     """Keithley 2400 SourceMeter sourcing current (±1.05 A, compliance up to 210 V)."""
 
     instrument_ranges = {"current_a": (-1.05, 1.05), "compliance_v": (0.0, 210.0)}
+    identity_pattern = r"^KEITHLEY INSTRUMENTS( INC\.)?,\s*MODEL 2400\b"
+    model_family = "a Keithley 2400 SourceMeter"
 
     current_setpoint_a = control(":SOUR:CURR?", ":SOUR:CURR {:.6f}", limit="current_a",
                                  guard="_guard_setpoint_jump", doc="source current setpoint in A")
