@@ -75,8 +75,7 @@ def cmd_measure(args) -> int:
         sa.configure(center_hz=args.center if args.center is not None else args.frequency,
                      span_hz=args.span if args.span is not None else sa.span_hz,
                      rbw_hz=sa.rbw_hz, points=sa.points, reference_level_dbm=sa.reference_level_dbm)
-        sg.configure_cw(args.frequency, args.power)
-        sg.output_enabled = True
+        sg.enable_rf_at(args.frequency, args.power)  # the one RF switch: validated, read back, then on
         freqs, dbm = sa.measure()
     peaks = strongest_peaks(freqs, dbm, count=args.peaks)
     print(f"spectrum: {freqs[0] / 1e9:.6f}-{freqs[-1] / 1e9:.6f} GHz, {len(freqs)} points, "

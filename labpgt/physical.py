@@ -64,13 +64,19 @@ class StationReservoir:
         self.recovery = RecoveryPolicy()  # faults: recover, repeat if safe, record (labpgt/recovery.py)
         self._axis = (float(readout.freqs_hz[0]), float(readout.freqs_hz[-1]), int(readout.points))
         self._configure_analyzer()
+        self._switch_rf_on()
 
     def _configure_analyzer(self) -> None:
         sa = self.station.spectrum_analyzer
         sa.configure(center_hz=self.readout.center_hz, span_hz=self.readout.span_hz,
                      rbw_hz=self.readout.rbw_hz, points=self.readout.points,
                      reference_level_dbm=sa.reference_level_dbm)
-        self.station.signal_generator.output_enabled = True
+
+    def _switch_rf_on(self) -> None:
+        """RF on through the generator's one RF switch (instruments.roles.SignalGenerator.enable_rf),
+        at the encoder's rest setting (the reference line, the lowest power it uses), validated and
+        read back -- before the magnet first moves, so it never ramps under an unchecked drive."""
+        self.station.signal_generator.enable_rf_at(self.encoder.reference_hz, self.encoder.power_min_dbm)
 
     def set_current(self, current_a: float) -> None:
         """Ramp the bias magnet to ``current_a`` unless it is there already (once per step at most)."""

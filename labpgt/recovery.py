@@ -144,9 +144,9 @@ class RecoveryPolicy:
             if station.instruments[name].recover():
                 # a new connection: send again what this layer set up on the old one
                 if name == "spectrum_analyzer":
-                    reservoir._configure_analyzer()  # the window, and the generator's RF on
+                    reservoir._configure_analyzer()  # the window
                 elif name == "signal_generator":
-                    station.signal_generator.output_enabled = True
+                    reservoir._switch_rf_on()  # parked by the reconnect: RF on again, validated
         reservoir._current_a = None  # re-ramped from the read-back (no step: ramp_to reads it first)
 
     @staticmethod

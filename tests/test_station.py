@@ -332,16 +332,16 @@ def test_no_answer_names_role_resource_seconds_and_leaves_the_others_safe():
 def test_check_reports_identities_errors_and_the_safe_state():
     # a connected station: identities known, the queue read again, settings read back, made safe
     transports = scripted(
-        SG_CONNECT + [NO_ERR_K, (b"SOUR:FREQ?\n", b"+2.10000000000000E+09\n"), (b"SOUR:POW?\n", b"-6.0E+001\n"),
-                      *SG_SAFE, *SG_SAFE],
-        CS_CONNECT + [NO_ERR_RS, (b"CURR?\n", b"0.0\n"), (b"VOLT?\n", b"2.00000E+01\n"),
+        SG_CONNECT + [NO_ERR_K, *SG_SAFE,
+                      (b"SOUR:FREQ?\n", b"+2.10000000000000E+09\n"), (b"SOUR:POW?\n", b"-6.0E+001\n"), *SG_SAFE],
+        CS_CONNECT + [NO_ERR_RS,
                       (b"OUTP?\n", b"0\n"), (b"CURR 0.000000\n", None), OPC, NO_ERR_RS, (b"OUTP?\n", b"0\n"),
-                      *CS_READBACK,
+                      *CS_READBACK, (b"CURR?\n", b"0.0\n"), (b"VOLT?\n", b"2.00000E+01\n"),
                       (b"OUTP?\n", b"0\n"), (b"CURR 0.000000\n", None), OPC, NO_ERR_RS, (b"OUTP?\n", b"0\n"),
                       *CS_READBACK],
-        SA_CONNECT + [NO_ERR_K, (b"SENS:FREQ:STAR?\n", b"+1.99000000E+09\n"),
+        SA_CONNECT + [NO_ERR_K, *SA_SAFE, (b"SENS:FREQ:STAR?\n", b"+1.99000000E+09\n"),
                       (b"SENS:FREQ:STOP?\n", b"+2.01000000E+09\n"), (b"DISP:WIND:TRAC:Y:RLEV?\n", b"+0.0E+00\n"),
-                      *SA_SAFE, *SA_SAFE])
+                      *SA_SAFE])
     transports["current_source"].pairs[1] = (b"SYST:ERR?\n", b'-222,"Data out of range"\n')
     transports["current_source"].pairs.insert(2, NO_ERR_RS)
     with Station.from_text(STATION, "lab.toml", transports=transports, wait=Recorder()) as station:
