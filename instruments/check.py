@@ -56,13 +56,13 @@ class CheckTable:
     def __str__(self) -> str:
         failed = [row for row in self.rows if not row.ok]
         verdict = "OK" if self.ok else f"FAILED ({len(failed)} of {len(self.rows)} instruments)"
-        header = ("role", "resource", "identity", "model", "error queue", "output", "settings read back",
-                  "time", "result")
+        header = ("role", "driver", "resource", "identity", "model", "error queue", "output",
+                  "settings read back", "time", "result")
         table = [header]
         for row in self.rows:
             model = {True: "matches", False: "WRONG", None: "?"}[row.identity_ok]
             queue = "; ".join(f"{code} {message}" for code, message in row.errors) or "empty"
-            table.append((row.role, row.resource, row.identity or "-", model, queue, row.output,
+            table.append((row.role, row.driver, row.resource, row.identity or "-", model, queue, row.output,
                           row.settings_text(), f"{row.seconds:.2f} s", "ok" if row.ok else "FAIL"))
         widths = [max(len(str(line[i])) for line in table) for i in range(len(header))]
         lines = [f"station {self.name!r} ({self.source}): {verdict}"]
@@ -71,8 +71,10 @@ class CheckTable:
         for row in failed:
             for problem in row.problems or ["identity not read"]:
                 lines.append(f"{row.role}: {problem}")
-        if self.safe_report is not None:
-            lines.append(str(self.safe_report))
+        if self.safe_report is None:
+            lines.append("the rig's safe state was not read back")
+        elif not self.safe_report.safe:
+            lines.append("the rig is NOT in its safe state (see below)")
         return "\n".join(lines)
 
 
@@ -93,8 +95,9 @@ def _settings(instrument: Instrument) -> list[tuple[str, bool]]:
         return [setpoint, _within(instrument, "compliance_v", float(instrument.compliance_voltage_v),
                                   "compliance", "V")]
     if isinstance(instrument, SpectrumAnalyzer):
-        return [_within(instrument, "frequency_hz", float(instrument.start_hz), "start", "Hz"),
-                _within(instrument, "frequency_hz", float(instrument.stop_hz), "stop", "Hz"),
+        # the window is informative only: its centre is set by whoever measures, within the limits
+        window = f"window {float(instrument.start_hz):.6g}-{float(instrument.stop_hz):.6g} Hz"
+        return [(window, True),
                 _within(instrument, "reference_level_dbm", float(instrument.reference_level_dbm), "ref", "dBm")]
     return []
 
@@ -162,9 +165,8 @@ def check_station(station) -> CheckTable:
                 row.settings = _settings(instrument)
             except Exception as exc:  # noqa: BLE001
                 row.problems.append(f"reading the settings back failed: {type(exc).__name__}: {exc}")
-            # the analyzer's window is only informative (its centre is set by whoever measures)
             outside = [text for text, inside in row.settings if not inside]
-            if outside and row.role != "spectrum_analyzer":
+            if outside:
                 row.problems.append("outside the station's limits: " + ", ".join(outside))
         row.problems += [p for p in report.problems if p.startswith(row.role + ":")]
     if not was_connected:

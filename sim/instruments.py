@@ -238,6 +238,12 @@ class CoilLoad:
         self._t_hit = t + self.tau * math.log((asym - i_now) / (asym - self._target))
         return self._t_hit
 
+    def settle_now(self, t: float) -> None:
+        """The current has reached its target already (a rig found with current flowing)."""
+        self._i0 = self.final_current()
+        self._target = self._i0
+        self._t0 = self._t_hit = float(t)
+
     def final_current(self) -> float:
         if self._t_hit == math.inf:
             return math.copysign(self._vc / self.r, self._target - self._i0)

@@ -352,7 +352,7 @@ def test_check_reports_identities_errors_and_the_safe_state():
     assert cs.errors == [(-222, "Data out of range")] and not cs.ok
     assert cs.output == "output off, 0 A" and report.safe_report.safe
     text = str(report)
-    assert "N9020A" in text and "FAILED (1 of 3 instruments)" in text and "the rig was left safe" in text
+    assert "N9020A" in text and "FAILED (1 of 3 instruments)" in text and "-222 Data out of range" in text
     for t in transports.values():
         assert t.closed and not t.remaining
 
