@@ -454,6 +454,15 @@ class ScriptedTransport:
         self.closed = True
         self.assert_done()
 
+    def __enter__(self) -> "ScriptedTransport":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """Leaving the ``with`` block checks the script both ways: an exchange that never happened
+        fails here (unless the block already failed: that error is the news)."""
+        if exc_type is None:
+            self.assert_done()
+
 
 def block(payload: bytes, termination: bytes = b"\n") -> bytes:
     """Frame ``payload`` as an IEEE 488.2 definite-length block message (for tests and fakes)."""

@@ -453,7 +453,10 @@ class SimKeithley2400(_CurrentSourceBase):
         return self.mode
 
     def _curr(self, p, s):
-        self.i_set = number(one(p), "A", -self.I_MAX, self.I_MAX, default=0.0)
+        value = number(one(p), "A", -self.I_MAX, self.I_MAX, default=0.0)
+        if not self.i_range_auto and abs(value) > 1.05 * self.i_range * (1 + 1e-12):
+            raise SCPIError(-222)  # a fixed source range holds 105 % of its value
+        self.i_set = value
         self._apply()
 
     def _curr_q(self, p, s):

@@ -65,6 +65,15 @@ def test_scripted_transport_fails_on_a_wrong_command_and_on_leftovers():
         transport.query("*OPC?")
 
 
+def test_scripted_transport_as_a_context_manager_cannot_forget_the_leftover_check():
+    with pytest.raises(ScriptMismatch, match=r"1 scripted exchanges never happened, next: b'\*OPC\?\\n'"):
+        with ScriptedTransport([(b"OUTP:STAT 0\n", None), (b"*OPC?\n", b"1\n")]) as transport:
+            transport.write("OUTP:STAT 0")
+    with pytest.raises(ZeroDivisionError):  # an error inside the block is reported as itself
+        with ScriptedTransport([(b"*OPC?\n", b"1\n")]):
+            1 / 0
+
+
 def test_block_framing():
     payload = struct.pack("<3f", -1.0, -2.0, -3.0)
     assert block(payload) == b"#212" + payload + b"\n"
@@ -405,15 +414,49 @@ def test_fsv_peak_not_found_is_nan():
 
 
 # ====================================================================== Keithley 2400
-def test_keithley_init_selects_current_mode_and_reading_elements():
+def test_keithley_init_selects_current_mode_reading_elements_and_the_source_range():
     cs, t = connect(Keithley2400, [
         (b"*IDN?\n", b"KEITHLEY INSTRUMENTS INC.,MODEL 2400,1234567,C30\n"),
         (b":SOUR:FUNC?\n", b"VOLT\n"), (b":OUTP?\n", b"0\n"),
-        (b":SOUR:FUNC CURR;:FORM:ELEM VOLT,CURR\n", None), OPC, NO_ERROR_KEYSIGHT,
+        # the range set explicitly: autorange is lost when the 2400 goes to local
+        (b":SOUR:FUNC CURR;:FORM:ELEM VOLT,CURR;:SOUR:CURR:RANG:AUTO 0;:SOUR:CURR:RANG 1\n", None),
+        OPC, NO_ERROR_KEYSIGHT,
     ], KEITHLEY_LIMITS)
     assert cs.identify() == "KEITHLEY INSTRUMENTS INC.,MODEL 2400,1234567,C30"
     cs.initialize()
+    assert cs.limits["compliance_v"] == (0.0, 20.0)  # within the 21 V the 1 A range gives
     done(t)
+
+
+def test_keithley_small_currents_get_a_small_range_and_its_compliance():
+    limits = dict(KEITHLEY_LIMITS, current_a=[-0.01, 0.01], compliance_v=100.0)
+    with ScriptedTransport.for_driver(Keithley2400, [
+        (b":SOUR:FUNC?\n", b"CURR\n"), (b":OUTP?\n", b"0\n"),
+        (b":FORM:ELEM VOLT,CURR;:SOUR:CURR:RANG:AUTO 0;:SOUR:CURR:RANG 0.01\n", None), OPC, NO_ERROR_KEYSIGHT,
+        (b":SENS:VOLT:PROT 100.000\n", None), OPC, NO_ERROR_KEYSIGHT,
+    ]) as t:
+        cs = Keithley2400(t, limits=limits, station_file="test.toml")
+        cs.initialize()
+        cs.apply_compliance()  # 100 V: allowed on the 10 mA range
+
+
+def test_keithley_compliance_beyond_the_range_is_refused_at_load():
+    problems = Keithley2400.station_limit_problems(dict(KEITHLEY_LIMITS, compliance_v=210.0))
+    assert problems == [("compliance_v", "210 V exceeds the 21 V the Keithley 2400 gives on its 1 A source range "
+                         "(needed for current_a up to 1 A)", "at most 21 V with this current_a")]
+    assert Keithley2400.station_limit_problems(dict(KEITHLEY_LIMITS, current_a=[-0.1, 0.1],
+                                                    compliance_v=210.0)) == []
+
+
+def test_keithley_ramp_asks_the_output_state_once():
+    with ScriptedTransport.for_driver(Keithley2400, [
+        (b":OUTP?\n", b"1\n"), (b":MEAS:CURR?\n", b"+1.234000E+00,+1.000000E-01\n"),
+        (b":SOUR:CURR?\n", b"+1.000000E-01\n"),
+        (b":SOUR:CURR 0.150000\n", None), (b":SOUR:CURR 0.200000\n", None), OPC, NO_ERROR_KEYSIGHT,
+    ]) as t:
+        cs = Keithley2400(t, limits=KEITHLEY_LIMITS, station_file="test.toml")
+        cs.ramp_to(0.2)
+    assert t.sent.count(b":OUTP?\n") == 1
 
 
 def test_keithley_getters_setters_and_overflow():
