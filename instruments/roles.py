@@ -30,7 +30,7 @@ from .errors import (
 
 logger = logging.getLogger(__name__)
 
-_UNIT_SUFFIXES = (("_dbm", "dBm"), ("_db", "dB"), ("_hz", "Hz"), ("_a", "A"), ("_v", "V"), ("_s", "s"))
+_UNIT_SUFFIXES = (("_a_per_s", "A/s"), ("_dbm", "dBm"), ("_db", "dB"), ("_hz", "Hz"), ("_a", "A"), ("_v", "V"), ("_s", "s"))
 
 
 def unit_of(quantity: str) -> str:

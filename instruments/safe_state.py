@@ -34,8 +34,11 @@ class SafeStateReport:
     analyzer_continuous: Optional[bool] = None
     #: role -> resource, for the instructions
     resources: dict = field(default_factory=dict)
-    #: roles the station has (a role never connected has nothing to read back)
+    #: the station's roles
     roles: tuple = ()
+    #: roles that could not be asked (never connected, refused as the wrong model, or silent):
+    #: their state is unknown, never assumed
+    unreached: tuple = ()
     #: the safe steps that failed, as "<role>: <what> failed: <why>"
     problems: list = field(default_factory=list)
 
@@ -63,9 +66,13 @@ class SafeStateReport:
                 return yes if value else no
             return f"{value:.4g} {unit}".strip()
         parts = []
-        if "signal_generator" in self.roles:
+        if "signal_generator" in self.unreached:
+            parts.append("RF output UNKNOWN (the signal generator was not reached)")
+        elif "signal_generator" in self.roles:
             parts.append(f"RF output {show(self.rf_output)}")
-        if "current_source" in self.roles:
+        if "current_source" in self.unreached:
+            parts.append("current UNKNOWN (the current source was not reached)")
+        elif "current_source" in self.roles:
             parts.append(f"current {show(self.measured_current_a, 'A')} measured, set-point "
                          f"{show(self.current_setpoint_a, 'A')}, output {show(self.current_output)}")
         if "spectrum_analyzer" in self.roles and self.analyzer_continuous is not None:
@@ -79,7 +86,10 @@ class SafeStateReport:
             steps.append(f"switch the RF output of the signal generator at "
                          f"{self.resources.get('signal_generator', '?')} off")
         if not self._current_safe():
-            steps.append(f"ramp the current source at {self.resources.get('current_source', '?')} slowly to "
+            steps.append(f"check the current source at {self.resources.get('current_source', '?')}: if current "
+                         f"flows, ramp it slowly to 0 A, then switch its output off" if "current_source" in
+                         self.unreached else
+                         f"ramp the current source at {self.resources.get('current_source', '?')} slowly to "
                          f"0 A (the magnet is inductive: never switch it off with current flowing), then "
                          f"switch its output off")
         return steps

@@ -417,9 +417,10 @@ class Station:
         cs = self.instruments.get("current_source")
         if cs is not None:
             threshold = cs.zero_tolerance_a
+        unreached = tuple(role for role in self.roles if role not in self.instruments or role in skip)
         report = SafeStateReport(station=f"station {self.name!r}", threshold_a=threshold,
                                  resources={role: cfg.resource for role, cfg in self.roles.items()},
-                                 roles=tuple(self.instruments), problems=list(problems or []))
+                                 roles=tuple(self.roles), unreached=unreached, problems=list(problems or []))
         readings = (
             ("signal_generator", "rf_output", lambda sg: bool(sg.output_enabled)),
             ("current_source", "current_output", lambda cs: bool(cs.output_enabled)),
