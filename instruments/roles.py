@@ -233,13 +233,17 @@ class Instrument:
             self._clear_quietly()
         if self._drain_before_next:
             self._drain_stale_errors()
+        started = time.monotonic()
         try:
             return operation(*command)
         except TransportTimeout as timeout:
+            seconds = timeout.seconds
+            if getattr(self.transport, "link_down", False):  # refused or dropped: say how long it really took
+                seconds = round(time.monotonic() - started, 2)
             self._clear_quietly()  # drop a half-delivered reply before the next exchange
             # whatever the instrument queued meanwhile belongs to this timeout, not to the next setting
             self._drain_before_next = True
-            raise NoAnswerError(self.role, self.resource, timeout.seconds, timeout.detail) from timeout
+            raise NoAnswerError(self.role, self.resource, seconds, timeout.detail) from timeout
         except BaseException:
             # interrupted mid-exchange (Ctrl-C, a fault): a reply may still be on its way
             self._needs_clear = True
