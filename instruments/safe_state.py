@@ -86,8 +86,8 @@ class SafeStateReport:
             steps.append(f"switch the RF output of the signal generator at "
                          f"{self.resources.get('signal_generator', '?')} off")
         if not self._current_safe():
-            steps.append(f"check the current source at {self.resources.get('current_source', '?')}: if current "
-                         f"flows, ramp it slowly to 0 A, then switch its output off" if "current_source" in
+            steps.append(f"find the current source (the station names {self.resources.get('current_source', '?')}): "
+                         f"if current flows, ramp it slowly to 0 A, then switch its output off" if "current_source" in
                          self.unreached else
                          f"ramp the current source at {self.resources.get('current_source', '?')} slowly to "
                          f"0 A (the magnet is inductive: never switch it off with current flowing), then "

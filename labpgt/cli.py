@@ -230,7 +230,6 @@ def _exception_notes(exc: BaseException) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     from instruments.safe_state import REPORTS
 
-    _keep_working_directory_off_the_import_path()
     parser = build_parser()
     args = parser.parse_args(argv)
     first_report = len(REPORTS)
@@ -273,4 +272,5 @@ def _keep_working_directory_off_the_import_path() -> None:
 
 
 if __name__ == "__main__":
+    _keep_working_directory_off_the_import_path()
     sys.exit(main())

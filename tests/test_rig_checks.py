@@ -86,6 +86,16 @@ def test_python_m_labpgt_does_not_import_from_the_working_directory(tmp_path):
     assert not (tmp_path / "PWNED").exists()
 
 
+def test_installed_entry_point_drivers_are_found_by_name(monkeypatch):
+    from importlib import metadata
+
+    plugin = metadata.EntryPoint(name="acme:SG7", value="drivers.keysight:MXG", group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "_entry_points", lambda: {plugin.name: plugin})
+    assert registry.available("signal_generator")[-1] == "acme:SG7"
+    station = Station.from_text(edited('driver = "drivers.keysight:MXG"', 'driver = "acme:SG7"'), "bench.toml")
+    assert station.roles["signal_generator"].driver is MXG
+
+
 def test_registry_lists_the_shipped_drivers_per_role():
     assert registry.available("current_source")[:2] == ["drivers.kepco:BOP", "drivers.keithley:Keithley2400"]
     assert registry.resolve("drivers.keysight:MXG") is MXG
@@ -124,6 +134,20 @@ def test_check_with_swapped_addresses_reports_every_row_and_exits_1(tmp_path, ca
     assert "look swapped" in out
     assert "the rig was left safe" not in out + err  # the generator's state is unknown: not claimed
     assert "RF output UNKNOWN" in err and "Do by hand now: switch the RF output" in err
+
+
+def test_check_on_the_alt_flavour_names_a_swapped_current_source_and_analyzer():
+    with SimServer(seed=0, flavour="alt") as server:
+        cs, sa = server.resources["current_source"], server.resources["spectrum_analyzer"]
+        text = server.station_toml().replace(cs, "@CS@").replace(sa, cs).replace("@CS@", sa)
+        table = Station.from_text(text, "alt.toml").check()
+    sg_row, cs_row, sa_row = table.rows
+    assert sg_row.ok and sg_row.output == "RF off"
+    assert cs_row.identity.startswith("Rohde&Schwarz,FSV") and cs_row.identity_ok is False
+    assert "current_source and spectrum_analyzer look swapped in alt.toml" in cs_row.problems[0]
+    assert sa_row.identity.startswith("KEITHLEY") and not sa_row.ok
+    assert not table.ok and not table.safe_report.safe  # the current source was never reached
+    assert "current UNKNOWN (the current source was not reached)" in str(table.safe_report)
 
 
 def test_check_times_a_refusal_as_it_happened(tmp_path, capsys):
