@@ -227,3 +227,31 @@ def test_sim_serve_offers_the_unsafe_start_state():
     assert args.start_state == "unsafe"
     with pytest.raises(ValueError, match="allowed: reset, unsafe"):
         SimServer(start_state="dangerous")
+
+
+class _InterruptAfter:
+    """Stands in for the ramp's wall-clock wait: the operator presses Ctrl-C at the n-th step."""
+
+    def __init__(self, steps: int):
+        self.steps, self.waits = steps, 0
+
+    def __call__(self, seconds: float) -> None:
+        self.waits += 1
+        if self.waits == self.steps:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_during_the_start_up_ramp_leaves_the_magnet_ramped_down():
+    # real pacing against the virtual-clock simulator: the read-back lags the set-points just written
+    with SimServer(seed=0) as server:
+        text = server.station_toml().replace('pacing = "virtual"', 'pacing = "real"')
+        station = Station.from_text(text, "<ctrl-c>", wait=_InterruptAfter(10))
+        with pytest.raises(KeyboardInterrupt):
+            with station:
+                station.current_source.ramp_to(1.8)
+        source = server.instruments["current_source"]
+        drive = [i for _, i in source.drive_log]
+        assert max(drive) >= 0.45  # the magnet was energised to ten steps
+        assert source.output is False and source.i_set == 0.0
+        assert max(abs(a - b) for a, b in zip(drive, drive[1:])) <= 0.05 + 1e-9  # ramped down, never jumped
+        assert station.safe_report.safe
