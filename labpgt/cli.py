@@ -69,8 +69,8 @@ def cmd_check(args) -> int:
 def cmd_measure(args) -> int:
     import numpy as np
 
-    from labpgt.embedded import open_station
-    from labpgt.spectra import strongest_peaks
+    from labpgt.experiment.embedded import open_station
+    from labpgt.reservoirs.spectra import strongest_peaks
 
     with open_station(args.station, seed=args.seed) as (station, _):
         sg, cs, sa = station.signal_generator, station.current_source, station.spectrum_analyzer
@@ -92,7 +92,7 @@ def cmd_measure(args) -> int:
     for rank, peak in enumerate(peaks, 1):
         print(f"peak {rank}: {peak.frequency_hz / 1e9:.6f} GHz  {peak.power_dbm:7.2f} dBm")
     if args.plot:
-        from labpgt.plots import plot_trace
+        from labpgt.report.plots import plot_trace
 
         plot_trace(freqs, dbm, peaks, args.plot,
                    title=f"drive {args.frequency / 1e9:.4f} GHz, {args.power:g} dBm, {args.current:g} A")
@@ -102,19 +102,19 @@ def cmd_measure(args) -> int:
 
 # --------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
-    from labpgt.experiment import run_training
+    from labpgt.experiment.run import run_training
 
     return run_training(args, argv=sys.argv)
 
 
 def cmd_replay(args) -> int:
-    from labpgt.experiment import run_replay
+    from labpgt.experiment.run import run_replay
 
     return run_replay(args.run)
 
 
 def cmd_report(args) -> int:
-    from labpgt.report import report
+    from labpgt.report.summary import report
 
     out = args.out or str(Path(args.run).with_suffix("")) + "-report"
     for path in report(args.run, out):
@@ -123,7 +123,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from labpgt.runfile import inspect
+    from labpgt.runfile.hdf5 import inspect
 
     text = inspect(args.run)
     print(text)
@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--seed", type=int, default=0, help="seed of the embedded simulated ring")
     measure.set_defaults(func=cmd_measure)
 
-    from labpgt.experiment import add_train_arguments
+    from labpgt.experiment.run import add_train_arguments
 
     train = sub.add_parser("train", help="train the hybrid network through the ring")
     add_train_arguments(train)

@@ -64,8 +64,8 @@ sys.path.insert(0, str(ROOT / "scripts"))  # _machine, when loaded by path
 
 from _machine import cpu_model  # noqa: E402
 
-from labpgt.datasets import load  # noqa: E402
-from labpgt.trainer import DEFAULTS, make_trainer  # noqa: E402
+from labpgt.data.datasets import load  # noqa: E402
+from labpgt.training.trainer import DEFAULTS, make_trainer  # noqa: E402
 
 ESTIMATORS = ("oracle", "node", "twin", "spsa", "pgt")
 PEERS = ("cmaes", "ng-tbpsa", "ng-ngopt")
@@ -105,7 +105,7 @@ def peers_available() -> tuple[bool, str]:
 
 
 def make_reservoir(kind: str, seed: int, n_nodes: int, n_bands: int, noise_scale: float, drift: bool = False):
-    from labpgt.reservoirs import DirectRingReservoir, ToyReservoir
+    from labpgt.reservoirs.direct import DirectRingReservoir, ToyReservoir
 
     if kind == "toy":
         return ToyReservoir(n_nodes=n_nodes, features_per_node=n_bands, noise_std=0.05 * noise_scale, seed=seed)

@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT / "scripts"))  # _machine, when loaded by path
 
 from _machine import cpu_model  # noqa: E402
 
-from labpgt.transformer import TRANSFORMER_DEFAULTS, make_transformer_trainer  # noqa: E402
+from labpgt.models.transformer import TRANSFORMER_DEFAULTS, make_transformer_trainer  # noqa: E402
 
 METHODS = ("backprop", "node", "pgt", "spsa")
 EVALS_PER_SAMPLE_TOKEN = {"backprop": 1, "oracle": 1, "node": 2, "pgt": 2, "spsa": 2,

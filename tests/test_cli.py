@@ -119,7 +119,7 @@ def test_interrupted_run_resumes_to_the_same_final_parameters(tmp_path, estimato
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err  # aborted, not completed
-    from labpgt.runfile import RunReader
+    from labpgt.runfile.hdf5 import RunReader
 
     with RunReader(broken) as reader:
         assert reader.status == "aborted"
@@ -165,7 +165,7 @@ def test_train_on_the_alt_station_with_the_current_at_its_limit(tmp_path):
     """Windfreak over a pty, Keithley 2400 (1 A max), R&S FSV: the trained current stays inside."""
     from sim.server import SimServer
 
-    from labpgt.runfile import RunReader
+    from labpgt.runfile.hdf5 import RunReader
 
     with SimServer(seed=1, flavour="alt") as server:
         station = tmp_path / "alt.toml"
@@ -188,7 +188,7 @@ def test_train_on_the_alt_station_with_the_current_at_its_limit(tmp_path):
 def test_transformer_trains_records_every_evaluation_and_replays(tmp_path, reservoir, estimator):
     # node-token credits each ring token separately (independent measurements) and an echo-state
     # sample as a whole: a replayed reservoir that forgot which it is would diverge at step 1
-    from labpgt.runfile import RunReader
+    from labpgt.runfile.hdf5 import RunReader
 
     run = tmp_path / f"{reservoir}-{estimator}.h5"
     code, out, err = run_cli("train", "--model", "transformer", "--task", "digits-seq", "--reservoir", reservoir,

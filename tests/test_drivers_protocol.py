@@ -711,8 +711,8 @@ def _pipelined_rig(sg_pairs, sa_pairs):
     """MXG + X-Series on scripted transports sharing one journal, configured and warmed up."""
     from types import SimpleNamespace
 
-    from labpgt.encoding import BandReadout, KnobEncoder
-    from labpgt.physical import StationReservoir
+    from labpgt.reservoirs.encoding import BandReadout, KnobEncoder
+    from labpgt.reservoirs.station import StationReservoir
 
     journal = []
     sg_t = ScriptedTransport.for_driver(MXG, [  # RF on at the encoder's rest setting, read back first
@@ -776,7 +776,7 @@ def test_pipelined_loop_sends_the_next_setting_before_reading_the_trace():
 
 
 def test_pipelined_a_trace_read_fault_takes_the_generator_reply_first_then_repeats_the_row():
-    from labpgt.physical import FLAG_FAULT, FLAG_REPEATED
+    from labpgt.reservoirs.station import FLAG_FAULT, FLAG_REPEATED
     from drivers.transport import TIMEOUT
 
     settings = _pipelined_rig([], [])[2]
@@ -807,7 +807,7 @@ def test_pipelined_a_trace_read_fault_takes_the_generator_reply_first_then_repea
 
 
 def test_pipelined_a_generator_fault_in_flight_with_an_analyzer_fault_is_recovered_and_recorded_with_it():
-    from labpgt.physical import FLAG_FAULT, FLAG_REPEATED
+    from labpgt.reservoirs.station import FLAG_FAULT, FLAG_REPEATED
     from drivers.transport import TIMEOUT
 
     settings = _pipelined_rig([], [])[2]
@@ -829,7 +829,7 @@ def test_pipelined_a_generator_fault_in_flight_with_an_analyzer_fault_is_recover
 
 
 def test_pipelined_a_failure_sending_the_next_setting_is_met_at_its_own_row():
-    from labpgt.physical import FLAG_FAULT, FLAG_REPEATED
+    from labpgt.reservoirs.station import FLAG_FAULT, FLAG_REPEATED
     from drivers.transport import TIMEOUT
 
     settings = _pipelined_rig([], [])[2]

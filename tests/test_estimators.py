@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from labpgt.estimators import Oracle, make_estimator
-from labpgt.model import HybridModel
-from labpgt.reservoirs import ToyReservoir
+from labpgt.estimators.library import Oracle, make_estimator
+from labpgt.models.dense import HybridModel
+from labpgt.reservoirs.direct import ToyReservoir
 
 N_NODES, BATCH = 2, 8
 

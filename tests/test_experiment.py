@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from labpgt.cli import main
-from labpgt.experiment import OPTIONS, ConfigError, add_train_arguments, config_to_toml, parse_config_text, resolve
+from labpgt.experiment.run import OPTIONS, ConfigError, add_train_arguments, config_to_toml, parse_config_text, resolve
 
 
 def parse(*argv):

@@ -6,11 +6,11 @@ import collections
 import numpy as np
 import pytest
 
-from labpgt.encoding import BandReadout, KnobEncoder
-from labpgt.interfaces import Perturbation
-from labpgt.physical import FLAG_SIMULATED, StationReservoir
-from labpgt.runfile import RunFile, RunReader
-from labpgt.writer import RecorderThread
+from labpgt.reservoirs.encoding import BandReadout, KnobEncoder
+from labpgt.contracts import Perturbation
+from labpgt.reservoirs.station import FLAG_SIMULATED, StationReservoir
+from labpgt.runfile.hdf5 import RunFile, RunReader
+from labpgt.runfile.thread import RecorderThread
 
 from sim.server import SimServer
 

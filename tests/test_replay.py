@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from labpgt.encoding import KnobEncoder
-from labpgt.interfaces import Perturbation
-from labpgt.replay import RecordingExhausted, ReplayDivergence, ReplayReservoir, replay
-from labpgt.reservoirs import ToyReservoir
-from labpgt.runfile import RunFile, RunReader
+from labpgt.reservoirs.encoding import KnobEncoder
+from labpgt.contracts import Perturbation
+from labpgt.experiment.replay import RecordingExhausted, ReplayDivergence, ReplayReservoir, replay
+from labpgt.reservoirs.direct import ToyReservoir
+from labpgt.runfile.hdf5 import RunFile, RunReader
 
 NODES, FPN, P = 2, 4, 16
 ENCODER = KnobEncoder(n_nodes=NODES, reference_hz=2.0671e9)
@@ -116,15 +116,15 @@ def test_replay_reservoir_returns_recorded_features_and_checks_every_field(tmp_p
 
 
 def _trainer(reservoir, recorder, lr=0.02, budget=400):
-    from labpgt.datasets import load
-    from labpgt.trainer import make_trainer
+    from labpgt.data.datasets import load
+    from labpgt.training.trainer import make_trainer
 
     return make_trainer(load("iris"), "node", reservoir, seed=1, budget=budget, batch_size=8, lr=lr,
                         eval_every=2, checkpoint_every=3, recorder=recorder)
 
 
 def _record_training(path):
-    from labpgt.datasets import load  # noqa: F401 - fail early if the trainer's pieces are missing
+    from labpgt.data.datasets import load  # noqa: F401 - fail early if the trainer's pieces are missing
 
     probe = _trainer(ToyReservoir(n_nodes=NODES, features_per_node=FPN), None)
     shapes = {k: np.shape(v) for k, v in probe.opt_state.items()}

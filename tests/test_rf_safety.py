@@ -19,8 +19,8 @@ import pytest
 from instruments.errors import InstrumentError
 from instruments.station import Station
 from labpgt.cli import main
-from labpgt.encoding import BandReadout, KnobEncoder
-from labpgt.physical import StationReservoir
+from labpgt.reservoirs.encoding import BandReadout, KnobEncoder
+from labpgt.reservoirs.station import StationReservoir
 from sim.server import SimServer
 
 FREQUENCY_LIMITS_HZ = (1.9e9, 2.3e9)  # the simulated station's [signal_generator.limits]

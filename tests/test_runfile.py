@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from labpgt.runfile import (
+from labpgt.runfile.hdf5 import (
     BLOCK_ROWS, FORMAT_VERSION, RunFile, RunFileError, RunReader, _lookup3, clear_write_flags, inspect,
 )
 
@@ -191,7 +191,7 @@ def test_context_manager_marks_failed_and_close_is_idempotent(tmp_path):
 
 READER_SCRIPT = textwrap.dedent("""
     import json, sys, time
-    from labpgt.runfile import RunReader
+    from labpgt.runfile.hdf5 import RunReader
     r = RunReader(sys.argv[1])
     print("ready", r.n_measurements, flush=True)
     seen = [r.n_measurements]

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from instruments.station import Station
-from labpgt.encoding import BandReadout, KnobEncoder
-from labpgt.physical import StationReservoir
-from labpgt.recovery import MeasurementFailed
+from labpgt.reservoirs.encoding import BandReadout, KnobEncoder
+from labpgt.reservoirs.station import StationReservoir
+from labpgt.reservoirs.recovery import MeasurementFailed
 from sim.server import SimServer
 
 RAMP_STEP_A = 0.05  # the simulated station's ramp_step_a
@@ -57,7 +57,7 @@ def run_until(stage: str, server, tmp_path):
                     return boom if name == "features" else getattr(readout, name)
             reservoir.readout = Broken()
         elif stage == "run-file write":
-            from labpgt.runfile import RunFile
+            from labpgt.runfile.hdf5 import RunFile
             run = RunFile.create(tmp_path / "r.h5", n_params=1, features_per_measurement=4, trace_points=401)
             run.measurements_batch = boom
             reservoir.recorder = run

@@ -4,12 +4,12 @@ import json
 import numpy as np
 import pytest
 
-from labpgt.datasets import load
-from labpgt.estimators import make_estimator
-from labpgt.model import HybridModel
-from labpgt.optim import SGD, Adam, Chain, ClipByNorm
-from labpgt.reservoirs import ToyReservoir
-from labpgt.trainer import Trainer
+from labpgt.data.datasets import load
+from labpgt.estimators.library import make_estimator
+from labpgt.models.dense import HybridModel
+from labpgt.training.optim import SGD, Adam, Chain, ClipByNorm
+from labpgt.reservoirs.direct import ToyReservoir
+from labpgt.training.trainer import Trainer
 
 
 class ListRecorder:
@@ -153,8 +153,8 @@ def test_resume_from_a_run_file_checkpoint(tmp_path):
 def test_node_on_the_simulated_ring_learns_iris():
     """A short node run through the simulated ring (DirectRingReservoir, default noise, no drift)."""
     from sim import ring
-    from labpgt.reservoirs import DirectRingReservoir
-    from labpgt.trainer import make_trainer
+    from labpgt.reservoirs.direct import DirectRingReservoir
+    from labpgt.training.trainer import make_trainer
 
     res = DirectRingReservoir(ring.RingParams(drift_enabled=False), seed=0)
     tr = make_trainer(load("iris"), "node", res, seed=0, budget=8000, eval_every=0, checkpoint_every=0)
@@ -166,7 +166,7 @@ def test_node_on_the_simulated_ring_learns_iris():
 
 def test_direct_ring_reservoir_counts_replays_and_rejects():
     from sim import ring
-    from labpgt.reservoirs import DirectRingReservoir
+    from labpgt.reservoirs.direct import DirectRingReservoir
 
     res = DirectRingReservoir(ring.RingParams(drift_enabled=False), seed=3, n_nodes=2)
     u = np.random.default_rng(0).uniform(-0.9, 0.9, (5, res.n_inputs))
@@ -185,7 +185,7 @@ def test_direct_ring_reservoir_counts_replays_and_rejects():
 
 
 def test_defaults_build_every_estimator_and_fit_the_data():
-    from labpgt.trainer import DEFAULTS, make_trainer
+    from labpgt.training.trainer import DEFAULTS, make_trainer
 
     ds = load("iris")
     for name, d in DEFAULTS.items():

@@ -5,11 +5,11 @@ import inspect
 import numpy as np
 import pytest
 
-from labpgt.esn import EchoStateReservoir
-from labpgt.model import HybridModel
-from labpgt.reservoirs import ToyReservoir
-from labpgt.estimators import NodePerturbation
-from labpgt.transformer import (
+from labpgt.reservoirs.esn import EchoStateReservoir
+from labpgt.models.dense import HybridModel
+from labpgt.reservoirs.direct import ToyReservoir
+from labpgt.estimators.library import NodePerturbation
+from labpgt.models.transformer import (
     ESTIMATORS, FLAG_SIMULATED, RESERVOIRS, TASKS, Backprop, TokenNodePerturbation, TransformerModel,
     make_estimator, make_transformer_trainer, reservoir_vjp,
 )
@@ -283,9 +283,9 @@ def test_resume_from_a_checkpoint_continues_bit_for_bit(estimator):
 
 def test_which_reservoirs_have_independent_tokens_survives_recording_and_replay():
     # node-token's per-token credit depends on it; the recording and replay wrappers must carry it
-    from labpgt.esn import EchoStateReservoir
-    from labpgt.inprocess import RecordingReservoir
-    from labpgt.reservoirs import DirectRingReservoir, ToyReservoir
+    from labpgt.reservoirs.esn import EchoStateReservoir
+    from labpgt.experiment.inprocess import RecordingReservoir
+    from labpgt.reservoirs.direct import DirectRingReservoir, ToyReservoir
 
     assert DirectRingReservoir.independent_nodes and ToyReservoir.independent_nodes
     assert EchoStateReservoir.independent_nodes is False

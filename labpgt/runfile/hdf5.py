@@ -226,7 +226,7 @@ class Probe:
 def _checked_probe(probe: Probe) -> Probe:
     """Validate a probe before anything is written; arrays normalised to what is stored."""
     if not isinstance(probe, Probe):
-        raise ValueError(f"probe must be a labpgt.runfile.Probe, got {type(probe).__name__}")
+        raise ValueError(f"probe must be a labpgt.runfile.hdf5.Probe, got {type(probe).__name__}")
     if probe.reference_source not in PROBE_SOURCES:
         raise ValueError(f"probe reference_source {probe.reference_source!r} is not one of {PROBE_SOURCES}")
     if not np.isfinite(probe.reference_hz):
@@ -417,7 +417,7 @@ def _text_scalar(group, name, text):
 
 
 class RunFile:
-    """The run file writer; implements :class:`labpgt.interfaces.Recorder`.
+    """The run file writer; implements :class:`labpgt.contracts.Recorder`.
 
     Use :meth:`create` for a new run and :meth:`open_append` to resume one. Measurement rows
     are buffered in blocks of BLOCK_ROWS; :meth:`step`, :meth:`evaluation`, :meth:`checkpoint`,

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from labpgt import __version__
-from labpgt.interfaces import Perturbation
+from labpgt.contracts import Perturbation
 
-#: flags bit for simulated measurements (as in labpgt.physical)
+#: flags bit for simulated measurements (as in labpgt.reservoirs.station)
 FLAG_SIMULATED = 16
 
 
@@ -91,7 +91,7 @@ def build_transformer(config: dict, progress=None, reservoir_override=None):
     Nothing is recorded until :func:`attach_recorder`; replay passes its ReplayReservoir as
     ``reservoir_override``.
     """
-    from labpgt.transformer import make_transformer_trainer
+    from labpgt.models.transformer import make_transformer_trainer
 
     opts = {}
     if config["epsilon"] is not None and config["estimator"] in ("node", "pgt"):
@@ -116,7 +116,7 @@ def attach_recorder(trainer, run):
     """Send the trainer's steps and every reservoir evaluation (flagged simulated) to ``run``."""
     res = trainer.reservoir
     if hasattr(res, "encoder"):  # the direct ring records itself, traces included
-        from labpgt.transformer import SimulatedFlagRecorder
+        from labpgt.models.transformer import SimulatedFlagRecorder
 
         res.recorder = SimulatedFlagRecorder(run)
     else:
@@ -136,7 +136,7 @@ def layout_of(reservoir) -> dict:
 def encoder_from_layout(layout: dict):
     if "knobs_only" in layout:
         return KnobsOnly(**layout["knobs_only"])
-    from labpgt.encoding import KnobEncoder
+    from labpgt.reservoirs.encoding import KnobEncoder
 
     return KnobEncoder(**layout["encoder"])
 
@@ -144,7 +144,7 @@ def encoder_from_layout(layout: dict):
 def run_in_process(config: dict, run_path: Path, resume_state, argv, *, make_progress, stop_on_signal,
                    config_text: str) -> tuple[str, object]:
     """Train the transformer, recording to ``run_path``; returns (status, trainer)."""
-    from labpgt.runfile import RunFile
+    from labpgt.runfile.hdf5 import RunFile
 
     trainer = build_transformer(config)
     if resume_state is not None:

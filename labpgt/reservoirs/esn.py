@@ -1,6 +1,6 @@
 """A fixed random echo-state reservoir: the comparison reservoir for the transformer.
 
-It implements :class:`labpgt.interfaces.Reservoir`. A sample is a sequence of ``n_tokens``
+It implements :class:`labpgt.contracts.Reservoir`. A sample is a sequence of ``n_tokens``
 tokens with ``knobs_per_token`` knobs each (u [B, T*k], token-major). The state of
 ``n_units`` leaky tanh units runs across the tokens of one sample and starts from zero for
 every sample, so a token's features carry a fading memory of the tokens before it::
@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .encoding import check_knobs
-from .interfaces import Perturbation
+from labpgt.reservoirs.encoding import check_knobs
+from labpgt.contracts import Perturbation
 
 
 class EchoStateReservoir:

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .interfaces import KINDS, Perturbation
-from .runfile import RunReader
+from labpgt.contracts import KINDS, Perturbation
+from labpgt.runfile.hdf5 import RunReader
 
 
 class ReplayDivergence(RuntimeError):
@@ -42,7 +42,7 @@ def _bits(a) -> np.ndarray:
 def encoder_settings(encoder, u, current_a):
     """Adapter: (frequency_hz [B, V], power_dbm [B, V], current_a float) from an encoder.
 
-    Accepts :class:`labpgt.encoding.KnobEncoder` (``encode(u, current_a)`` -> dict of arrays) or
+    Accepts :class:`labpgt.reservoirs.encoding.KnobEncoder` (``encode(u, current_a)`` -> dict of arrays) or
     any object with ``settings(u, current_a)`` -> per sample, per node, a dict with
     frequency_hz, power_dbm, current_a.
     """
@@ -175,7 +175,7 @@ def encoder_from_metadata(metadata: dict):
     layout = metadata.get("physical_layer")
     if not layout:
         return None
-    from .encoding import KnobEncoder
+    from labpgt.reservoirs.encoding import KnobEncoder
 
     return KnobEncoder(**json.loads(layout)["encoder"])
 

@@ -20,8 +20,8 @@ from typing import Callable
 
 import numpy as np
 
-from .interfaces import NullRecorder
-from .optim import SGD, Adam, Chain, InverseTimeDecay, Transformation
+from labpgt.contracts import NullRecorder
+from labpgt.training.optim import SGD, Adam, Chain, InverseTimeDecay, Transformation
 
 
 class Trainer:
@@ -283,9 +283,9 @@ def make_trainer(dataset, estimator_name: str, reservoir, *, seed: int = 0, budg
                  batch_size: int | None = None, lr: float | None = None, estimator_options: dict | None = None,
                  model_options: dict | None = None, current_a: float = 1.8, **trainer_options) -> Trainer:
     """A Trainer wired with the tuned defaults above; every default can be overridden."""
-    from .estimators import make_estimator
-    from .model import HybridModel
-    from .optim import make_optimizer
+    from labpgt.estimators.library import make_estimator
+    from labpgt.models.dense import HybridModel
+    from labpgt.training.optim import make_optimizer
 
     if estimator_name not in DEFAULTS:
         raise ValueError(f"unknown estimator {estimator_name!r}; allowed: {', '.join(DEFAULTS)}")

@@ -24,7 +24,7 @@ import time
 
 from instruments.errors import InstrumentError, InstrumentReportedError, LimitError, NoAnswerError
 
-from .physical import FLAG_FAULT, FLAG_OVERLOAD, FLAG_REPEATED
+from labpgt.reservoirs.station import FLAG_FAULT, FLAG_OVERLOAD, FLAG_REPEATED
 
 ROLES = ("signal_generator", "current_source", "spectrum_analyzer")
 

@@ -17,10 +17,10 @@ The head sees every token's projection in its place (``pooling="concat"``, W_hea
 the earlier layout, which keeps only what the transformer wrote into the knobs about position.
 
 The tokens are the reservoir's virtual nodes: a sample with T tokens and k knobs per token is
-one u row of T*k knobs and T measurements. Parameter groups follow :mod:`labpgt.model`
+one u row of T*k knobs and T measurements. Parameter groups follow :mod:`labpgt.models.dense`
 (``before``, ``physical`` = the bias current, ``readout``), and :class:`TransformerModel`
-exposes exactly the interface :class:`~labpgt.model.HybridModel` exposes, so the estimators
-``pgt``, ``spsa``, ``node``, ``oracle`` and the :class:`~labpgt.trainer.Trainer` run unchanged.
+exposes exactly the interface :class:`~labpgt.models.dense.HybridModel` exposes, so the estimators
+``pgt``, ``spsa``, ``node``, ``oracle`` and the :class:`~labpgt.training.trainer.Trainer` run unchanged.
 
 Every layer has an exact manual backward pass (tests check each against finite differences).
 The reservoir is never differentiated in training, except by the ``backprop`` estimator
@@ -35,14 +35,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .interfaces import Perturbation
-from .model import GROUPS, FlatParameters, ParamSlot, softmax_cross_entropy
+from labpgt.contracts import Perturbation
+from labpgt.models.dense import GROUPS, FlatParameters, ParamSlot, softmax_cross_entropy
 
 TASKS = ("digits-seq", "narma10")
 RESERVOIRS = ("ring", "esn")
 ESTIMATORS = ("backprop", "node", "node-token", "pgt", "spsa", "oracle")
 
-FLAG_SIMULATED = 16  # the run file's flags bit for a simulated measurement (labpgt.physical)
+FLAG_SIMULATED = 16  # the run file's flags bit for a simulated measurement (labpgt.reservoirs.station)
 
 
 def _act(name: str):
@@ -338,7 +338,7 @@ def reservoir_vjp(reservoir, u: np.ndarray, current_a: float, grad_features: np.
             f"backprop needs a differentiable model of the reservoir (vjp or noiseless); {type(reservoir).__name__} "
             f"has neither (a real station cannot be backpropagated through)"
         )
-    from .reservoirs import DirectRingReservoir, ToyReservoir
+    from labpgt.reservoirs.direct import DirectRingReservoir, ToyReservoir
 
     batch = len(u)
     grad_u = np.empty_like(u)
@@ -393,7 +393,7 @@ class Backprop:
         pass
 
     def estimate(self, model, reservoir, x, y, sample_index, step, rng):
-        from .estimators import Estimate
+        from labpgt.estimators.library import Estimate
 
         if not hasattr(reservoir, "vjp") and self.fd_step > 1.0 - model.u_scale + 1e-12:
             raise ValueError(f"backprop fd_step {self.fd_step} must be <= 1 - u_scale = {1.0 - model.u_scale:.3g}")
@@ -444,7 +444,7 @@ class TokenNodePerturbation:
         pass
 
     def estimate(self, model, reservoir, x, y, sample_index, step, rng):
-        from .estimators import Estimate, _rademacher
+        from labpgt.estimators.library import Estimate, _rademacher
 
         if self.epsilon > 1.0 - model.u_scale + 1e-12:
             raise ValueError(f"node-token epsilon {self.epsilon} must be <= 1 - u_scale = {1.0 - model.u_scale:.3g}")
@@ -478,12 +478,12 @@ class TokenNodePerturbation:
 
 
 def make_estimator(name: str, **options):
-    """Any estimator of labpgt.estimators (pgt, spsa, node, oracle), ``backprop`` or ``node-token``."""
+    """Any estimator of labpgt.estimators.library (pgt, spsa, node, oracle), ``backprop`` or ``node-token``."""
     if name == "backprop":
         return Backprop(**options)
     if name == "node-token":
         return TokenNodePerturbation(**options)
-    from .estimators import make_estimator as make_library_estimator
+    from labpgt.estimators.library import make_estimator as make_library_estimator
 
     return make_library_estimator(name, **options)
 
@@ -581,7 +581,7 @@ def make_reservoir(kind: str, n_tokens: int, *, seed: int = 0, noise_scale: floa
     if kind == "ring":
         from sim.ring import RingParams
 
-        from .reservoirs import DirectRingReservoir
+        from labpgt.reservoirs.direct import DirectRingReservoir
 
         o = {**RING_DEFAULTS, **options}
         unknown = set(o) - {"n_bands", "drift", "encoding", "readout"}
@@ -594,7 +594,7 @@ def make_reservoir(kind: str, n_tokens: int, *, seed: int = 0, noise_scale: floa
             recorder=SimulatedFlagRecorder(recorder) if recorder is not None else None,
         )
     if kind == "esn":
-        from .esn import EchoStateReservoir
+        from labpgt.reservoirs.esn import EchoStateReservoir
 
         o = {**ESN_DEFAULTS, **options}
         o["noise_std"] = o["noise_std"] * noise_scale
@@ -615,9 +615,9 @@ def make_transformer_trainer(task: str, estimator: str, reservoir: str, *, seed:
     evaluations and checkpoints go to the recorder through the Trainer. Remaining keyword
     options go to the Trainer (eval_every, checkpoint_every, eval_batch_size, decay_steps).
     """
-    from .optim import Chain, InverseTimeDecay, make_optimizer
-    from .tasks import load_task
-    from .trainer import Trainer
+    from labpgt.training.optim import Chain, InverseTimeDecay, make_optimizer
+    from labpgt.data.tasks import load_task
+    from labpgt.training.trainer import Trainer
 
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}")

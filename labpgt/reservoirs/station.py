@@ -32,8 +32,8 @@ import time
 
 import numpy as np
 
-from .encoding import BandReadout, KnobEncoder
-from .interfaces import NullRecorder, Perturbation, Recorder
+from labpgt.reservoirs.encoding import BandReadout, KnobEncoder
+from labpgt.contracts import NullRecorder, Perturbation, Recorder
 
 #: flags written with every measurement (bitmask)
 FLAG_OVERLOAD = 1
@@ -60,7 +60,7 @@ class StationReservoir:
         self.measurements = 0
         self.flags_base = FLAG_SIMULATED if simulated else 0
         self._current_a: float | None = None
-        from .recovery import RecoveryPolicy  # (recovery imports this module's flags)
+        from labpgt.reservoirs.recovery import RecoveryPolicy  # (recovery imports this module's flags)
         self.recovery = RecoveryPolicy()  # faults: recover, repeat if safe, record (labpgt/recovery.py)
         self._axis = (float(readout.freqs_hz[0]), float(readout.freqs_hz[-1]), int(readout.points))
         self._configure_analyzer()
@@ -197,5 +197,5 @@ class StationReservoir:
 
 
 def _overloaded():
-    from .recovery import Overloaded
+    from labpgt.reservoirs.recovery import Overloaded
     return Overloaded("spectrum_analyzer: the sweep was overloaded")

@@ -200,8 +200,8 @@ def current_bounds(config: dict, station_limits_a: tuple[float, float]) -> tuple
 
 
 def build_trainer(config: dict, reservoir, recorder=None, progress=None, current_bounds_a=None):
-    from labpgt.datasets import load
-    from labpgt.trainer import make_trainer
+    from labpgt.data.datasets import load
+    from labpgt.training.trainer import make_trainer
 
     dataset = load(config["dataset"])
     trainer = make_trainer(
@@ -233,12 +233,12 @@ PROBE_MIN_PROMINENCE_DB = 15.0
 def probe_sweep(station, current_a: float, span_hz: float = PROBE_SPAN_HZ, center_hz: float = PROBE_CENTER_HZ):
     """Probe sweep with RF off: the free-running line of the ring at ``current_a``.
 
-    Returns a :class:`labpgt.runfile.Probe` with the sweep (axis, trace as read) and its settings,
+    Returns a :class:`labpgt.runfile.hdf5.Probe` with the sweep (axis, trace as read) and its settings,
     for the run file's /probe. The analyzer is left on the station's measurement window, centred
     on the found line.
     """
-    from labpgt.runfile import Probe
-    from labpgt.spectra import strongest_peaks
+    from labpgt.runfile.hdf5 import Probe
+    from labpgt.reservoirs.spectra import strongest_peaks
 
     sa = station.spectrum_analyzer
     station.signal_generator.output_enabled = False
@@ -276,7 +276,7 @@ def find_reference_hz(station, current_a: float, span_hz: float = PROBE_SPAN_HZ,
 def reference_probe(station, config: dict):
     """Where this run's reference frequency comes from: the configuration's ``reference_hz``
     (no sweep), or else a :func:`probe_sweep` at ``current_a``."""
-    from labpgt.runfile import Probe
+    from labpgt.runfile.hdf5 import Probe
 
     if config["reference_hz"] is not None:
         return Probe.from_config(config["reference_hz"])
@@ -286,13 +286,13 @@ def reference_probe(station, config: dict):
 def station_physical_layer(station, config: dict, probe=None) -> dict:
     """How knobs map onto this station and how its traces become features, as recorded in a run.
 
-    Takes the reference frequency from ``probe`` (a :class:`labpgt.runfile.Probe`; by default
+    Takes the reference frequency from ``probe`` (a :class:`labpgt.runfile.hdf5.Probe`; by default
     :func:`reference_probe`: a sweep for the ring's free-running line unless ``reference_hz`` is
     set), then builds the encoder (detuning and power around that line, current within the
     station's limits), the readout (the station's analyzer window, ``bands`` bands) and the
     trained current's bounds.
     """
-    from labpgt.encoding import BandReadout, KnobEncoder
+    from labpgt.reservoirs.encoding import BandReadout, KnobEncoder
 
     if probe is None:
         probe = reference_probe(station, config)
@@ -369,12 +369,12 @@ def _ring_params(config: dict):
 
 
 def run_training(args, argv=None) -> int:
-    from labpgt.embedded import open_station
-    from labpgt.encoding import BandReadout, KnobEncoder
-    from labpgt.physical import StationReservoir
-    from labpgt.recovery import MeasurementFailed
-    from labpgt.runfile import RunFile, RunReader
-    from labpgt.writer import RecorderThread
+    from labpgt.experiment.embedded import open_station
+    from labpgt.reservoirs.encoding import BandReadout, KnobEncoder
+    from labpgt.reservoirs.station import StationReservoir
+    from labpgt.reservoirs.recovery import MeasurementFailed
+    from labpgt.runfile.hdf5 import RunFile, RunReader
+    from labpgt.runfile.thread import RecorderThread
 
     resume_state = None
     if args.resume:
@@ -396,7 +396,7 @@ def run_training(args, argv=None) -> int:
         embedded = config["station"] is None
 
     if config["model"] == "transformer":
-        from labpgt.inprocess import run_in_process
+        from labpgt.experiment.inprocess import run_in_process
 
         status, trainer = run_in_process(config, run_path, resume_state, argv, make_progress=_progress_bar,
                                          stop_on_signal=_StopOnSignal, config_text=config_to_toml(config))
@@ -486,7 +486,7 @@ def _report_end(status: str, trainer, run_path) -> int:
 
 def _noiseless_twin(config: dict, encoder, readout):
     """The oracle's model: the embedded ring's physics, noise off (simulated stations only)."""
-    from labpgt.reservoirs import DirectRingReservoir
+    from labpgt.reservoirs.direct import DirectRingReservoir
 
     twin = DirectRingReservoir(_ring_params(config), seed=config["seed"], n_nodes=encoder.n_nodes,
                                encoding=encoder, readout=readout, current_a=config["current_a"])
@@ -527,9 +527,9 @@ def _restore_world(sim, state) -> None:
 
 def run_replay(path) -> int:
     """``labpgt replay RUN.h5``: rerun against the recorded measurements; 0 when bit for bit."""
-    from labpgt.encoding import BandReadout, KnobEncoder
-    from labpgt.replay import replay
-    from labpgt.runfile import RunReader
+    from labpgt.reservoirs.encoding import BandReadout, KnobEncoder
+    from labpgt.experiment.replay import replay
+    from labpgt.runfile.hdf5 import RunReader
 
     with RunReader(path) as reader:
         metadata = dict(reader.metadata)
@@ -537,7 +537,7 @@ def run_replay(path) -> int:
     config = {name: opt.default for name, opt in OPTIONS.items()}
     config.update(parse_config_text(metadata["experiment_toml"], f"{path} (experiment)"))
     if config["model"] == "transformer":
-        from labpgt.inprocess import build_transformer, encoder_from_layout
+        from labpgt.experiment.inprocess import build_transformer, encoder_from_layout
 
         def build_in_process(experiment_toml, reservoir, recorder):
             trainer = build_transformer(config, reservoir_override=reservoir)

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .interfaces import Perturbation
+from labpgt.contracts import Perturbation
 
 
 @dataclass

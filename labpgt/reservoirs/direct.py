@@ -1,11 +1,11 @@
-"""In-process reservoirs implementing :class:`labpgt.interfaces.Reservoir`.
+"""In-process reservoirs implementing :class:`labpgt.contracts.Reservoir`.
 
 - :class:`ToyReservoir`: a fixed random tanh map with Gaussian noise; milliseconds per batch,
   for tests of estimators and the trainer.
 - :class:`DirectRingReservoir`: the simulated magnonic ring (``sim.ring.Ring.spectra``)
   evaluated in-process and vectorised over the batch: the same physics and noise as the
-  simulated instruments, without the wire. Uses the same :class:`~labpgt.encoding.KnobEncoder`
-  and :class:`~labpgt.encoding.BandReadout` as the station reservoir.
+  simulated instruments, without the wire. Uses the same :class:`~labpgt.reservoirs.encoding.KnobEncoder`
+  and :class:`~labpgt.reservoirs.encoding.BandReadout` as the station reservoir.
 
 Virtual nodes: a sample's knobs hold ``n_nodes`` groups of knobs; each group is one
 measurement (one drive setting, one trace), and the sample's features are the concatenation
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .encoding import BandReadout, KnobEncoder, check_knobs
-from .interfaces import Perturbation
+from labpgt.reservoirs.encoding import BandReadout, KnobEncoder, check_knobs
+from labpgt.contracts import Perturbation
 
 
 class ToyReservoir:

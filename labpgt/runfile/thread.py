@@ -1,6 +1,6 @@
 """A recorder's writes on a background thread, off the instruments' critical path.
 
-:class:`RecorderThread` wraps a :class:`labpgt.interfaces.Recorder` (the run file):
+:class:`RecorderThread` wraps a :class:`labpgt.contracts.Recorder` (the run file):
 
 * ``measurement`` and ``measurements_batch`` are queued and return at once; the queue is
   bounded (``max_pending`` items) and a full queue makes the caller *wait* -- nothing is

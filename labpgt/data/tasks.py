@@ -1,6 +1,6 @@
 """Sequence tasks for the transformer with a reservoir layer. Shipped or generated; no downloads.
 
-``load_task(name)`` returns a :class:`SequenceDataset`: a :class:`labpgt.datasets.Dataset`
+``load_task(name)`` returns a :class:`SequenceDataset`: a :class:`labpgt.data.datasets.Dataset`
 (same fields, so the Trainer uses it unchanged) with the sequence layout added. ``x`` stays
 flat, [n, n_tokens * token_features], token-major (token t is ``x[:, t*F:(t+1)*F]``); the model
 reshapes it.
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .datasets import Dataset, load
+from labpgt.data.datasets import Dataset, load
 
 TASKS = ("digits-seq", "narma10")
 
