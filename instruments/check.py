@@ -110,7 +110,7 @@ def _output_text(role: str, report: SafeStateReport) -> tuple[str, bool]:
     if role == "current_source":
         measured = report.measured_current_a
         amps = "?" if measured is None else f"{measured:.3g} A"
-        safe = report.current_output is False and report._current_safe()
+        safe = report.current_output is False and report.current_safe()
         return f"output {word(report.current_output)}, {amps}", safe
     if role == "spectrum_analyzer":
         value = report.analyzer_continuous

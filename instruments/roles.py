@@ -26,6 +26,7 @@ from .errors import (
     LimitError,
     NoAnswerError,
     TransportTimeout,
+    WrongInstrumentError,
 )
 
 logger = logging.getLogger(__name__)
@@ -295,7 +296,10 @@ class Instrument:
         except TransportTimeout as timeout:
             raise NoAnswerError(self.role, self.resource, timeout.seconds, timeout.detail) from timeout
         self._needs_clear = False
-        self.identify()
+        identity = self.identify()
+        if not self.identity_matches(identity):  # another instrument answers at this address now
+            raise WrongInstrumentError(f"{self.role} at {self.resource} answers *IDN? as {identity!r} after "
+                                       f"reconnecting, but its driver expects {self.model_family or type(self).__name__}")
         self.errors()
         self._after_reconnect()
         return True

@@ -42,10 +42,10 @@ class SafeStateReport:
     #: the safe steps that failed, as "<role>: <what> failed: <why>"
     problems: list = field(default_factory=list)
 
-    def _rf_safe(self) -> bool:
+    def rf_safe(self) -> bool:
         return "signal_generator" not in self.roles or self.rf_output is False
 
-    def _current_safe(self) -> bool:
+    def current_safe(self) -> bool:
         if "current_source" not in self.roles:
             return True
         small = [value is not None and math.isfinite(value) and abs(value) <= self.threshold_a
@@ -55,7 +55,7 @@ class SafeStateReport:
     @property
     def safe(self) -> bool:
         """RF off, current output off, measured current and set-point below the threshold."""
-        return self._rf_safe() and self._current_safe()
+        return self.rf_safe() and self.current_safe()
 
     def measured(self) -> str:
         """The read-back, in words."""
@@ -82,10 +82,10 @@ class SafeStateReport:
     def by_hand(self) -> list[str]:
         """What the user must do at the bench when the read-back is not safe."""
         steps = []
-        if not self._rf_safe():
+        if not self.rf_safe():
             steps.append(f"switch the RF output of the signal generator at "
                          f"{self.resources.get('signal_generator', '?')} off")
-        if not self._current_safe():
+        if not self.current_safe():
             steps.append(f"find the current source (the station names {self.resources.get('current_source', '?')}): "
                          f"if current flows, ramp it slowly to 0 A, then switch its output off" if "current_source" in
                          self.unreached else

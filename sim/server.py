@@ -11,7 +11,9 @@
 ``SimServer`` starts a rig's instruments (daemon threads), exposes ``.resources`` (role ->
 resource string), ``.instruments`` (role -> simulated instrument, e.g. for ``faults``) and
 ``.station_toml()``. ``faults=`` takes a fault spec (``sim.faults``: a string or a ``[faults]``
-table), seeded from the server's seed unless the spec names its own. Stopping closes every socket and file descriptor and joins every thread.
+table), seeded from the server's seed unless the spec names its own. ``start_state="unsafe"``
+(or a dict) serves the instruments as a careless user left them, ``wire_log=True`` keeps every
+message received with the rig's state after it in ``.wire_log`` (both: ``sim.start_state``). Stopping closes every socket and file descriptor and joins every thread.
 """
 from __future__ import annotations
 
