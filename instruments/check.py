@@ -31,6 +31,8 @@ class CheckRow:
     output: str = "?"
     #: the settings read back, each with whether it lies in the limits
     settings: list = field(default_factory=list)
+    #: what the instrument was found in before anything was changed, in words ("" unknown)
+    found: str = ""
     seconds: float = 0.0
     problems: list = field(default_factory=list)
 
@@ -56,13 +58,14 @@ class CheckTable:
     def __str__(self) -> str:
         failed = [row for row in self.rows if not row.ok]
         verdict = "OK" if self.ok else f"FAILED ({len(failed)} of {len(self.rows)} instruments)"
-        header = ("role", "driver", "resource", "identity", "model", "error queue", "output",
+        header = ("role", "driver", "resource", "identity", "model", "error queue", "found", "output",
                   "settings read back", "time", "result")
         table = [header]
         for row in self.rows:
             model = {True: "matches", False: "WRONG", None: "?"}[row.identity_ok]
             queue = "; ".join(f"{code} {message}" for code, message in row.errors) or "empty"
-            table.append((row.role, row.driver, row.resource, row.identity or "-", model, queue, row.output,
+            table.append((row.role, row.driver, row.resource, row.identity or "-", model, queue, row.found or "-",
+                          row.output,
                           row.settings_text(), f"{row.seconds:.2f} s", "ok" if row.ok else "FAIL"))
         widths = [max(len(str(line[i])) for line in table) for i in range(len(header))]
         lines = [f"station {self.name!r} ({self.source}): {verdict}"]
@@ -102,6 +105,22 @@ def _settings(instrument: Instrument) -> list[tuple[str, bool]]:
     return []
 
 
+def _found_text(instrument, found) -> str:
+    """What the instrument was left in, with whether that was outside the limits (queries were made at connect)."""
+    if not found or instrument is None:
+        return ""
+    if "rf_output" in found:
+        if not found["rf_output"]:
+            return "RF off"
+        inside = all(_within(instrument, q, found[k], "", "")[1]
+                     for q, k in (("frequency_hz", "frequency_hz"), ("power_dbm", "power_dbm")))
+        return (f"RF ON at {found['frequency_hz']:.6g} Hz, {found['power_dbm']:.3g} dBm"
+                + ("" if inside else " (OUTSIDE the limits)"))
+    if not found["output"]:
+        return "output off"
+    return f"output ON, {found['measured_current_a']:.3g} A flowing (set-point {found['current_setpoint_a']:.3g} A)"
+
+
 def _output_text(role: str, report: SafeStateReport) -> tuple[str, bool]:
     def word(value):
         return "?" if value is None else ("on" if value else "off")
@@ -124,6 +143,7 @@ def check_station(station) -> CheckTable:
     from .station import ROLES  # (imported here: station.py imports this module)
 
     was_connected = bool(station.instruments)
+    station.record_found_state = True  # what each instrument was left in, read before it is changed
     table = CheckTable(station.name, station.source, [])
     silent: list[str] = []
     for role in ROLES:
@@ -149,6 +169,7 @@ def check_station(station) -> CheckTable:
         finally:
             station._failed_role = None
             row.seconds = time.monotonic() - started
+            row.found = _found_text(station.instruments.get(role), station.found_states.get(role))
         if row.errors:
             row.problems.append("error queue held entries at connect: "
                                 + "; ".join(f"{code} {message!r}" for code, message in row.errors))

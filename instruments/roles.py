@@ -553,12 +553,13 @@ class SignalGenerator(Instrument):
         p_low, p_high = self.limits.get("power_dbm", (self.parking_power_floor_dbm,) * 2)
         return 0.5 * (f_low + f_high), min(p_high, max(p_low, self.parking_power_floor_dbm))
 
-    def park(self) -> tuple[float, float]:
+    def park(self, *, rf_already_off: bool = False) -> tuple[float, float]:
         """The known state: RF off, then the parking setting applied and read back inside the limits.
 
-        Run at connect (whatever state the generator was left in) and after a reconnect. Returns
-        the (Hz, dBm) read back."""
-        self.safe_state()
+        Run at connect (whatever state the generator was left in; the station switches RF off
+        first thing, ``rf_already_off``) and after a reconnect. Returns the (Hz, dBm) read back."""
+        if not rf_already_off:
+            self.safe_state()
         frequency_hz, power_dbm = self.parking_setting()
         self.configure_cw(frequency_hz, power_dbm)
         read_hz, read_dbm = float(self.frequency_hz), float(self.power_dbm)

@@ -117,6 +117,15 @@ def _signals_deferred():
                 raise KeyboardInterrupt
 
 
+def _found_state(instrument) -> dict:
+    """What an instrument was left in, read before anything is changed (queries only)."""
+    if isinstance(instrument, SignalGenerator):
+        return {"rf_output": bool(instrument.output_enabled), "frequency_hz": float(instrument.frequency_hz),
+                "power_dbm": float(instrument.power_dbm)}
+    return {"output": bool(instrument.output_enabled), "current_setpoint_a": float(instrument.current_setpoint_a),
+            "measured_current_a": float(instrument.measured_current_a)}
+
+
 def _worth_another_try(exc: BaseException) -> bool:
     """Link faults are; an instrument's own refusal, a limit or an interrupt are not."""
     if isinstance(exc, (NoAnswerError, LinkError)):
@@ -171,6 +180,7 @@ class Station:
         self.instruments: dict[str, Instrument] = {}
         self.identities: dict[str, str] = {}
         self.connect_errors: dict[str, list[tuple[int, str]]] = {}
+        self.found_states: dict[str, dict] = {}
         self.name, self.pacing, self.roles = self._validate(config, dict(resources or {}))
 
     # ------------------------------------------------------------------ loading
@@ -319,16 +329,25 @@ class Station:
                                               if "," in identity else identity)
             instrument._apply_station_limits(cfg.limits)
         self.connect_errors[role] = instrument.errors()  # left over from before we connected
+        if isinstance(instrument, SignalGenerator):
+            if self.record_found_state:
+                self.found_states[role] = _found_state(instrument)
+            instrument.safe_state()  # RF off first, whatever state it was left in
         instrument.initialize()
         if isinstance(instrument, SignalGenerator):
-            instrument.park()  # RF off and a setting inside the limits, whatever state it was left in
+            instrument.park(rf_already_off=True)  # a setting inside the limits, read back
         if isinstance(instrument, CurrentSource):
+            if self.record_found_state:
+                self.found_states[role] = _found_state(instrument)
             instrument.apply_compliance()
         if isinstance(instrument, SpectrumAnalyzer) and cfg.settings:
             instrument.configure(**{k: (int(v) if k == "points" else float(v)) for k, v in cfg.settings.items()})
         self._failed_role = None
 
     _failed_role: Optional[str] = None
+    #: labpgt check sets it: ``found_states`` then holds, per role, what the instrument was left in
+    record_found_state = False
+
 
     def _check_identity(self, cfg: RoleConfig, identity: str) -> None:
         """Refuse an instrument that answers as another model than its driver expects (nothing but the

@@ -150,6 +150,17 @@ def test_check_on_the_alt_flavour_names_a_swapped_current_source_and_analyzer():
     assert "current UNKNOWN (the current source was not reached)" in str(table.safe_report)
 
 
+def test_check_reports_what_the_rig_was_found_in_and_leaves_it_safe(capsys):
+    with SimServer(seed=0, start_state="unsafe") as server:
+        table = Station.from_text(server.station_toml(), "found.toml").check()
+        source = server.instruments["current_source"]
+        assert source.output is False and source.i_set == 0.0
+    sg, cs, _ = table.rows
+    assert sg.found == "RF ON at 2.6e+09 Hz, 19 dBm (OUTSIDE the limits)" and sg.output == "RF off"
+    assert cs.found == "output ON, 1.5 A flowing (set-point 1.5 A)" and cs.output == "output off, 0 A"
+    assert table.ok and table.safe_report.safe
+
+
 def test_check_times_a_refusal_as_it_happened(tmp_path, capsys):
     import socket
 

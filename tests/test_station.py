@@ -49,9 +49,10 @@ NO_ERR_RS = (b"SYST:ERR?\n", b'0,"No error"\n')
 
 SG_CONNECT = [
     (b"*IDN?\n", b"Agilent Technologies, N5181A, MY50140000, A.01.20\n"), NO_ERR_K,
-    (b"OUTP:MOD OFF\n", None), OPC, NO_ERR_K,
-    # parked whatever state it was left in: RF off, then the middle of the band at the lowest power, read back
+    # RF off first thing, whatever state it was left in; then the vendor set-up; then parked: the
+    # middle of the band at the lowest power, read back
     (b"OUTP:STAT 0\n", None), OPC, NO_ERR_K,
+    (b"OUTP:MOD OFF\n", None), OPC, NO_ERR_K,
     (b"SOUR:FREQ 2100000000.00;:SOUR:POW -60.00;*OPC?;:SYST:ERR?\n", b'1;+0,"No error"\n'),
     (b"SOUR:FREQ?\n", b"+2.10000000000000E+09\n"), (b"SOUR:POW?\n", b"-6.00000000E+001\n"),
 ]
