@@ -62,6 +62,10 @@ class NoAnswerError(InstrumentError, TimeoutError):
         super().__init__(f"no answer from {role} at {resource} after {seconds:g} s" + (f" ({detail})" if detail else ""))
 
 
+class WrongInstrumentError(InstrumentError):
+    """The instrument at a role's address identifies as another model than its driver expects."""
+
+
 class InstrumentReportedError(InstrumentError):
     """The instrument's error queue held entries: ``entries`` is a list of (code, message)."""
 

@@ -26,7 +26,8 @@ def cmd_sim_serve(args) -> int:
             faults = tomllib.loads(Path(faults).read_text()).get("faults", {})
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"{args.faults}: not valid TOML: {exc}") from None
-    with SimServer(seed=args.seed, flavour=args.flavour, realtime=args.realtime, faults=faults) as server:
+    with SimServer(seed=args.seed, flavour=args.flavour, realtime=args.realtime, faults=faults,
+                   start_state=args.start_state) as server:
         text = server.station_toml()
         path = Path(args.station_out)
         path.write_text(text)
@@ -42,10 +43,17 @@ def cmd_sim_serve(args) -> int:
 
 # --------------------------------------------------------------------------- check
 def cmd_check(args) -> int:
-    from labpgt.experiment.embedded import open_station
+    from instruments.check import check_station
+    from instruments.station import Station
 
-    with open_station(args.station, seed=args.seed) as (station, _):
-        report = station.check()
+    # every instrument is attempted, so the station is connected role by role by the check itself
+    if args.station is not None:
+        report = check_station(Station.load(args.station))
+    else:
+        from sim.server import SimServer
+
+        with SimServer(seed=args.seed) as server:
+            report = check_station(Station.from_text(server.station_toml(), source_name="<embedded simulated station>"))
     print(report)
     return 0 if report.ok else 1
 
@@ -67,8 +75,7 @@ def cmd_measure(args) -> int:
         sa.configure(center_hz=args.center if args.center is not None else args.frequency,
                      span_hz=args.span if args.span is not None else sa.span_hz,
                      rbw_hz=sa.rbw_hz, points=sa.points, reference_level_dbm=sa.reference_level_dbm)
-        sg.configure_cw(args.frequency, args.power)
-        sg.output_enabled = True
+        sg.enable_rf_at(args.frequency, args.power)  # the one RF switch: validated, read back, then on
         freqs, dbm = sa.measure()
     peaks = strongest_peaks(freqs, dbm, count=args.peaks)
     print(f"spectrum: {freqs[0] / 1e9:.6f}-{freqs[-1] / 1e9:.6f} GHz, {len(freqs)} points, "
@@ -152,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(kinds: timeout garbled truncated truncated_block disconnect error overload "
                             "unlocked slow; KIND=P per message, KIND@N once on the Nth), or a TOML file "
                             "with a [faults] table (role = {kind = P or \"@N\"}, seed, slow_s, unlock_s)")
+    serve.add_argument("--start-state", choices=["reset", "unsafe"], default="reset",
+                       help="how the first client finds the instruments: reset (power-on state) or unsafe "
+                            "(RF on at full power outside the station's band, current flowing in the magnet)")
     serve.add_argument("--station-out", default="sim-station.toml", help="where to write the station file")
     serve.set_defaults(func=cmd_sim_serve)
 
@@ -193,9 +203,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _rig_state_lines(first_report: int, exc: BaseException | None = None) -> list[str]:
+    """What the rig was measured to be in when this command left it (instruments.safe_state): the
+    last read-back of each station this command used; nothing is claimed without one."""
+    from instruments.safe_state import REPORTS
+
+    reports = REPORTS[first_report:]
+    attached = getattr(exc, "safe_state_report", None) if exc is not None else None
+    if attached is not None and attached not in reports:
+        reports.append(attached)
+    latest = {report.station: report for report in reports}  # a reconnected station: its last word
+    return [str(report) for report in latest.values()]
+
+
+def _exception_notes(exc: BaseException) -> list[str]:
+    """The notes of an error and of the errors behind it (the safe state is reported separately)."""
+    notes, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        notes += [n for n in getattr(exc, "__notes__", []) if "leaving the rig safe" not in n
+                  and "THE RIG MAY NOT BE SAFE" not in n]
+        exc = exc.__cause__ or exc.__context__
+    return notes
+
+
 def main(argv: list[str] | None = None) -> int:
+    from instruments.safe_state import REPORTS
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    first_report = len(REPORTS)
+    failure: BaseException | None = None
     try:
         logs.configure(args.verbose, args.log_file)
     except OSError as exc:
@@ -205,19 +243,38 @@ def main(argv: list[str] | None = None) -> int:
         with terminate_as_interrupt():
             return args.func(args)
     except Terminated as exc:
-        print(f"{exc}; the rig was left safe", file=sys.stderr)
+        failure = exc
+        print(f"{exc}", file=sys.stderr)
         return 143
-    except KeyboardInterrupt:
-        print("interrupted; the rig was left safe", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        failure = exc
+        print("interrupted", file=sys.stderr)
         return 130
     except (InstrumentError, ValueError, OSError, RuntimeError) as exc:
         # our own errors (station files, limits, run files, experiment files, instruments) say
         # what was wrong and what is allowed; a traceback would bury that (LABPGT_DEBUG=1 shows it)
+        failure = exc
         if os.environ.get("LABPGT_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)
+        for note in _exception_notes(exc):
+            print(f"  {note}", file=sys.stderr)
         return 2
+    finally:
+        # on every exit path: the rig as read back, never assumed (stderr when something failed)
+        for line in _rig_state_lines(first_report, failure):
+            print(line, file=sys.stderr if failure is not None or "NOT BE SAFE" in line else sys.stdout)
+
+
+def _keep_working_directory_off_the_import_path() -> None:
+    """``python -m labpgt.cli`` puts the working directory first on ``sys.path``; nothing there may be
+    imported in its place (drivers come from the registry, instruments.registry, in any case)."""
+    package_root = str(Path(__file__).resolve().parent.parent)
+    cwd = os.getcwd()
+    sys.path[:] = [entry for entry in sys.path
+                   if not ((entry in ("", ".") or os.path.abspath(entry) == cwd) and cwd != package_root)]
 
 
 if __name__ == "__main__":
+    _keep_working_directory_off_the_import_path()
     sys.exit(main())

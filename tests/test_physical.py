@@ -208,6 +208,10 @@ class FakeGenerator:
         assert type(frequency_hz) is float and type(power_dbm) is float
         self.sent.append((frequency_hz, power_dbm))
 
+    def enable_rf_at(self, frequency_hz, power_dbm):  # RF on at the rest setting (not a measurement)
+        self.output_enabled = True
+        return frequency_hz, power_dbm
+
 
 class FakeSource:
     def __init__(self):

@@ -111,7 +111,7 @@ def test_link_faults_during_the_safe_state_are_retried(tmp_path):
         station = Station.from_text(server.station_toml(), "<safety test>")
         with station:
             station.current_source.ramp_to(1.2)
-            station.signal_generator.output_enabled = True
+            station.signal_generator.enable_rf_at(2.07e9, -20.0)  # the one RF switch
             for role in ("signal_generator", "current_source"):  # the next message to each fails
                 server.instruments[role].faults.trigger("disconnect")
         injected = [k for r in ("signal_generator", "current_source")
@@ -131,7 +131,7 @@ def test_a_second_ctrl_c_during_the_ramp_down_waits_for_zero_current():
             with station:
                 cs = station.current_source
                 cs.ramp_to(1.2)
-                station.signal_generator.output_enabled = True
+                station.signal_generator.enable_rf_at(2.07e9, -20.0)  # the one RF switch
                 ramp_to_zero = cs.ramp_to_zero
 
                 def impatient_ramp():

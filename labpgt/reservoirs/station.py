@@ -61,13 +61,14 @@ class StationReservoir(Reservoir):
         self.recovery = RecoveryPolicy()  # faults: recover, repeat if safe, record (labpgt/recovery.py)
         self._axis = (float(readout.freqs_hz[0]), float(readout.freqs_hz[-1]), int(readout.points))
         self._configure_analyzer()
+        self._switch_rf_on()
 
     def reconnected(self, role: str) -> None:
         """After ``role`` was reconnected: send again what this layer set up on the old connection."""
         if role == "spectrum_analyzer":
-            self._configure_analyzer()  # the window, and the generator's RF on
+            self._configure_analyzer()  # the window
         elif role == "signal_generator":
-            self.station.signal_generator.output_enabled = True
+            self._switch_rf_on()  # parked by the reconnect: RF on again, validated
 
     def forget_current(self) -> None:
         """The magnet's current is no longer known: the next measurement ramps it from the read-back."""
@@ -78,7 +79,12 @@ class StationReservoir(Reservoir):
         sa.configure(center_hz=self.readout.center_hz, span_hz=self.readout.span_hz,
                      rbw_hz=self.readout.rbw_hz, points=self.readout.points,
                      reference_level_dbm=sa.reference_level_dbm)
-        self.station.signal_generator.output_enabled = True
+
+    def _switch_rf_on(self) -> None:
+        """RF on through the generator's one RF switch (instruments.roles.SignalGenerator.enable_rf),
+        at the encoder's rest setting (the reference line, the lowest power it uses), validated and
+        read back -- before the magnet first moves, so it never ramps under an unchecked drive."""
+        self.station.signal_generator.enable_rf_at(self.encoder.reference_hz, self.encoder.power_min_dbm)
 
     def set_current(self, current_a: float) -> None:
         """Ramp the bias magnet to ``current_a`` unless it is there already (once per step at most)."""
