@@ -41,7 +41,10 @@ class Option:
 #: every experiment option; each is a CLI flag (--name with - for _) and a TOML key
 OPTIONS: dict[str, Option] = {
     "station": Option(str, None, "station TOML (default: the embedded simulated ring)"),
-    "dataset": Option(str, "iris", "data set", ("iris", "digits")),
+    "dataset": Option(str, "iris", "data set: iris, digits, or a data file (.csv with a header, .npz or .h5/.hdf5 "
+                      "with x and y); a file's data is kept in the run file (up to 10 MB)"),
+    "label": Option(str, None, "CSV data file: the label column (default: the last column)"),
+    "test_fraction": Option(float, None, "data file: share of each class held out for testing (default: 0.2)"),
     "model": Option(str, "dense", "dense: digital -> ring -> readout on a station; transformer: a transformer "
                     "with a reservoir layer evaluated in-process", ("dense", "transformer")),
     "task": Option(str, "digits-seq", "transformer task", ("digits-seq", "narma10")),
@@ -148,6 +151,10 @@ def check_combination(config: dict, source: str = "experiment") -> dict:
     if config["model"] == "dense" and config["estimator"] == "node-token":
         raise ConfigError(f"{source}: estimator 'node-token' credits each token of a sequence separately and exists "
                           f"only for the transformer; allowed for the dense model: node, pgt, spsa, oracle, twin")
+    if config["model"] == "transformer" and (config["dataset"] != OPTIONS["dataset"].default
+                                             or config["label"] is not None or config["test_fraction"] is not None):
+        raise ConfigError(f"{source}: the transformer trains on its task (option task: digits-seq, narma10); the "
+                          f"options dataset, label and test_fraction are for the dense model")
     if config["model"] == "transformer" and config["estimator"] == "twin":
         raise ConfigError(f"{source}: estimator 'twin' is for the dense model; allowed for the transformer: "
                           f"node, node-token, pgt, spsa, oracle, backprop")
@@ -199,11 +206,12 @@ def current_bounds(config: dict, station_limits_a: tuple[float, float]) -> tuple
     return (lo, hi)
 
 
-def build_trainer(config: dict, reservoir, recorder=None, progress=None, current_bounds_a=None):
-    from labpgt.datasets import load
+def build_trainer(config: dict, reservoir, recorder=None, progress=None, current_bounds_a=None, dataset=None):
+    """dataset: a :class:`labpgt.datasets.Dataset` (a run's recorded one); default: opened from the config."""
     from labpgt.trainer import make_trainer
 
-    dataset = load(config["dataset"])
+    if dataset is None:
+        dataset = dataset_of_config(config)
     trainer = make_trainer(
         dataset, config["estimator"], reservoir, seed=config["seed"], budget=config["budget"],
         batch_size=config["batch_size"], lr=config["lr"], estimator_options=estimator_options(config),
@@ -221,6 +229,24 @@ def build_trainer(config: dict, reservoir, recorder=None, progress=None, current
         trainer.model.current_bounds_a = tuple(current_bounds_a)
         trainer.model.set_params(trainer.project(trainer.model.params()))
     return trainer
+
+
+def dataset_of_config(config: dict):
+    """The experiment's data set, read and checked (bad data fails here, before any instrument moves)."""
+    from labpgt.datasets import open_dataset
+
+    return open_dataset(config["dataset"], label=config["label"], test_fraction=config["test_fraction"])
+
+
+def dataset_of_run(reader, config: dict):
+    """The data set a run trained on: its /dataset record (no need for the original file), or for
+    files without one (older versions: bundled data sets only) the one its experiment names."""
+    from labpgt.datasets import Dataset
+
+    record = reader.dataset()
+    if record is None:
+        return dataset_of_config(config)
+    return Dataset.from_record(record, where=str(reader.path))
 
 
 # --------------------------------------------------------------------------- running
@@ -358,7 +384,8 @@ def _new_run_path(out: str, config: dict) -> Path:
         return path
     path.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    what = f"transformer-{config['task']}-{config['reservoir']}" if config["model"] == "transformer" else config["dataset"]
+    what = (f"transformer-{config['task']}-{config['reservoir']}" if config["model"] == "transformer"
+            else Path(config["dataset"]).stem)  # a data file's name, without its folders
     return path / f"{stamp}-{what}-{config['estimator']}-s{config['seed']}.h5"
 
 
@@ -385,12 +412,14 @@ def run_training(args, argv=None) -> int:
             config = {name: opt.default for name, opt in OPTIONS.items()}
             config.update(parse_config_text(reader.metadata["experiment_toml"], f"{args.resume} (experiment)"))
             resume_state = reader.last_checkpoint()
+            dataset = dataset_of_run(reader, config) if config["model"] == "dense" else None
             layout = json.loads(reader.metadata["physical_layer"])
             station_text = reader.metadata["station_toml"]
             embedded = reader.metadata.get("embedded_simulator", False)
         run_path = Path(args.resume)
     else:
         config = resolve(args)
+        dataset = dataset_of_config(config) if config["model"] == "dense" else None
         layout = None
         run_path = _new_run_path(config["out"], config)
         embedded = config["station"] is None
@@ -424,7 +453,7 @@ def run_training(args, argv=None) -> int:
         reservoir = StationReservoir(station, encoder, readout, simulated=embedded)
         if embedded:
             reservoir.noiseless = _noiseless_twin(config, encoder, readout)
-        trainer = build_trainer(config, reservoir, current_bounds_a=layout["current_bounds_a"])
+        trainer = build_trainer(config, reservoir, current_bounds_a=layout["current_bounds_a"], dataset=dataset)
         if args.resume:
             if resume_state is not None:
                 trainer.load_state_dict(resume_state)
@@ -440,7 +469,7 @@ def run_training(args, argv=None) -> int:
                 run_path, n_params=trainer.model.params().size,
                 param_names=None, features_per_measurement=readout.n_bands, trace_points=readout.points,
                 optimizer_state_shapes={k: np.shape(v) for k, v in trainer.opt_state.items()},
-                probe=probe,
+                probe=probe, dataset=dataset.to_record(),
                 metadata={
                     "station_toml": station.config_text,
                     "experiment_toml": config_to_toml(config),
@@ -533,9 +562,10 @@ def run_replay(path) -> int:
 
     with RunReader(path) as reader:
         metadata = dict(reader.metadata)
-    layout = json.loads(metadata["physical_layer"])
-    config = {name: opt.default for name, opt in OPTIONS.items()}
-    config.update(parse_config_text(metadata["experiment_toml"], f"{path} (experiment)"))
+        layout = json.loads(metadata["physical_layer"])
+        config = {name: opt.default for name, opt in OPTIONS.items()}
+        config.update(parse_config_text(metadata["experiment_toml"], f"{path} (experiment)"))
+        dataset = dataset_of_run(reader, config) if config["model"] == "dense" else None
     if config["model"] == "transformer":
         from labpgt.inprocess import build_transformer, encoder_from_layout
 
@@ -554,7 +584,8 @@ def run_replay(path) -> int:
             if not metadata.get("embedded_simulator", False):
                 raise ConfigError("the oracle needs the simulated ring's noiseless model; this run used a real station")
             reservoir.noiseless = _noiseless_twin(config, encoder, readout)
-        return build_trainer(config, reservoir, recorder, current_bounds_a=layout.get("current_bounds_a"))
+        return build_trainer(config, reservoir, recorder, current_bounds_a=layout.get("current_bounds_a"),
+                             dataset=dataset)
 
     result = replay(path, build, encoder=encoder)
     print(result.message)

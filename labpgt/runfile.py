@@ -43,6 +43,10 @@ Layout (format_version 1)::
                             no sweep was made, no datasets. A ``--resume`` that re-runs the probe
                             to replay a simulated world records nothing: /probe stays the sweep
                             that set the run's reference (the replayed sweep is the same one).
+    /dataset/               (optional: files written before it have none; their experiment names a
+                            bundled data set) the data set the run trained on, written once at
+                            creation, before SWMR: split indices, standardisation, class names,
+                            hashes, and the data itself when small (labpgt/data/record.py)
 
 Text that changes (status messages, RNG state JSON) cannot live in attributes (read-only under
 SWMR) nor in variable-length strings (unsafe under SWMR), so a text column ``x`` is stored as
@@ -453,7 +457,7 @@ class RunFile:
     def create(cls, path, *, n_params: int, param_names=None, features_per_measurement: int,
                trace_points: int, optimizer_state_shapes: dict | None = None, metadata: dict | None = None,
                features_units: str = "1", trace_compression: str | None = None,
-               probe: Probe | None = None, overwrite: bool = False) -> "RunFile":
+               probe: Probe | None = None, overwrite: bool = False, dataset=None) -> "RunFile":
         """Create a new run file with every dataset, then switch to SWMR writing.
 
         metadata: station_toml, experiment_toml (verbatim text), identities (role -> IDN),
@@ -461,6 +465,7 @@ class RunFile:
         trace_compression: None (default, fastest; noisy dBm traces barely compress) or "lzf".
         probe: where the drive's reference frequency came from (:class:`Probe`), kept as /probe;
         None: no /probe group (a run with no station probe).
+        dataset: a :class:`labpgt.data.record.DatasetRecord`, kept as /dataset (None: no group).
         """
         path = Path(path)
         if path.exists() and not overwrite:
@@ -542,6 +547,8 @@ class RunFile:
             _new_text_column(fa, "message", "what the driver reported")
             if probe is not None:
                 _write_probe(f, probe)
+            if dataset is not None:
+                dataset.write(f.create_group("dataset"))
 
             f.swmr_mode = True  # from here on: no new objects, no attribute changes
         except BaseException:
@@ -1136,6 +1143,18 @@ class RunReader:
             raise RunFileError(f"{self.path}: /probe is unreadable ({exc}); the file is damaged there, the rest "
                                f"of it is not affected") from None
 
+    def dataset(self):
+        """The run's :class:`labpgt.data.record.DatasetRecord` (/dataset), or None for a file
+        without one (written before data sets were recorded: its experiment names a bundled one)."""
+        if "dataset" not in self._f:
+            return None
+        from labpgt.data.record import DatasetRecord
+
+        try:
+            return DatasetRecord.read(self._f["dataset"])
+        except (KeyError, OSError, ValueError) as exc:
+            raise RunFileError(f"{self.path}: /dataset is unreadable ({exc}); the file is damaged there") from None
+
     def effective_rows(self, table: str = "measurements") -> np.ndarray:
         """Row indices of ``table`` (measurements, steps, evaluations) on the run's path: rows
         recorded after the checkpoint a resume continued from, and before that resume, are
@@ -1310,6 +1329,12 @@ def _describe(r: RunReader, lines: list) -> None:
         lines.append("  probe: " + (probe.describe() if probe is not None else "not recorded (no /probe group)"))
     except RunFileError as e:  # the rest of the file is shown; the damage still makes inspect exit 1
         lines.append("  probe: UNREADABLE")
+        lines.append(f"  PROBLEM: {e}")
+    try:
+        record = r.dataset()
+        lines.append("  dataset: " + (record.describe() if record is not None else "not recorded (no /dataset group)"))
+    except RunFileError as e:
+        lines.append("  dataset: UNREADABLE")
         lines.append(f"  PROBLEM: {e}")
     if len(evals["step"]):
         lines.append(f"  last test accuracy: {evals['test_accuracy'][-1]:.4f} at step {evals['step'][-1]}")
