@@ -155,6 +155,8 @@ def _read_csv(path: Path, data: bytes, label: str | None):
 
 # ----------------------------------------------------------------------------- npz and HDF5
 def _read_npz(path: Path, data: bytes):
+    if not data.startswith(b"PK"):  # an .npz is a zip archive; anything else is refused unread
+        raise DatasetError(f"{path}: not a .npz file (no zip archive); allowed: numpy.savez with arrays x and y")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             keys = list(npz.keys())
@@ -208,12 +210,12 @@ def _checked_arrays(path: Path, x, y, names):
     bad = np.argwhere(~np.isfinite(features))
     if len(bad):
         r, c = (int(v) for v in bad[0])
-        raise DatasetError(f"{path}: x row {r}, column {c}: {features[r, c]!r} is not finite; allowed: finite "
+        raise DatasetError(f"{path}: x row {r}, column {c}: {float(features[r, c])} is not finite; allowed: finite "
                            f"numbers (NaN and infinity are not)")
     if y.dtype.kind == "f":
         bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
         if len(bad):
-            raise DatasetError(f"{path}: y row {int(bad[0])}: {y[bad[0]]!r} is not a class; allowed: whole numbers "
+            raise DatasetError(f"{path}: y row {int(bad[0])}: {y[bad[0]].item()!r} is not a class; allowed: whole numbers "
                                f"or text")
         y = y.astype(np.int64)
     if y.dtype.kind in "biu":
