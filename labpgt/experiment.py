@@ -408,10 +408,12 @@ def run_training(args, argv=None) -> int:
         with RunReader(args.resume) as reader:
             if reader.status == "completed":
                 raise ConfigError(f"{args.resume}: this run is already completed; nothing was changed "
-                                  f"(start a new run instead of --resume)")
+                                  f"(start a new run instead of --resume; --budget extends only a run that has "
+                                  f"not completed)")
             config = {name: opt.default for name, opt in OPTIONS.items()}
             config.update(parse_config_text(reader.metadata["experiment_toml"], f"{args.resume} (experiment)"))
             resume_state = reader.last_checkpoint()
+            config = resume_config(args, config, reader, resume_state)
             dataset = dataset_of_run(reader, config) if config["model"] == "dense" else None
             layout = json.loads(reader.metadata["physical_layer"])
             station_text = reader.metadata["station_toml"]
@@ -463,7 +465,8 @@ def run_training(args, argv=None) -> int:
                     reservoir.set_current(trainer.model.current_a())
                     _restore_world(sim, resume_state)
             # (no checkpoint yet: the run starts over in the same file, its rows so far abandoned)
-            run = RunFile.open_append(run_path)
+            run = RunFile.open_append(run_path, message=f"resumed; budget {config['budget']}",
+                                      budget=config["budget"])
         else:
             run = RunFile.create(
                 run_path, n_params=trainer.model.params().size,
@@ -501,6 +504,47 @@ def run_training(args, argv=None) -> int:
             writer.set_status("completed" if status == "completed" else ("aborted" if status == "aborted" else "failed"),
                               message=status)
     return _report_end(status, trainer, run_path)
+
+
+#: options that --resume takes: they change how much is trained or what is shown, not the experiment
+RESUME_OPTIONS = ("budget", "progress")
+
+
+def resume_config(args, recorded: dict, reader, resume_state) -> dict:
+    """The configuration a ``--resume`` continues with: the recorded one, with the budget in force
+    (the last resume's, or ``--budget``). Any other option given (flag or ``--config`` file) that
+    differs from the recorded value is refused, naming it; the same value is accepted."""
+    given = {}
+    if getattr(args, "config", None):
+        path = Path(args.config)
+        try:
+            given.update(parse_config_text(path.read_text(), str(path)))
+        except OSError as exc:
+            raise ConfigError(f"cannot read experiment file {path}: {exc.strerror}") from None
+    for name in OPTIONS:
+        if getattr(args, name, None) is not None:
+            given[name] = _check_value(name, getattr(args, name), "command line")
+    for name, value in given.items():
+        if name not in RESUME_OPTIONS and value != recorded[name]:
+            flag = "--" + name.replace("_", "-")
+            was = f"{name} = {recorded[name]!r}" if recorded[name] is not None else f"{name} not set"
+            raise ConfigError(f"{args.resume}: {flag} {value!r} would change the recorded experiment ({was}); "
+                              f"--resume continues it as recorded; allowed with --resume: "
+                              f"--budget, --progress/--no-progress (start a new run to change {name})")
+    config = dict(recorded)
+    if reader.budget_in_force() is not None:
+        config["budget"] = reader.budget_in_force()
+    if "progress" in given:
+        config["progress"] = given["progress"]
+    if "budget" in given:
+        spent = int(resume_state["measurements"]) if resume_state is not None else 0
+        if given["budget"] < spent:
+            raise ConfigError(f"{args.resume}: --budget {given['budget']} is already spent: the run continues from "
+                              f"a checkpoint after {spent} training measurements; allowed: {spent} or more")
+        print(f"resuming {args.resume} with a budget of {given['budget']} training measurements (was "
+              f"{config['budget']}; {spent} spent at the checkpoint it continues from)", file=sys.stderr)
+        config["budget"] = given["budget"]
+    return config
 
 
 def _report_end(status: str, trainer, run_path) -> int:
@@ -565,6 +609,8 @@ def run_replay(path) -> int:
         layout = json.loads(metadata["physical_layer"])
         config = {name: opt.default for name, opt in OPTIONS.items()}
         config.update(parse_config_text(metadata["experiment_toml"], f"{path} (experiment)"))
+        if reader.budget_in_force() is not None:  # set by a --resume --budget
+            config["budget"] = reader.budget_in_force()
         dataset = dataset_of_run(reader, config) if config["model"] == "dense" else None
     if config["model"] == "transformer":
         from labpgt.inprocess import build_transformer, encoder_from_layout

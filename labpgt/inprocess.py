@@ -149,7 +149,7 @@ def run_in_process(config: dict, run_path: Path, resume_state, argv, *, make_pro
     trainer = build_transformer(config)
     if resume_state is not None:
         trainer.load_state_dict(resume_state)
-        run = RunFile.open_append(run_path)
+        run = RunFile.open_append(run_path, message=f"resumed; budget {config['budget']}", budget=config["budget"])
     else:
         res = trainer.reservoir
         points = res.readout.points if hasattr(res, "readout") else 1

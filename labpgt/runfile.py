@@ -21,7 +21,10 @@ Layout (format_version 1)::
                             evaluation_rows, params [N, n_params],
                             optimizer/<name> [N, *shape], rng_state_* and extra_* (text columns)
     /resumes/               one row per --resume: the checkpoint continued from and the row ranges
-                            of measurements/steps/evaluations recorded after it (abandoned)
+                            of measurements/steps/evaluations recorded after it (abandoned), and
+                            the training budget in force from then on (``budget``; files from
+                            before it lack the column until their next resume adds it, with -1
+                            for the earlier rows: not recorded)
     /faults/                (optional: files written before it have no such group and read as
                             "no faults") one row per instrument fault met while measuring:
                             time_s, step, measurement_row (the /measurements row it touched: the
@@ -142,6 +145,9 @@ _RESUME_COLUMNS = (
     ("evaluations_start", "i8", "1", "first /evaluations row abandoned"),
     ("evaluations_stop", "i8", "1", "end of the abandoned /evaluations rows"),
 )
+#: kept apart from _RESUME_COLUMNS: older files lack it (RunReader.resumes reads it as -1 there)
+_RESUME_BUDGET = ("budget", "i8", "1", "training budget (measurements) in force from this resume on; -1: not "
+                  "recorded (resumed by an older version)")
 _STATUS_COLUMNS = (
     ("time_s", "f8", "s", "unix time of the status change"),
     ("code", STATUS_DTYPE, "1", "running, completed, failed or aborted"),
@@ -539,7 +545,7 @@ class RunFile:
             _new_text_column(st, "message", "status message")
             _new_text_column(st, "host", "host name of the writer")
             rs = f.create_group("resumes")
-            for col in _RESUME_COLUMNS:
+            for col in _RESUME_COLUMNS + (_RESUME_BUDGET,):
                 _new_column(rs, *col, chunk_rows=16)
             fa = f.create_group("faults")
             for col in _FAULT_COLUMNS:
@@ -559,8 +565,9 @@ class RunFile:
         return rf
 
     @classmethod
-    def open_append(cls, path, *, message: str = "resumed") -> "RunFile":
-        """Reopen a run to continue it (``--resume``).
+    def open_append(cls, path, *, message: str = "resumed", budget: int = -1) -> "RunFile":
+        """Reopen a run to continue it (``--resume``); ``budget``: the training budget in force
+        from now on, kept in the resume's row (-1: not stated).
 
         Status running, aborted or failed: appends (rows that were in flight when the previous
         writer died are dropped). Status completed: RunFileError, and the file is not touched.
@@ -584,6 +591,10 @@ class RunFile:
             committed = [int(x) for x in f["committed"][:]]
             for table, n in zip(_tables_of(f), committed):
                 _truncate_group(f[table], n)  # discard half-written rows of the dead writer
+            if _RESUME_BUDGET[0] not in f["resumes"]:  # a file from before the column: add it, -1 = unknown
+                column = _new_column(f["resumes"], *_RESUME_BUDGET, chunk_rows=16)
+                column.resize((committed[5],))
+                column[:] = -1
             f.swmr_mode = True
         except BaseException:
             f.close()
@@ -595,8 +606,8 @@ class RunFile:
         ck = f["checkpoints"]
         start = [int(ck[c][k - 1]) if k else 0 for c in ("measurement_rows", "step_rows", "evaluation_rows")]
         stop = committed[:3]
-        rf._append_row("resumes", _RESUME_COLUMNS, {
-            "time_s": time.time(), "checkpoint": k - 1,
+        rf._append_row("resumes", _RESUME_COLUMNS + (_RESUME_BUDGET,), {
+            "time_s": time.time(), "checkpoint": k - 1, "budget": int(budget),
             "measurements_start": start[0], "measurements_stop": stop[0], "steps_start": start[1],
             "steps_stop": stop[1], "evaluations_start": start[2], "evaluations_stop": stop[2]})
         rf.set_status("running", message)
@@ -1104,7 +1115,16 @@ class RunReader:
         return g[f"{name}_utf8"][off:off + length].tobytes().decode("utf-8")
 
     def resumes(self) -> dict:
-        return self._table("resumes", _RESUME_COLUMNS)
+        table = self._table("resumes", _RESUME_COLUMNS)
+        n = len(table["checkpoint"])
+        has_budget = _RESUME_BUDGET[0] in self._f["resumes"]
+        table["budget"] = self._f["resumes"]["budget"][:n] if has_budget else np.full(n, -1, dtype=np.int64)
+        return table
+
+    def budget_in_force(self) -> int | None:
+        """The training budget set by the last ``--resume`` that recorded one, or None (the experiment's)."""
+        stated = [int(b) for b in self.resumes()["budget"] if b >= 0]
+        return stated[-1] if stated else None
 
     @property
     def n_faults(self) -> int:
