@@ -1352,7 +1352,7 @@ def _describe(r: RunReader, lines: list) -> None:
         lines.append(f"  PROBLEM: {e}")
     try:
         record = r.dataset()
-        lines.append("  dataset: " + (record.describe() if record is not None else "not recorded (no /dataset group)"))
+        lines.append("  dataset: " + (record.describe() if record is not None else "not recorded (no /dataset group: the experiment names a bundled data set or task)"))
     except RunFileError as e:
         lines.append("  dataset: UNREADABLE")
         lines.append(f"  PROBLEM: {e}")

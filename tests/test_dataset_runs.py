@@ -103,3 +103,42 @@ def test_bad_data_stops_before_any_run_file(tmp_path, capsys, monkeypatch):
     assert not list(tmp_path.glob("runs/*.h5"))
     assert main(["train", "--model", "transformer", "--dataset", "bad.csv", "--no-progress"]) == 2
     assert "options dataset, label and test_fraction are for the dense model" in capsys.readouterr().err
+
+
+def test_a_large_data_set_is_kept_as_path_and_hash_and_a_changed_file_is_refused(tmp_path, capsys, monkeypatch):
+    from labpgt.data import record as record_module
+    from labpgt.trainer import Trainer
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(record_module, "EMBED_LIMIT_BYTES", 1000)  # as if my.csv held more than 10 MB
+    write_my_csv(tmp_path / "my.csv")
+    run = tmp_path / "run.h5"
+    real, calls = Trainer.checkpoint, []
+
+    def checkpoint(self):  # the third checkpoint becomes a Ctrl-C: an aborted run to resume
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self)
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "checkpoint", checkpoint)
+        assert main(["train", "--dataset", "my.csv", "--label", "class", "--out", str(run), *COMMON]) == 130
+    with RunReader(run) as r:
+        record = r.dataset()
+    assert not record.embedded and record.path == str(tmp_path / "my.csv")
+    capsys.readouterr()
+    assert main(["replay", str(run)]) == 0  # the file is there and unchanged
+
+    (tmp_path / "my.csv").write_text((tmp_path / "my.csv").read_text().replace("setosa", "Setosa", 1))
+    before = run.read_bytes()
+    for argv in (["replay", str(run)], ["train", "--resume", str(run), "--no-progress"]):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {run}: the data set file {tmp_path / 'my.csv'} has SHA-256 ")
+        assert f"but the run was made with {record.file_sha256}: the file changed" in err and "\n" not in err
+    assert run.read_bytes() == before  # nothing written
+    (tmp_path / "my.csv").unlink()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    assert "is missing; put the file" in capsys.readouterr().err
