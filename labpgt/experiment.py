@@ -77,7 +77,8 @@ OPTIONS: dict[str, Option] = {
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="experiment TOML; every option below can be set there")
-    parser.add_argument("--resume", metavar="RUN.h5", help="continue an interrupted run")
+    parser.add_argument("--resume", metavar="RUN.h5", help="continue an interrupted run as recorded; with --budget N "
+                        "to a new budget (other options that would change the experiment are refused)")
     for name, opt in OPTIONS.items():
         flag = "--" + name.replace("_", "-")
         if opt.type is bool:
