@@ -5,7 +5,7 @@ through the same simulated ring (DirectRingReservoir, in-process: the simulated 
 physics and noise), under one or more conditions, over several seeds:
 
 - ``oracle``  exact gradients of the noiseless simulated ring (locally averaged, see
-  labpgt/estimators.py Oracle), measuring only the clean forward pass;
+  labpgt/estimators/oracle.py Oracle), measuring only the clean forward pass;
 - ``node``    node perturbation at the ring's inputs (labpgt's method);
 - ``twin``    Physics-Aware Training: measured forward pass, backward through a fitted digital twin;
 - ``pgt``     parameter-space perturbation (PGT as published), ``spsa`` Spall's SPSA;

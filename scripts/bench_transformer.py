@@ -1,6 +1,6 @@
 """Transformer with a reservoir layer: test accuracy against reservoir evaluations spent, per method.
 
-Every method trains the same TransformerModel (labpgt/transformer.py, tuned defaults) on
+Every method trains the same TransformerModel (labpgt/models/transformer.py, tuned defaults) on
 digits-seq (8x8 digits as 8 row tokens) through the same reservoir, over several seeds:
 
 - backprop: full backpropagation, the reservoir made differentiable for this baseline only
@@ -222,7 +222,7 @@ def main(argv=None) -> int:
                                "summary": rows, "runs": runs}, indent=1, default=float))
     if args.docs:
         intro = (
-            "Test accuracy of the transformer with a reservoir layer (labpgt/transformer.py) against training "
+            "Test accuracy of the transformer with a reservoir layer (labpgt/models/transformer.py) against training "
             "evaluations of the reservoir (one evaluation = one sample × one token = one ring measurement; "
             "test-split evaluations not counted); median over seeds, tuned defaults (the registry, `labpgt/experiment/registry.py`). "
             "`backprop` is the baseline that differentiates the reservoir (echo-state: analytic VJP; ring: central "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from labpgt.contracts import FLAG_SIMULATED, NoiselessModel, Reservoir
-from labpgt.data.datasets import load
+from labpgt.data.datasets import open_dataset
 from labpgt.data.tasks import load_task
 from labpgt.experiment import registry
 from labpgt.models import dense, transformer
@@ -120,17 +120,24 @@ def make_transformer_trainer(task: str, estimator: str, reservoir: str, *, seed:
                         **options)
 
 
+def dataset_of_config(config: dict):
+    """The dense experiment's data set, read and checked (bad data fails here, before any instrument moves)."""
+    return open_dataset(config["dataset"], label=config["label"], test_fraction=config["test_fraction"])
+
+
 def build_trainer(config: dict, reservoir: Reservoir, *, reservoir_model: NoiselessModel | None = None,
-                  recorder=None, progress=None, current_bounds_a=None) -> Trainer:
+                  recorder=None, progress=None, current_bounds_a=None, dataset=None) -> Trainer:
     """The trainer of an experiment configuration, on ``reservoir`` (a station's, an in-process one, or a
-    replay of either). ``current_bounds_a``: where the dense model's trained bias current may go (A)."""
+    replay of either). ``current_bounds_a``: where the dense model's trained bias current may go (A);
+    ``dataset``: the dense model's data set (a run's recorded one; default: opened from the config)."""
     common = dict(seed=config["seed"], budget=config["budget"], batch_size=config["batch_size"], lr=config["lr"],
                   experiment=config, current_a=config["current_a"], reservoir_model=reservoir_model,
                   eval_every=config["eval_every"], checkpoint_every=config["checkpoint_every"],
                   recorder=recorder, progress=progress)
     if config["model"] == "transformer":
         return make_trainer(load_task(config["task"]), config["estimator"], reservoir, model="transformer", **common)
-    trainer = make_trainer(load(config["dataset"]), config["estimator"], reservoir, model="dense",
+    trainer = make_trainer(dataset if dataset is not None else dataset_of_config(config), config["estimator"],
+                           reservoir, model="dense",
                            model_options={"hidden_before": (config["hidden"],)}, **common)
     one_batch = trainer.batch_size * config["nodes"]  # the least any estimator's step measures
     if config["budget"] < one_batch:

@@ -41,7 +41,10 @@ class Option:
 #: every experiment option; each is a CLI flag (--name with - for _) and a TOML key
 OPTIONS: dict[str, Option] = {
     "station": Option(str, None, "station TOML (default: the embedded simulated ring)"),
-    "dataset": Option(str, "iris", "data set", ("iris", "digits")),
+    "dataset": Option(str, "iris", "data set: iris, digits, or a data file (.csv with a header, .npz or .h5/.hdf5 "
+                      "with x and y); a file's data is kept in the run file (up to 10 MB)"),
+    "label": Option(str, None, "CSV data file: the label column (default: the last column)"),
+    "test_fraction": Option(float, None, "data file: share of each class held out for testing (default: 0.2)"),
     "model": Option(str, "dense", "dense: digital -> ring -> readout on a station; transformer: a transformer "
                     "with a reservoir layer evaluated in-process", ("dense", "transformer")),
     "task": Option(str, "digits-seq", "transformer task", ("digits-seq", "narma10")),
@@ -75,7 +78,8 @@ OPTIONS: dict[str, Option] = {
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="experiment TOML; every option below can be set there")
-    parser.add_argument("--resume", metavar="RUN.h5", help="continue an interrupted run")
+    parser.add_argument("--resume", metavar="RUN.h5", help="continue an interrupted run as recorded; with --budget N "
+                        "to a new budget (other options that would change the experiment are refused)")
     for name, opt in OPTIONS.items():
         flag = "--" + name.replace("_", "-")
         if opt.type is bool:
@@ -145,7 +149,8 @@ def resolve(args: argparse.Namespace) -> dict:
 
 #: options that mean something for one model only (a value other than the default is refused elsewhere)
 MODEL_OPTIONS = {
-    "dense": ("station", "dataset", "nodes", "bands", "hidden", "current_window_a", "reference_hz"),
+    "dense": ("station", "dataset", "label", "test_fraction", "nodes", "bands", "hidden", "current_window_a",
+              "reference_hz"),
     "transformer": ("task", "reservoir"),
 }
 
@@ -187,3 +192,30 @@ def config_to_toml(config: dict) -> str:
             continue
         lines.append(f"{name} = {json.dumps(value)}")
     return "\n".join(lines) + "\n"
+
+
+#: options that --resume takes: they change how much is trained or what is shown, not the experiment
+RESUME_OPTIONS = ("budget", "progress")
+
+
+def resume_options(args: argparse.Namespace, recorded: dict) -> dict:
+    """The options given with ``--resume`` (flags or a ``--config`` file). Any that would change the
+    recorded experiment is refused, naming it; the same value, ``--budget`` and ``--progress`` are taken."""
+    given, flags = {}, vars(args)
+    if flags.get("config"):
+        path = Path(args.config)
+        try:
+            given.update(parse_config_text(path.read_text(), str(path)))
+        except OSError as exc:
+            raise ConfigError(f"cannot read experiment file {path}: {exc.strerror}") from None
+    for name in OPTIONS:
+        if flags.get(name) is not None:
+            given[name] = _check_value(name, flags[name], "command line")
+    for name, value in given.items():
+        if name not in RESUME_OPTIONS and value != recorded[name]:
+            flag = "--" + name.replace("_", "-")
+            was = f"{name} = {recorded[name]!r}" if recorded[name] is not None else f"{name} not set"
+            raise ConfigError(f"{args.resume}: {flag} {value!r} would change the recorded experiment ({was}); "
+                              f"--resume continues it as recorded; allowed with --resume: "
+                              f"--budget, --progress/--no-progress (start a new run to change {name})")
+    return {name: value for name, value in given.items() if name in RESUME_OPTIONS}

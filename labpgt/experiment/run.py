@@ -29,8 +29,9 @@ from instruments.interrupts import StopAfterStep
 from labpgt import __version__
 from labpgt.contracts import FLAG_SIMULATED, NoiselessModel, Reservoir
 from labpgt.experiment import registry
-from labpgt.experiment.builder import build_trainer, in_process_reservoir
-from labpgt.experiment.options import ConfigError, config_to_toml, defaults, parse_config_text, resolve
+from labpgt.experiment.builder import build_trainer, dataset_of_config, in_process_reservoir
+from labpgt.experiment.options import (ConfigError, config_to_toml, defaults, parse_config_text, resolve,
+                                       resume_options)
 from labpgt.runfile import RunFile, RunReader
 from labpgt.runfile.recording import Recording
 from labpgt.runfile.thread import RecorderThread
@@ -47,6 +48,7 @@ class Resumed:
     layout: dict  # the physical layer as recorded
     station_text: str
     embedded: bool
+    dataset: object | None  # the dense model's data set, from the file's /dataset record
 
 
 @dataclass
@@ -66,18 +68,21 @@ class Rig:
 
 
 def run_training(args, argv=None) -> int:
-    resumed = read_resumed(args.resume) if args.resume else None
+    resumed = read_resumed(args) if args.resume else None
     config = resumed.config if resumed else resolve(args)
+    # the dense model's data, read and checked before any instrument moves (a resumed run's from its file)
+    dataset = resumed.dataset if resumed else dataset_of_config(config) if config["model"] == "dense" else None
     run_path = Path(args.resume) if resumed else new_run_path(config["out"], config)
     open_rig = _in_process_rig if config["model"] == "transformer" else _station_rig
     with open_rig(config, resumed) as rig:
         trainer = build_trainer(config, rig.reservoir, reservoir_model=rig.reservoir_model,
-                                current_bounds_a=rig.layout.get("current_bounds_a"))
+                                current_bounds_a=rig.layout.get("current_bounds_a"), dataset=dataset)
         if resumed and resumed.state is not None:
             trainer.load_state_dict(resumed.state)
             rig.restore(trainer, resumed.state)
         # (resumed with no checkpoint yet: the run starts over in the same file, its rows so far abandoned)
-        run = RunFile.open_append(run_path) if resumed else _create_run_file(run_path, config, rig, trainer, argv)
+        run = (RunFile.open_append(run_path, message=f"resumed; budget {config['budget']}", budget=config["budget"])
+               if resumed else _create_run_file(run_path, config, rig, trainer, argv, dataset))
         # run-file writes on a writer thread, off the measurement loop; synchronous at every step,
         # evaluation and checkpoint (flushed there), errors raised here (labpgt/runfile/thread.py)
         with run, RecorderThread(run) as writer:
@@ -107,11 +112,11 @@ def _train(trainer, config: dict, run_path: Path) -> str:
                 bar.close()
 
 
-def _create_run_file(run_path: Path, config: dict, rig: Rig, trainer, argv) -> RunFile:
+def _create_run_file(run_path: Path, config: dict, rig: Rig, trainer, argv, dataset) -> RunFile:
     return RunFile.create(
         run_path, n_params=trainer.model.params().size, features_per_measurement=rig.features_per_measurement,
         trace_points=rig.trace_points, optimizer_state_shapes={k: np.shape(v) for k, v in trainer.opt_state.items()},
-        probe=rig.probe,
+        probe=rig.probe, dataset=dataset.to_record() if dataset is not None else None,
         metadata={
             "station_toml": "", "identities": {}, **rig.metadata,
             "experiment_toml": config_to_toml(config),
@@ -218,21 +223,51 @@ def restore_world(sim, state) -> None:
 
 
 # --------------------------------------------------------------------------- run files
-def read_resumed(path) -> Resumed:
+def read_resumed(args) -> Resumed:
+    """What ``--resume`` continues: the recorded experiment, with the budget in force (the last resume's,
+    or ``--budget``); any other option given that would change the experiment is refused."""
+    path = args.resume
     with RunReader(path) as reader:
         if reader.status == "completed":
-            raise ConfigError(f"{path}: this run is already completed; nothing was changed "
-                              f"(start a new run instead of --resume)")
-        return Resumed(config=recorded_config(reader.metadata, path), state=reader.last_checkpoint(),
-                       layout=json.loads(reader.metadata["physical_layer"]),
+            raise ConfigError(f"{path}: this run is already completed; nothing was changed (start a new run "
+                              f"instead of --resume; --budget extends only a run that has not completed)")
+        config = recorded_config(reader, path)
+        state = reader.last_checkpoint()
+        given = resume_options(args, config)
+        if "progress" in given:
+            config["progress"] = given["progress"]
+        if "budget" in given:
+            spent = int(state["measurements"]) if state is not None else 0
+            if given["budget"] < spent:
+                raise ConfigError(f"{path}: --budget {given['budget']} is already spent: the run continues from a "
+                                  f"checkpoint after {spent} training measurements; allowed: {spent} or more")
+            print(f"resuming {path} with a budget of {given['budget']} training measurements (was "
+                  f"{config['budget']}; {spent} spent at the checkpoint it continues from)", file=sys.stderr)
+            config["budget"] = given["budget"]
+        return Resumed(config=config, state=state, layout=json.loads(reader.metadata["physical_layer"]),
                        station_text=reader.metadata["station_toml"],
-                       embedded=reader.metadata.get("embedded_simulator", False))
+                       embedded=reader.metadata.get("embedded_simulator", False),
+                       dataset=dataset_of_run(reader, config) if config["model"] == "dense" else None)
 
 
-def recorded_config(metadata: dict, path) -> dict:
+def recorded_config(reader: RunReader, path) -> dict:
+    """The experiment a run file records, with the budget in force (a ``--resume --budget`` changes it)."""
     config = defaults()
-    config.update(parse_config_text(metadata["experiment_toml"], f"{path} (experiment)"))
+    config.update(parse_config_text(reader.metadata["experiment_toml"], f"{path} (experiment)"))
+    if reader.budget_in_force() is not None:
+        config["budget"] = reader.budget_in_force()
     return config
+
+
+def dataset_of_run(reader: RunReader, config: dict):
+    """The data set a run trained on: its /dataset record (no need for the original file), or for files
+    without one (older versions: bundled data sets only) the one its experiment names."""
+    from labpgt.data.datasets import Dataset
+
+    record = reader.dataset()
+    if record is None:
+        return dataset_of_config(config)
+    return Dataset.from_record(record, where=str(reader.path))
 
 
 def new_run_path(out: str, config: dict) -> Path:
@@ -242,7 +277,8 @@ def new_run_path(out: str, config: dict) -> Path:
         return path
     path.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    what = f"transformer-{config['task']}-{config['reservoir']}" if config["model"] == "transformer" else config["dataset"]
+    what = (f"transformer-{config['task']}-{config['reservoir']}" if config["model"] == "transformer"
+            else Path(config["dataset"]).stem)  # a data file's name, without its folders
     return path / f"{stamp}-{what}-{config['estimator']}-s{config['seed']}.h5"
 
 
@@ -284,8 +320,9 @@ def run_replay(path) -> int:
 
     with RunReader(path) as reader:
         metadata = dict(reader.metadata)
+        config = recorded_config(reader, path)
+        dataset = dataset_of_run(reader, config) if config["model"] == "dense" else None
     layout = json.loads(metadata["physical_layer"])
-    config = recorded_config(metadata, path)
     spec = registry.spec_for(config["estimator"], config["model"])
     reservoir_model = None
     if "reservoir_model" in spec.needs:
@@ -305,7 +342,7 @@ def run_replay(path) -> int:
 
     def build(reservoir, recorder):
         return build_trainer(config, reservoir, reservoir_model=reservoir_model, recorder=recorder,
-                             current_bounds_a=layout.get("current_bounds_a"))
+                             current_bounds_a=layout.get("current_bounds_a"), dataset=dataset)
 
     result = replay(path, build, encoder=encoder_from_layout(layout), independent_nodes="knobs_only" not in layout)
     print(result.message)

@@ -23,7 +23,10 @@ Layout (format_version 1)::
                             evaluation_rows, params [N, n_params],
                             optimizer/<name> [N, *shape], rng_state_* and extra_* (text columns)
     /resumes/               one row per --resume: the checkpoint continued from and the row ranges
-                            of measurements/steps/evaluations recorded after it (abandoned)
+                            of measurements/steps/evaluations recorded after it (abandoned), and
+                            the training budget in force from then on (``budget``; files from
+                            before it lack the column until their next resume adds it, with -1
+                            for the earlier rows: not recorded)
     /faults/                (optional: files written before it have no such group and read as
                             "no faults") one row per instrument fault met while measuring:
                             time_s, step, measurement_row (the /measurements row it touched: the
@@ -45,6 +48,10 @@ Layout (format_version 1)::
                             no sweep was made, no datasets. A ``--resume`` that re-runs the probe
                             to replay a simulated world records nothing: /probe stays the sweep
                             that set the run's reference (the replayed sweep is the same one).
+    /dataset/               (optional: files written before it have none; their experiment names a
+                            bundled data set) the data set the run trained on, written once at
+                            creation, before SWMR: split indices, standardisation, class names,
+                            hashes, and the data itself when small (labpgt/data/record.py)
 
 Text that changes (status messages, RNG state JSON) cannot live in attributes (read-only under
 SWMR) nor in variable-length strings (unsafe under SWMR), so a text column ``x`` is stored as
@@ -129,6 +136,9 @@ _RESUME_COLUMNS = (
     ("evaluations_start", "i8", "1", "first /evaluations row abandoned"),
     ("evaluations_stop", "i8", "1", "end of the abandoned /evaluations rows"),
 )
+#: kept apart from _RESUME_COLUMNS: older files lack it (RunReader.resumes reads it as -1 there)
+_RESUME_BUDGET = ("budget", "i8", "1", "training budget (measurements) in force from this resume on; -1: not "
+                  "recorded (resumed by an older version)")
 _STATUS_COLUMNS = (
     ("time_s", "f8", "s", "unix time of the status change"),
     ("code", STATUS_DTYPE, "1", "running, completed, failed or aborted"),

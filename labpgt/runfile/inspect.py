@@ -116,6 +116,13 @@ def _describe(r: RunReader, lines: list) -> None:
     except RunFileError as e:  # the rest of the file is shown; the damage still makes inspect exit 1
         lines.append("  probe: UNREADABLE")
         lines.append(f"  PROBLEM: {e}")
+    try:
+        record = r.dataset()
+        lines.append("  dataset: " + (record.describe() if record is not None else
+                                      "not recorded (no /dataset group: the experiment names a bundled data set or task)"))
+    except RunFileError as e:
+        lines.append("  dataset: UNREADABLE")
+        lines.append(f"  PROBLEM: {e}")
     if len(evals["step"]):
         lines.append(f"  last test accuracy: {evals['test_accuracy'][-1]:.4f} at step {evals['step'][-1]}")
     lines.append(f"  parameters: {r.n_params}; trace points: {r.trace_points}; "

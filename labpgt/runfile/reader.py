@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from labpgt.runfile.format import FAULT_KINDS, FAULT_ROLES, FORMAT, FORMAT_VERSION, KINDS, RunFileError, STATUSES, TABLES, _EVAL_COLUMNS, _FAULT_COLUMNS, _MEAS_SCALARS, _RESUME_COLUMNS, _STEP_COLUMNS
+from labpgt.runfile.format import FAULT_KINDS, FAULT_ROLES, FORMAT, FORMAT_VERSION, KINDS, RunFileError, STATUSES, TABLES, _EVAL_COLUMNS, _FAULT_COLUMNS, _MEAS_SCALARS, _RESUME_BUDGET, _RESUME_COLUMNS, _STEP_COLUMNS
 from labpgt.runfile.probe import Probe, _read_probe
 from labpgt.runfile.superblock import _SIGNATURE, _superblock, clear_write_flags
 
@@ -234,7 +234,16 @@ class RunReader:
         return g[f"{name}_utf8"][off:off + length].tobytes().decode("utf-8")
 
     def resumes(self) -> dict:
-        return self._table("resumes", _RESUME_COLUMNS)
+        table = self._table("resumes", _RESUME_COLUMNS)
+        n = len(table["checkpoint"])
+        has_budget = _RESUME_BUDGET[0] in self._f["resumes"]
+        table["budget"] = self._f["resumes"]["budget"][:n] if has_budget else np.full(n, -1, dtype=np.int64)
+        return table
+
+    def budget_in_force(self) -> int | None:
+        """The training budget set by the last ``--resume`` that recorded one, or None (the experiment's)."""
+        stated = [int(b) for b in self.resumes()["budget"] if b >= 0]
+        return stated[-1] if stated else None
 
     @property
     def n_faults(self) -> int:
@@ -272,6 +281,18 @@ class RunReader:
         except (KeyError, OSError, ValueError, RuntimeError, TypeError) as exc:
             raise RunFileError(f"{self.path}: /probe is unreadable ({exc}); the file is damaged there, the rest "
                                f"of it is not affected") from None
+
+    def dataset(self):
+        """The run's :class:`labpgt.data.record.DatasetRecord` (/dataset), or None for a file
+        without one (written before data sets were recorded: its experiment names a bundled one)."""
+        if "dataset" not in self._f:
+            return None
+        from labpgt.data.record import DatasetRecord
+
+        try:
+            return DatasetRecord.read(self._f["dataset"])
+        except (KeyError, OSError, ValueError) as exc:
+            raise RunFileError(f"{self.path}: /dataset is unreadable ({exc}); the file is damaged there") from None
 
     def effective_rows(self, table: str = "measurements") -> np.ndarray:
         """Row indices of ``table`` (measurements, steps, evaluations) on the run's path: rows

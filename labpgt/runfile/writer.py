@@ -11,7 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from labpgt.runfile.format import BLOCK_ROWS, FAULT_KINDS, FAULT_ROLES, FORMAT, FORMAT_VERSION, KINDS, OPTIONAL_TABLES, RunFileError, STATUSES, TABLES, _CKPT_SCALARS, _EVAL_COLUMNS, _FAULT_COLUMNS, _MEAS_SCALARS, _RESUME_COLUMNS, _STATUS_COLUMNS, _STEP_COLUMNS
+from labpgt.runfile.format import BLOCK_ROWS, FAULT_KINDS, FAULT_ROLES, FORMAT, FORMAT_VERSION, KINDS, OPTIONAL_TABLES, RunFileError, STATUSES, TABLES, _CKPT_SCALARS, _EVAL_COLUMNS, _FAULT_COLUMNS, _MEAS_SCALARS, _RESUME_BUDGET, _RESUME_COLUMNS, _STATUS_COLUMNS, _STEP_COLUMNS
 from labpgt.runfile.probe import Probe, _checked_probe, _write_probe
 from labpgt.runfile.superblock import _superblock, clear_write_flags
 from labpgt.runfile.reader import RunReader, _close_h5
@@ -103,7 +103,7 @@ class RunFile:
     def create(cls, path, *, n_params: int, param_names=None, features_per_measurement: int,
                trace_points: int, optimizer_state_shapes: dict | None = None, metadata: dict | None = None,
                features_units: str = "1", trace_compression: str | None = None,
-               probe: Probe | None = None, overwrite: bool = False) -> "RunFile":
+               probe: Probe | None = None, overwrite: bool = False, dataset=None) -> "RunFile":
         """Create a new run file with every dataset, then switch to SWMR writing.
 
         metadata: station_toml, experiment_toml (verbatim text), identities (role -> IDN),
@@ -111,6 +111,7 @@ class RunFile:
         trace_compression: None (default, fastest; noisy dBm traces barely compress) or "lzf".
         probe: where the drive's reference frequency came from (:class:`Probe`), kept as /probe;
         None: no /probe group (a run with no station probe).
+        dataset: a :class:`labpgt.data.record.DatasetRecord`, kept as /dataset (None: no group).
         """
         path = Path(path)
         if path.exists() and not overwrite:
@@ -184,7 +185,7 @@ class RunFile:
             _new_text_column(st, "message", "status message")
             _new_text_column(st, "host", "host name of the writer")
             rs = f.create_group("resumes")
-            for col in _RESUME_COLUMNS:
+            for col in _RESUME_COLUMNS + (_RESUME_BUDGET,):
                 _new_column(rs, *col, chunk_rows=16)
             fa = f.create_group("faults")
             for col in _FAULT_COLUMNS:
@@ -192,6 +193,8 @@ class RunFile:
             _new_text_column(fa, "message", "what the driver reported")
             if probe is not None:
                 _write_probe(f, probe)
+            if dataset is not None:
+                dataset.write(f.create_group("dataset"))
 
             f.swmr_mode = True  # from here on: no new objects, no attribute changes
         except BaseException:
@@ -202,8 +205,9 @@ class RunFile:
         return rf
 
     @classmethod
-    def open_append(cls, path, *, message: str = "resumed") -> "RunFile":
-        """Reopen a run to continue it (``--resume``).
+    def open_append(cls, path, *, message: str = "resumed", budget: int = -1) -> "RunFile":
+        """Reopen a run to continue it (``--resume``); ``budget``: the training budget in force
+        from now on, kept in the resume's row (-1: not stated).
 
         Status running, aborted or failed: appends (rows that were in flight when the previous
         writer died are dropped). Status completed: RunFileError, and the file is not touched.
@@ -227,6 +231,10 @@ class RunFile:
             committed = [int(x) for x in f["committed"][:]]
             for table, n in zip(_tables_of(f), committed):
                 _truncate_group(f[table], n)  # discard half-written rows of the dead writer
+            if _RESUME_BUDGET[0] not in f["resumes"]:  # a file from before the column: add it, -1 = unknown
+                column = _new_column(f["resumes"], *_RESUME_BUDGET, chunk_rows=16)
+                column.resize((committed[5],))
+                column[:] = -1
             f.swmr_mode = True
         except BaseException:
             f.close()
@@ -238,8 +246,8 @@ class RunFile:
         ck = f["checkpoints"]
         start = [int(ck[c][k - 1]) if k else 0 for c in ("measurement_rows", "step_rows", "evaluation_rows")]
         stop = committed[:3]
-        rf._append_row("resumes", _RESUME_COLUMNS, {
-            "time_s": time.time(), "checkpoint": k - 1,
+        rf._append_row("resumes", _RESUME_COLUMNS + (_RESUME_BUDGET,), {
+            "time_s": time.time(), "checkpoint": k - 1, "budget": int(budget),
             "measurements_start": start[0], "measurements_stop": stop[0], "steps_start": start[1],
             "steps_stop": stop[1], "evaluations_start": start[2], "evaluations_stop": stop[2]})
         rf.set_status("running", message)
