@@ -55,15 +55,15 @@ sys.path.insert(0, str(ROOT / "scripts"))  # _machine, when loaded by path
 from _machine import cpu_model  # noqa: E402
 
 from instruments.station import Station  # noqa: E402
-from labpgt.encoding import BandReadout, KnobEncoder  # noqa: E402
-from labpgt.experiment import find_reference_hz  # noqa: E402
-from labpgt.physical import StationReservoir  # noqa: E402
+from labpgt.reservoirs.encoding import BandReadout, KnobEncoder  # noqa: E402
+from labpgt.experiment.run import find_reference_hz  # noqa: E402
+from labpgt.reservoirs.station import StationReservoir  # noqa: E402
 from labpgt.runfile import RunFile  # noqa: E402
 import sim.clock  # noqa: E402
 from sim.server import SimServer  # noqa: E402
 
 try:
-    from labpgt.writer import RecorderThread
+    from labpgt.runfile.thread import RecorderThread
     if not Path(sys.modules[RecorderThread.__module__].__file__).resolve().is_relative_to(ROOT):
         RecorderThread = None  # an editable install's copy from another tree: not this tree's code
 except ImportError:  # older trees (for "before" numbers)

@@ -58,9 +58,9 @@ def fault_spec(fault_every: int, seed: int) -> str:
 
 def run_once(measurements: int, seed: int, faults: str | None, workdir: Path, timeout_s: float = 0.5) -> dict:
     from instruments.station import Station
-    from labpgt.encoding import BandReadout, KnobEncoder
-    from labpgt.experiment import OPTIONS, build_trainer, station_physical_layer
-    from labpgt.physical import FLAG_FAULT, FLAG_REPEATED, StationReservoir
+    from labpgt.reservoirs.encoding import BandReadout, KnobEncoder
+    from labpgt.experiment.run import OPTIONS, build_trainer, station_physical_layer
+    from labpgt.reservoirs.station import FLAG_FAULT, FLAG_REPEATED, StationReservoir
     from labpgt.runfile import RunFile, RunReader
     from sim.server import SimServer
 

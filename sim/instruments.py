@@ -238,6 +238,12 @@ class CoilLoad:
         self._t_hit = t + self.tau * math.log((asym - i_now) / (asym - self._target))
         return self._t_hit
 
+    def settle_now(self, t: float) -> None:
+        """The current has reached its target already (a rig found with current flowing)."""
+        self._i0 = self.final_current()
+        self._target = self._i0
+        self._t0 = self._t_hit = float(t)
+
     def final_current(self) -> float:
         if self._t_hit == math.inf:
             return math.copysign(self._vc / self.r, self._target - self._i0)
@@ -447,7 +453,10 @@ class SimKeithley2400(_CurrentSourceBase):
         return self.mode
 
     def _curr(self, p, s):
-        self.i_set = number(one(p), "A", -self.I_MAX, self.I_MAX, default=0.0)
+        value = number(one(p), "A", -self.I_MAX, self.I_MAX, default=0.0)
+        if not self.i_range_auto and abs(value) > 1.05 * self.i_range * (1 + 1e-12):
+            raise SCPIError(-222)  # a fixed source range holds 105 % of its value
+        self.i_set = value
         self._apply()
 
     def _curr_q(self, p, s):

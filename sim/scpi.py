@@ -33,29 +33,9 @@ from __future__ import annotations
 import re
 import threading
 
-# ----------------------------------------------------------------------------- errors
+from sim.error_messages import MESSAGES
 
-MESSAGES = {
-    0: "No error",
-    -100: "Command error",
-    -102: "Syntax error",
-    -104: "Data type error",
-    -108: "Parameter not allowed",
-    -109: "Missing parameter",
-    -113: "Undefined header",
-    -114: "Header suffix out of range",
-    -131: "Invalid suffix",
-    -200: "Execution error",
-    -221: "Settings conflict",
-    -222: "Data out of range",
-    -224: "Illegal parameter value",
-    -230: "Data corrupt or stale",
-    -300: "Device-specific error",
-    -350: "Queue overflow",
-    -400: "Query error",
-    -410: "Query INTERRUPTED",
-    -420: "Query UNTERMINATED",
-}
+# ----------------------------------------------------------------------------- errors
 
 ESR_OPC, ESR_QYE, ESR_DDE, ESR_EXE, ESR_CME, ESR_PON = 1, 4, 8, 16, 32, 128
 QUEUE_SIZE = 30

@@ -215,4 +215,4 @@ def test_transformer_options_that_do_not_fit_are_refused(capsys):
     assert main(["train", "--estimator", "node-token"]) == 2
     assert "only for the transformer" in capsys.readouterr().err
     assert main(["train", "--model", "transformer", "--estimator", "twin"]) == 2
-    assert "allowed for the transformer: node, node-token" in capsys.readouterr().err
+    assert "allowed for the transformer model: node, pgt, spsa, oracle, backprop, node-token" in capsys.readouterr().err

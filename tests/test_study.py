@@ -92,13 +92,13 @@ def test_the_cli_refuses_a_bad_study_file_with_exit_2(tmp_path):
 
 def test_grid_and_variants_cross_with_seeds_under_stable_names(tmp_path):
     path = write(tmp_path / "s.toml", "[study]\nseeds = [3, 4]\n[base]\nbudget = 640\n"
-                                      "[grid]\nestimator = ['node', 'spsa']\n[[variants]]\nlr = 0.05\n"
+                                      "[grid]\nestimator = ['node', 'pgt']\n[[variants]]\nlr = 0.05\n"
                                       "[[variants]]\nlr = 0.02\nbatch_size = 16\n")
     study = load_study(path, out=str(tmp_path / "out"))
     trials = study.trials()
     assert [t.overrides for t in trials[:3]] == [{"lr": 0.05, "estimator": "node", "seed": 3},
                                                  {"lr": 0.05, "estimator": "node", "seed": 4},
-                                                 {"lr": 0.05, "estimator": "spsa", "seed": 3}]
+                                                 {"lr": 0.05, "estimator": "pgt", "seed": 3}]
     assert len(trials) == 8 and len({t.name for t in trials}) == 8
     assert trials[0].experiment["budget"] == 640 and trials[0].experiment["progress"] is False
     # the name depends on the options only: a rerun of the same study finds the same folders

@@ -5,7 +5,7 @@ A study validates every trial's experiment before anything runs, with the same r
 """
 from __future__ import annotations
 
-from labpgt.experiment import OPTIONS, ConfigError, check_combination, config_to_toml, parse_config_text
+from labpgt.experiment.options import OPTIONS, ConfigError, check_combination, config_to_toml, parse_config_text
 
 __all__ = ["OPTIONS", "ConfigError", "check_combination", "config_to_toml", "parse_config_text",
            "experiment_defaults", "validated_experiment"]
