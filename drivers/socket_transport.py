@@ -134,7 +134,10 @@ class SocketTransport:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TransportTimeout(self.resource, self._timeout_s, doing)
-        sock.settimeout(remaining)
+        # the whole reply within the timeout: a later part of it gets only what is left
+        shortened = remaining < self._timeout_s - 1e-3
+        if shortened:
+            sock.settimeout(remaining)
         try:
             chunk = sock.recv(_RECEIVE_SIZE)
         except socket.timeout as exc:
@@ -142,7 +145,8 @@ class SocketTransport:
         except OSError as exc:
             raise self._dropped(doing, exc) from exc
         finally:
-            sock.settimeout(self._timeout_s)
+            if shortened:
+                sock.settimeout(self._timeout_s)
         if not chunk:
             raise self._dropped(doing)
         self._buffer += chunk

@@ -124,20 +124,28 @@ class SocketServer(_ServedDevice):
             try:
                 self._serve(conn)
             finally:
+                self._conn = None
                 try:
                     conn.close()
                 except OSError:
                     pass
 
+    def stop(self) -> None:
+        self._stop.set()
+        connection = self._conn
+        if connection is not None:
+            try:  # wakes the thread blocked receiving from it
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        super().stop()
+
     def _serve(self, conn: socket.socket) -> None:
+        # a blocking receive, woken by stop() shutting the connection down: one system call a
+        # message instead of a select() and a recv() (the messages come one at a time)
+        self._conn = conn
         buf = b""
         while not self._stop.is_set():
-            try:
-                ready, _, _ = select.select([conn, self._waker.r], [], [])
-            except (OSError, ValueError):
-                return
-            if self._waker.r in ready:
-                return
             try:
                 chunk = conn.recv(65536)
             except OSError:
