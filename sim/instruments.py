@@ -740,6 +740,10 @@ class _Analyzer(_RigDevice):
         self._sweep = (t0, t1, self._snapshot())
         self.pending_until = t1
 
+    def pending_sweep_start_s(self) -> float | None:
+        """Rig time of the sweep begun and not computed yet (its trace needs the field then), else None."""
+        return self._sweep[0] if self._sweep is not None else None
+
     def _abort(self, p, s):
         none(p)
         self._sweep = None

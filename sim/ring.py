@@ -187,12 +187,17 @@ class Ring:
         self._grid_cache.clear()
 
     # ------------------------------------------------------------------ world state
-    def get_state(self) -> dict:
+    def get_state(self, needed_from_s: float | None = None) -> dict:
         """What changes as the ring is used: the sweep-noise stream and the coil's history.
 
         JSON-able, so a checkpoint of a simulated run can hold it and a resumed run continue
-        with the very noise an uninterrupted one would have seen.
+        with the very noise an uninterrupted one would have seen. ``needed_from_s``: the
+        earliest time the field will still be asked for; the coil's history before it is
+        forgotten first (:meth:`prune_coil_history`), so the state stays a few numbers
+        however long the ring has run.
         """
+        if needed_from_s is not None:
+            self.prune_coil_history(needed_from_s)
         return {"rng": self._rng.bit_generator.state, "coil_t": list(self._coil_t),
                 "coil_seg": [list(seg) for seg in self._coil_seg], "current_a": self._current_a}
 
@@ -218,6 +223,17 @@ class Ring:
         del self._coil_t[i:], self._coil_seg[i:]
         self._coil_t.append(t_s)
         self._coil_seg.append((t_s, h_now, target))
+
+    def prune_coil_history(self, needed_from_s: float) -> None:
+        """Forget the coil segments no ``field_oe(t)`` with ``t >= needed_from_s`` can reach.
+
+        The segment in force at ``needed_from_s`` and every later one stay, so the field at
+        those times is computed from the very same numbers (bit for bit); only the list that
+        would otherwise grow with every current change for the whole run gets shorter.
+        """
+        i = bisect.bisect_right(self._coil_t, needed_from_s) - 1
+        if i > 0:
+            del self._coil_t[:i], self._coil_seg[:i]
 
     def field_oe(self, t_s: float) -> float:
         """Bias field at virtual time t_s, Oe."""

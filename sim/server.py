@@ -25,7 +25,7 @@ import tty
 
 from sim.faults import DISCONNECT, apply_spec
 from sim.instruments import (SimKeithley2400, SimKepcoBOP, SimKeysightMXG, SimKeysightXSA, SimRig,
-                             SimRohdeFSV, SimWindfreakSynthHD)
+                             SimRohdeFSV, SimWindfreakSynthHD, _Analyzer)
 
 __all__ = ["SimServer", "SocketServer", "PtyServer", "serve_forever", "FLAVOURS"]
 
@@ -322,9 +322,17 @@ class SimServer:
         self.stop()
 
     def world_state(self) -> dict:
-        """The simulated world's state (virtual time, ring noise stream, coil), JSON-able."""
+        """The simulated world's state (virtual time, ring noise stream, coil), JSON-able.
+
+        The coil's history before anything can still ask for the field (now, or a sweep begun
+        and not computed yet) is dropped, so the state's size does not grow with the run.
+        """
         with self.rig.lock:
-            return {"clock_s": self.rig.clock.now(), "ring": self.rig.ring.get_state()}
+            now = self.rig.clock.now()
+            pending = [inst.pending_sweep_start_s() for inst in self.instruments.values()
+                       if isinstance(inst, _Analyzer)]
+            needed_from_s = min([now] + [t for t in pending if t is not None])
+            return {"clock_s": now, "ring": self.rig.ring.get_state(needed_from_s)}
 
     def load_world_state(self, state: dict) -> None:
         with self.rig.lock:
