@@ -21,10 +21,11 @@ experiment).
 (c) run file: bytes per measurement of the file the loop wrote, and the sustained write rate of
     the run file alone (16-row batches + step flush, traces uncompressed and lzf).
 (f) the loop against its floor (``scripts/bench_floor.py``: the loop's wire work through pyvisa-py
-    plus the run file's block appends, nothing else), in interleaved rounds: each round runs the
-    loop, the floor against an instantly answering server and the floor against the project's
-    simulated instruments, in rotating order; the ratio loop / floor per round, its median and
-    spread. Reported first.
+    plus the run file's block appends, nothing else), in interleaved rounds: each round sets up
+    the loop, the floor against an instantly answering server and the floor against the
+    project's simulated instruments side by side and runs them in alternating chunks of
+    ``--chunk`` measurements, in rotating order; the ratio loop / floor per round, its median
+    and spread. Reported first.
 
     python scripts/bench_loop.py                       # (f) then (a) (b) (c), JSON + table
     python scripts/bench_loop.py --skip a,b,c          # (f) only: the loop against its floor
@@ -279,27 +280,48 @@ FLOOR_CONTENDERS = ("loop", "floor_instant", "floor_sim")
 
 
 def bench_against_floor(args, tmpdir) -> dict:
-    """Interleaved rounds of (loop, floor against an instant server, floor against the simulator)."""
+    """Interleaved rounds of (loop, floor against an instant server, floor against the simulator).
+
+    In a round the three are set up side by side (whichever is not running is idle: its server
+    threads wait on their sockets) and run in short alternating chunks of ``--chunk``
+    measurements, in rotating order, until each has ``--round-measurements``: a change of the
+    machine's load hits all three alike. A round's rate is its measurements over the wall time
+    of its chunks; the ratio is taken per round.
+    """
     runs = {name: [] for name in FLOOR_CONTENDERS}
     for r in range(args.rounds):
-        order = FLOOR_CONTENDERS[r % 3:] + FLOOR_CONTENDERS[:r % 3]  # rotate: no side always first
-        for name in order:
-            if name == "loop":
-                contender = Rig(realtime=False, recorder_mode=args.recorder, batch=args.batch, tmpdir=tmpdir,
-                                seed=r)
-            else:
-                contender = Floor(name[len("floor_"):], batch=args.batch, tmpdir=tmpdir, seed=r)
-            try:
-                run = timed_run(contender, warmup=args.warmup, measurements=args.round_measurements,
-                                batch=args.batch)
-            finally:
+        contenders = {}
+        try:
+            for name in FLOOR_CONTENDERS:
+                contenders[name] = (Rig(realtime=False, recorder_mode=args.recorder, batch=args.batch, tmpdir=tmpdir,
+                                        seed=r) if name == "loop" else
+                                    Floor(name[len("floor_"):], batch=args.batch, tmpdir=tmpdir, seed=r))
+                contenders[name].loop(args.warmup)
+            wall = dict.fromkeys(FLOOR_CONTENDERS, 0.0)
+            cpu = dict.fromkeys(FLOOR_CONTENDERS, 0.0)
+            batch_times = {name: [] for name in FLOOR_CONTENDERS}
+            chunks = max(1, args.round_measurements // args.chunk)
+            for c in range(chunks):
+                order = FLOOR_CONTENDERS[c % 3:] + FLOOR_CONTENDERS[:c % 3]  # rotate: no side always first
+                for name in order:
+                    cpu0, t0 = time.process_time(), time.perf_counter()
+                    batch_times[name] += contenders[name].loop(args.chunk)
+                    wall[name] += time.perf_counter() - t0
+                    cpu[name] += time.process_time() - cpu0
+        finally:
+            for contender in contenders.values():
                 contender.close()
-            run["round"] = r
-            runs[name].append(run)
+        for name in FLOOR_CONTENDERS:
+            n = len(batch_times[name]) * args.batch
+            runs[name].append({"round": r, "measurements": n, "wall_s": wall[name],
+                               "measurements_per_s": n / wall[name],
+                               "median_us_per_measurement": statistics.median(batch_times[name]) / args.batch * 1e6,
+                               "cpu_us_per_measurement": cpu[name] / n * 1e6})
     rates = {name: [x["measurements_per_s"] for x in v] for name, v in runs.items()}
     ratios = {f"loop_over_{name}": [loop / floor for loop, floor in zip(rates["loop"], rates[name])]
               for name in ("floor_instant", "floor_sim")}
     return {"runs": runs, "rounds": args.rounds, "measurements_per_run": args.round_measurements,
+            "chunk": args.chunk,
             "measurements_per_s": {name: summary(v) for name, v in rates.items()},
             "cpu_us_per_measurement": {name: summary([x["cpu_us_per_measurement"] for x in v])
                                        for name, v in runs.items()},
@@ -310,8 +332,8 @@ def floor_table(f: dict) -> str:
     def spread(s, fmt):
         return f"{fmt.format(s['median'])} ({fmt.format(s['q1'])}–{fmt.format(s['q3'])}; " \
                f"{fmt.format(s['min'])}–{fmt.format(s['max'])})"
-    lines = [f"(f) the loop against its floor, {f['rounds']} interleaved rounds of {f['measurements_per_run']} "
-             "measurements; median (quartiles; min–max)",
+    lines = [f"(f) the loop against its floor, {f['rounds']} rounds of {f['measurements_per_run']} measurements each, "
+             f"interleaved in chunks of {f.get('chunk', f['measurements_per_run'])}; median (quartiles; min–max)",
              f"      {'':30s} {'measurements/s':36s} CPU µs/measurement (all threads)"]
     for name in FLOOR_CONTENDERS:
         lines.append(f"      {name:30s} {spread(f['measurements_per_s'][name], '{:.0f}'):36s} "
@@ -551,6 +573,7 @@ def main(argv=None) -> int:
                         "as real instruments are their own boxes, instead of threads sharing this process's GIL")
     p.add_argument("--rounds", type=int, default=7, help="(f): interleaved rounds of loop and floors")
     p.add_argument("--round-measurements", type=int, default=1600, help="(f): timed measurements per run")
+    p.add_argument("--chunk", type=int, default=160, help="(f): measurements per turn within a round")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: f,a,b,c")
     p.add_argument("--profile", action="store_true", help="print the cProfile top of the main thread (a)")
     p.add_argument("--loop-only", action="store_true",
