@@ -93,3 +93,21 @@ def test_direct_spectra_are_bit_identical():
     descending = ring.spectra(freqs[::-1], 100e3, field, np.array([np.nan, f]), np.array([-10.0, -10.0]),
                               np.random.default_rng(2))
     assert [sha(noiseless.tobytes()), sha(noisy.tobytes()), sha(descending.tobytes())] == DIRECT
+
+
+def test_training_on_the_embedded_ring_ends_with_the_same_bits(tmp_path):
+    """A short ``labpgt train`` through the drivers, the wire and the simulated instruments:
+    final parameters and every trace as computed at commit 67c3a5c."""
+    import h5py
+
+    from labpgt.cli import main
+
+    path = tmp_path / "run.h5"
+    assert main(["train", "--budget", "320", "--seed", "3", "--out", str(path), "--no-progress",
+                 "--eval-every", "3", "--checkpoint-every", "2"]) == 0
+    with h5py.File(path, "r") as f:
+        params = f["checkpoints/params"][-1]
+        traces = f["measurements/trace_dbm"][:]
+    assert traces.shape == (380, 401)
+    assert sha(traces.tobytes()) == "628aa88844c2a801a5f28527f7944acf924ddcd7cd57d855476988f180b5d898"
+    assert sha(params.tobytes()) == "04184ce417c04b24cf196a91a31ab6b69f4933590c57067eecb797b11c161b3d"
