@@ -89,14 +89,24 @@ class ScriptedServer:
 def open_transport(kind: str, resource: str, timeout_s: float = 2.0):
     if kind == "visa":
         return VisaTransport(resource, timeout_s=timeout_s)
-    return SocketTransport(resource, timeout_s=timeout_s)
+    import drivers.socket_transport
+
+    transport = SocketTransport(resource, timeout_s=timeout_s)
+    # the kernel keeps the timeouts of a blocking socket, or Python keeps them
+    assert transport._sock.gettimeout() == (None if drivers.socket_transport._KERNEL_TIMEOUTS else timeout_s)
+    return transport
 
 
-KINDS = ("visa", "socket")
+# "socket-python": the direct socket with Python's own timeouts (not Linux's kernel timeouts)
+KINDS = ("visa", "socket", "socket-python")
 
 
 @pytest.fixture(params=KINDS)
-def kind(request):
+def kind(request, monkeypatch):
+    if request.param == "socket-python":
+        import drivers.socket_transport
+
+        monkeypatch.setattr(drivers.socket_transport, "_KERNEL_TIMEOUTS", False)
     return request.param
 
 
