@@ -4,6 +4,9 @@ For each budget N (training measurements), one ``labpgt train --budget N`` in a 
 then one ``labpgt replay`` of its file, each measured from outside:
 
 * wall time and peak RSS of the child (``os.wait4``'s ``ru_maxrss``);
+* the child's CPU time per measurement at the start and at the end (its CPU seconds from /proc
+  against the rows its run file has committed, sampled once a second; the first and the last
+  tenth of the rows): unlike the rates, not moved by other load on the machine;
 * measurements per second at the start and at the end (rows of /measurements over their
   ``time_s``, the first and the last tenth of the rows after the set-up probe; evaluations
   included, as they are measurements too);
@@ -38,18 +41,68 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from bench_floor import machine  # noqa: E402
 
 
-def run_child(command: list[str], *, tree: Path, log_path: Path) -> dict:
-    """Run a child to its end: wall time, exit code, peak RSS (MB)."""
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a running process (all its threads), from /proc; None once gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) * _TICK_S
+
+
+def committed_rows(path: Path) -> int | None:
+    """Measurement rows a run file being written has committed (read as an SWMR reader), or None."""
+    try:
+        with h5py.File(path, "r", swmr=True, libver="latest") as f:
+            return int(f["committed"][0])
+    except (OSError, KeyError):
+        return None
+
+
+def run_child(command: list[str], *, tree: Path, log_path: Path, watch: Path | None = None) -> dict:
+    """Run a child to its end: wall time, exit code, peak RSS (MB); with ``watch`` (its run file),
+    samples of (committed rows, child CPU seconds) once a second while it runs."""
     env = dict(os.environ, PYTHONPATH=str(tree))
+    samples = []
     with open(log_path, "w") as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen(command, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        while watch is not None:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            cpu, rows = process_cpu_s(proc.pid), committed_rows(watch)
+            if cpu is not None and rows:
+                samples.append((rows, cpu))
+            time.sleep(1.0)  # sampling an independent process, not synchronising with it
+        else:
+            _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited {proc.returncode}; see {log_path}")
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024.0}  # Linux: kilobytes
+    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024.0, "samples": samples}  # ru_maxrss: KB
+
+
+def cpu_per_row_us(samples: list, first: bool) -> float:
+    """Child CPU µs per committed row over the first (or last) tenth of the rows sampled."""
+    if len(samples) < 3:
+        return float("nan")
+    rows = np.array([r for r, _ in samples], dtype=float)
+    cpu = np.array([c for _, c in samples])
+    span = (rows[-1] - rows[0]) / 10
+    pick = rows <= rows[0] + span if first else rows >= rows[-1] - span
+    idx = np.flatnonzero(pick)
+    if first:
+        idx = np.arange(0, max(idx[-1], 1) + 1)
+    else:
+        idx = np.arange(min(idx[0], len(rows) - 2), len(rows))
+    d_rows = rows[idx[-1]] - rows[idx[0]]
+    return (cpu[idx[-1]] - cpu[idx[0]]) / d_rows * 1e6 if d_rows > 0 else float("nan")
 
 
 def rate(times: np.ndarray) -> float:
@@ -98,12 +151,14 @@ def main(argv=None) -> int:
             path.unlink(missing_ok=True)
             train = run_child([sys.executable, "-m", "labpgt.cli", "train", "--budget", str(budget), "--seed",
                                str(args.seed), "--out", str(path), "--no-progress"],
-                              tree=tree, log_path=folder / f"scaling-{budget}-train.log")
+                              tree=tree, log_path=folder / f"scaling-{budget}-train.log", watch=path)
             figures = file_figures(path)
             replay = run_child([sys.executable, "-m", "labpgt.cli", "replay", str(path)], tree=tree,
                                log_path=folder / f"scaling-{budget}-replay.log")
             row = {"budget": budget, "train_wall_s": train["wall_s"], "train_peak_rss_mb": train["peak_rss_mb"],
-                   **figures, "replay_wall_s": replay["wall_s"], "replay_peak_rss_mb": replay["peak_rss_mb"],
+                   "cpu_us_per_row_start": cpu_per_row_us(train["samples"], first=True),
+                   "cpu_us_per_row_end": cpu_per_row_us(train["samples"], first=False),
+                   "cpu_samples": len(train["samples"]), **figures, "replay_wall_s": replay["wall_s"], "replay_peak_rss_mb": replay["peak_rss_mb"],
                    "loadavg": os.getloadavg()}
             result["rows"].append(row)
             print(json.dumps(row), flush=True)
@@ -117,14 +172,15 @@ def main(argv=None) -> int:
 
 def markdown(result: dict) -> str:
     lines = [f"`{result['label']}`", "",
-             "| N (training measurements) | rows | wall s | meas/s at start | at end | end/start | peak RSS MB | "
-             "bytes/measurement | checkpoint text B, first → last | checkpoints' share of file | replay s | "
-             "replay RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| N (training measurements) | rows | wall s | meas/s at start | at end | CPU µs/meas at start | at end | "
+             "peak RSS MB | bytes/measurement | checkpoint text B, first → last | checkpoints' share of file | "
+             "replay s | replay RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(
             f"| {r['budget']:,} | {r['rows']:,} | {r['train_wall_s']:.0f} | {r['rate_start_per_s']:.0f} | "
-            f"{r['rate_end_per_s']:.0f} | {r['rate_end_per_s'] / r['rate_start_per_s']:.2f} | "
+            f"{r['rate_end_per_s']:.0f} | {r.get('cpu_us_per_row_start', float('nan')):.0f} | "
+            f"{r.get('cpu_us_per_row_end', float('nan')):.0f} | "
             f"{r['train_peak_rss_mb']:.0f} | {r['bytes_per_measurement']:.0f} | "
             f"{r['checkpoint_text_bytes_first']:,} → {r['checkpoint_text_bytes_last']:,} | "
             f"{100 * r['checkpoint_text_share_of_file']:.1f} % | {r['replay_wall_s']:.0f} | "
