@@ -158,7 +158,7 @@ def main(argv=None) -> int:
             row = {"budget": budget, "train_wall_s": train["wall_s"], "train_peak_rss_mb": train["peak_rss_mb"],
                    "cpu_us_per_row_start": cpu_per_row_us(train["samples"], first=True),
                    "cpu_us_per_row_end": cpu_per_row_us(train["samples"], first=False),
-                   "cpu_samples": len(train["samples"]), **figures, "replay_wall_s": replay["wall_s"], "replay_peak_rss_mb": replay["peak_rss_mb"],
+                   "cpu_samples": len(train["samples"]), "cpu_samples_rows_s": train["samples"], **figures, "replay_wall_s": replay["wall_s"], "replay_peak_rss_mb": replay["peak_rss_mb"],
                    "loadavg": os.getloadavg()}
             result["rows"].append(row)
             print(json.dumps(row), flush=True)
