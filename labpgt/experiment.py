@@ -75,6 +75,7 @@ OPTIONS: dict[str, Option] = {
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="experiment TOML; every option below can be set there")
     parser.add_argument("--resume", metavar="RUN.h5", help="continue an interrupted run")
+    parser.add_argument("--watch", action="store_true", help="serve a live page of the run (labpgt watch) beside it")
     for name, opt in OPTIONS.items():
         flag = "--" + name.replace("_", "-")
         if opt.type is bool:
@@ -394,6 +395,9 @@ def run_training(args, argv=None) -> int:
         layout = None
         run_path = _new_run_path(config["out"], config)
         embedded = config["station"] is None
+    if getattr(args, "watch", False):
+        from labpgt.watch.cli import watch_beside  # a page of the run, served by its own process
+        watch_beside(run_path)
 
     if config["model"] == "transformer":
         from labpgt.inprocess import run_in_process
