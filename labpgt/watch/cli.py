@@ -31,6 +31,8 @@ def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: loopback only); any other address needs the "
                              "token printed at start on every request")
+    parser.add_argument("--token", action="store_true",
+                        help="require the token even on loopback (a machine shared with other users)")
     parser.add_argument("--port", type=int, default=0, help="port (default: a free one, printed at start)")
     parser.add_argument("--stop-after-idle", type=float, metavar="SECONDS",
                         help="stop when no page has been open this long and the run is over")
@@ -47,11 +49,11 @@ def cmd_watch(args) -> int:
     from labpgt.watch.server import WatchServer
 
     server = WatchServer(Path(args.target), host=args.host, port=args.port, stop_after_idle_s=args.stop_after_idle,
-                         wait_for_file=args.wait)
+                         wait_for_file=args.wait, token_required=args.token)
     what = "runs in" if server.root.is_dir else "run"
     print(f"watching {what} {server.root.path} (read-only) at {server.served.url}", flush=True)
     if server.served.token:
-        print(f"token: {server.served.token} (needed on every request from another machine)", flush=True)
+        print(f"token: {server.served.token} (checked on every request; the address above carries it)", flush=True)
     if args.detach:
         # the launching terminal is not ours: nothing more goes to it
         devnull = os.open(os.devnull, os.O_WRONLY)

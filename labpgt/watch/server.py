@@ -35,6 +35,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def needs_token(host: str, forced: bool = False) -> bool:
+    """Anything but loopback is reachable by others: a token is then required."""
+    return forced or not is_loopback(host)
+
+
 @dataclass(frozen=True)
 class Served:
     url: str  # what to open (with the token, when there is one)
@@ -46,7 +51,7 @@ class WatchServer:
     """A running watcher on the current Tornado IOLoop; :meth:`run` blocks until stopped."""
 
     def __init__(self, target, host: str = "127.0.0.1", port: int = 0, stop_after_idle_s: float | None = None,
-                 wait_for_file: bool = False):
+                 wait_for_file: bool = False, token_required: bool = False):
         # the watcher only reads: HDF5's file lock would stop a `train --resume` of a file a page
         # shows (a reader's shared lock refuses the writer's exclusive one), so it takes none
         os.environ["HDF5_USE_FILE_LOCKING"] = "FALSE"
@@ -63,7 +68,7 @@ class WatchServer:
 
         self.root = WatchRoot(target, may_not_exist_yet=wait_for_file)
         self.hub = Hub(self.root)
-        self.token = None if is_loopback(host) else secrets.token_urlsafe(24)
+        self.token = secrets.token_urlsafe(24) if needs_token(host, token_required) else None
         sockets, self.port = bind_sockets(host, port)
         if is_loopback(host):
             origins = [f"127.0.0.1:{self.port}", f"localhost:{self.port}", f"[::1]:{self.port}"]
