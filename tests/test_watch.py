@@ -171,7 +171,7 @@ def watcher(tmp_path):
         assert url.hostname == "127.0.0.1"
         yield url.port, token
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.terminate()  # SIGTERM (SIGINT may be ignored in a background job)
         proc.communicate(timeout=30)
 
 

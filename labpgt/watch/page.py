@@ -27,7 +27,7 @@ from labpgt.watch.snapshot import KNOB_MEASUREMENTS, RunSnapshot, WatchedRun
 log = logging.getLogger(__name__)
 
 #: how often a page asks for news; the shared snapshot is read at most every MIN_POLL_INTERVAL_S
-PAGE_POLL_MS = 400
+PAGE_POLL_MS = 250
 LISTING_POLL_MS = 2000
 STATUS_COLOURS = {"running": "#1a7f37", "completed": "#0969da", "aborted": "#bf8700", "failed": "#cf222e",
                   "killed": "#6e7781", "unknown": "#6e7781", "unreadable": "#6e7781"}
@@ -148,6 +148,7 @@ class RunPage:
 
     def _build(self) -> None:
         self.header = Div(text="", sizing_mode="stretch_width")
+        self.about = Div(text="", sizing_mode="stretch_width")  # changes rarely: sent only when it does
         self.steps = ColumnDataSource({k: [] for k in ("measurements", "loss", "accuracy", "time_ms", "current_a")})
         self.evals = ColumnDataSource({k: [] for k in ("measurements", "test_loss", "test_accuracy")})
         loss = figure(title="loss", x_axis_label="training measurements", **_PLOT)
@@ -202,7 +203,7 @@ class RunPage:
         self.faults_title = Div(text="<h3>Faults and recoveries</h3>")
         back = Div(text="<a href='./'>← all runs</a>") if self.hub.root.is_dir else Div(text="")
         self.doc.add_root(column(
-            back, self.header,
+            back, self.header, self.about,
             row(loss, accuracy, sizing_mode="stretch_width"),
             row(column(self.spectrum, self.legend_div, sizing_mode="stretch_width"), wf,
                 sizing_mode="stretch_width"),
@@ -223,6 +224,9 @@ class RunPage:
         self.shown.version = snap.version
         self.doc.title = f"{snap.status} · step {snap.step} · {snap.path.name}"
         self.header.text = _header_html(snap)
+        about = _about_html(snap)
+        if about != self.about.text:
+            self.about.text = about
         if snap.error:
             return
         self._update_curves(snap, fresh)
@@ -285,6 +289,10 @@ class RunPage:
             self.shown.knob_row = int(kn["row"][-1])
 
     def _update_tables(self, snap: RunSnapshot) -> None:
+        counts = (len(snap.faults), len(snap.status_log))
+        if self.shown.extras.get("table_rows") == counts:
+            return  # both tables only ever grow: the same counts, the same rows (the browser redraws less)
+        self.shown.extras["table_rows"] = counts
         f = snap.faults
         self.faults.data = {"time": [_when(x["time_s"]) for x in f], "step": [x["step"] for x in f],
                             "role": [x["role"] for x in f], "kind": [x["kind"] for x in f],
@@ -311,16 +319,24 @@ def _header_html(snap: RunSnapshot) -> str:
            f"<div style='background:{STATUS_COLOURS.get(snap.status, '#888')};width:{share * 100:.1f}%;"
            f"height:10px'></div></div>")
     rate = f"{snap.rate_per_s:.1f} measurements/s" if snap.rate_per_s else "–"
-    identities = "".join(f"<tr><td>{e(role)}</td><td><code>{e(str(idn))}</code></td></tr>"
-                         for role, idn in sorted(snap.identities.items()))
-    options = ", ".join(f"{e(str(k))}={e(str(v))}" for k, v in snap.options.items())
     frozen = "" if snap.status == "running" else " <small>(frozen: the file no longer changes)</small>"
     return (
         f"<h2 style='margin:4px 0'>{e(snap.path.name)} {_badge(snap.status)}{frozen}</h2>"
         f"<div class='summary' style='font-size:15px'>"
         f"step <b id='step'>{snap.step}</b> &nbsp;·&nbsp; measurements <b>{snap.measurements}</b> / {budget} "
         f"{bar} {share * 100:.1f}% &nbsp;·&nbsp; rate {rate} &nbsp;·&nbsp; ETA {_duration(snap.eta_s)}"
-        f" &nbsp;·&nbsp; {snap.rows} rows recorded</div>"
+        f" &nbsp;·&nbsp; {snap.rows} rows recorded</div>")
+
+
+def _about_html(snap: RunSnapshot) -> str:
+    """The run's identity: writer, station, seed and options (not redrawn with every step)."""
+    e = html.escape
+    if snap.error:
+        return ""
+    identities = "".join(f"<tr><td>{e(role)}</td><td><code>{e(str(idn))}</code></td></tr>"
+                         for role, idn in sorted(snap.identities.items()))
+    options = ", ".join(f"{e(str(k))}={e(str(v))}" for k, v in snap.options.items())
+    return (
         f"<div style='font-size:13px;color:#444'>{e(snap.status_message)} ({e(snap.writer)}) &nbsp;·&nbsp; "
         f"created {e(snap.created_utc)} &nbsp;·&nbsp; seed {e(str(snap.seed))} &nbsp;·&nbsp; "
         f"labpgt {e(snap.package_version)}</div>"

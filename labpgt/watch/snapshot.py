@@ -32,13 +32,13 @@ except ModuleNotFoundError:  # Python 3.10
 log = logging.getLogger(__name__)
 
 #: how many recent traces the waterfall keeps
-WATERFALL_TRACES = 100
+WATERFALL_TRACES = 60
 #: how many recent measurements the knob plots keep (older ones scroll out of the browser too)
-KNOB_MEASUREMENTS = 20_000
+KNOB_MEASUREMENTS = 3_000
 #: steps of the last this many seconds give the rate
 RATE_WINDOW_S = 30.0
 #: a poll within this long of the previous one returns the same snapshot (pages share polls)
-MIN_POLL_INTERVAL_S = 0.2
+MIN_POLL_INTERVAL_S = 0.5
 FINAL_STATUSES = ("completed", "failed", "aborted")
 
 
@@ -226,14 +226,16 @@ class WatchedRun:
         }
 
     def _read(self, r: RunReader, status: str, status_log: list) -> RunSnapshot:
-        resumes = len(r.resumes()["time_s"])
+        resumes = len(r.resumes()["time_s"])  # (a few HDF5 reads: done once per change)
         if resumes != self._resumes_seen:
             # a resume abandons rows a page may show: start the page's data afresh
             self._resumes_seen = resumes
             self._generation += 1
             self._knobs = _KnobTail()
         steps_all, evals_all = r.steps(), r.evaluations()
-        step_rows, eval_rows = r.effective_rows("steps"), r.effective_rows("evaluations")
+        # rows abandoned by a resume are left out (effective_rows reads /resumes again: only when there are some)
+        step_rows = r.effective_rows("steps") if resumes else slice(None)
+        eval_rows = r.effective_rows("evaluations") if resumes else slice(None)
         steps = {k: steps_all[k][step_rows] for k in ("step", "measurements", "loss", "accuracy", "current_a", "time_s")}
         evals = {k: evals_all[k][eval_rows] for k in ("step", "measurements", "test_loss", "test_accuracy", "time_s")}
         static = self._static
