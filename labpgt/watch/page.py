@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 #: how often a page asks for news; the shared snapshot is read at most every MIN_POLL_INTERVAL_S
 PAGE_POLL_MS = 250
 LISTING_POLL_MS = 2000
+#: spectra, waterfall and knob clouds are the browser's heaviest redraws: at most this often
+HEAVY_EVERY_S = 2.0
 STATUS_COLOURS = {"running": "#1a7f37", "completed": "#0969da", "aborted": "#bf8700", "failed": "#cf222e",
                   "killed": "#6e7781", "unknown": "#6e7781", "unreadable": "#6e7781"}
 STATUS_WORDS = {"killed": "killed (not resumed)"}
@@ -127,6 +129,8 @@ class _Shown:
 
     version: int = -1
     generation: int = -1
+    heavy_version: int = -1
+    heavy_sent_s: float = -1e9
     steps: int = 0
     evaluations: int = 0
     knob_row: int = -1
@@ -216,8 +220,17 @@ class RunPage:
     # -------------------------------------------------------------------------------- updates
     def update(self) -> None:
         snap = self.run.poll()
-        if snap.version == self.shown.version:
-            return
+        if snap.version != self.shown.version:
+            self._update_light(snap)
+        now = time.monotonic()
+        if snap.version != self.shown.heavy_version and (snap.frozen or now - self.shown.heavy_sent_s >= HEAVY_EVERY_S):
+            self.shown.heavy_version, self.shown.heavy_sent_s = snap.version, now
+            if not snap.error:
+                self._update_spectra(snap)
+                self._update_knobs(snap)
+
+    def _update_light(self, snap: RunSnapshot) -> None:
+        """Status, step, curves and tables: little to send, little to redraw, at every change."""
         fresh = snap.generation != self.shown.generation
         if fresh:
             self.shown = _Shown(generation=snap.generation)
@@ -230,8 +243,6 @@ class RunPage:
         if snap.error:
             return
         self._update_curves(snap, fresh)
-        self._update_spectra(snap)
-        self._update_knobs(snap, fresh)
         self._update_tables(snap)
 
     def _update_curves(self, snap: RunSnapshot, fresh: bool) -> None:
@@ -274,10 +285,11 @@ class RunPage:
             self.waterfall.data = {"image": [wf], "x": [mhz[0]], "y": [first_row], "dw": [mhz[-1] - mhz[0]],
                                    "dh": [max(1, len(wf))]}
 
-    def _update_knobs(self, snap: RunSnapshot, fresh: bool) -> None:
+    def _update_knobs(self, snap: RunSnapshot) -> None:
         kn = snap.knobs
         if not kn:
             return
+        fresh = self.shown.knob_row < 0  # a new page, or the first after a resume
         new = kn["row"] > self.shown.knob_row
         data = {"time_ms": kn["time_s"][new] * 1e3, "detuning_mhz": kn["detuning_hz"][new] / 1e6,
                 "power_dbm": kn["power_dbm"][new], "current_a": kn["current_a"][new]}
