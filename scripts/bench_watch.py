@@ -6,14 +6,16 @@ the loop is CPU-bound, the case most sensitive to anything else on the machine) 
 by Selenium) stays up the whole time; the two conditions differ only in the pages it has open:
 
 - ``0 pages``: one tab on about:blank (the watcher serves nothing);
-- ``N pages``: N tabs on the run's page (each a Bokeh session updating live).
+- ``N browser pages``: N tabs on the run's page (each a Bokeh session updating live);
+- ``N clients, no rendering``: N Bokeh sessions held by a Python client that receives every
+  update and draws nothing: the watcher's side of N pages open on another computer.
 
-Rounds alternate the two conditions (A B, B A, A B, ...). In each window, after a settling time
+Rounds rotate the order of the conditions (A B C, B C A, C A B, ...). In each window, after a settling time
 (pages loaded), the rate is read from the run file itself: training measurements spent between
 the last committed step before and after the window, divided by the steps' own time stamps.
 The CPU time used by the watcher and by the browser in each window is recorded too.
 
-    python scripts/bench_watch.py                       # 6 rounds x 2 windows of 12 s, N = 5
+    python scripts/bench_watch.py                       # 4 rounds x 3 windows of 10 s, N = 5
     python scripts/bench_watch.py --rounds 2 --window 5  # a quick look
 
 Results: scripts/results/bench_watch.json (``--out``); a Markdown table is printed.
@@ -105,12 +107,29 @@ def set_pages(driver, url: str | None, n: int) -> None:
         driver.get(url)
 
 
+CLIENTS_SCRIPT = """
+import sys
+from bokeh.client import pull_session
+sessions = [pull_session(url=sys.argv[1]) for _ in range(int(sys.argv[2]))]
+print("connected", flush=True)
+sessions[0]._loop_until_closed()  # Bokeh 3 keeps its client loop private; this receives every update
+"""
+
+
+def start_clients(url: str, n: int, env: dict) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", CLIENTS_SCRIPT, url, str(n)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    proc.stdout.readline()
+    return proc
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--window", type=float, default=12.0, help="seconds measured per condition and round")
-    parser.add_argument("--settle", type=float, default=4.0, help="seconds after changing the pages, not measured")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--window", type=float, default=10.0, help="seconds measured per condition and round")
+    parser.add_argument("--settle", type=float, default=7.0,
+                        help="seconds after changing the pages, not measured (a closed page's session lingers ~7 s)")
     parser.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_watch.json"))
     args = parser.parse_args()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -132,33 +151,44 @@ def main() -> int:
     url = re.search(r"(http://\S+)", watch.stdout.readline()).group(1)
     driver, service = start_browser(chromium, chromedriver)
     browser_pid = service.process.pid
+    n = args.pages
+    conditions = ("0 pages", f"{n} browser pages", f"{n} clients, no rendering")
     windows = []
     load_before = os.getloadavg()
     try:
         reader = RunReader(run_path)
         time.sleep(args.settle)
         for round_index in range(args.rounds):
-            order = (0, args.pages) if round_index % 2 == 0 else (args.pages, 0)
-            for pages in order:
-                set_pages(driver, url, pages)
+            k = round_index % len(conditions)  # each round starts with another condition
+            for condition in conditions[k:] + conditions[:k]:
+                clients = None
+                set_pages(driver, url, n if condition == conditions[1] else 0)
+                if condition == conditions[2]:
+                    clients = start_clients(url, n, env)
                 time.sleep(args.settle)
-                m0, t0 = last_step(reader)
                 browser_pids = descendants(browser_pid)  # the same processes at both ends of the window
-                cpu0 = (cpu_seconds([watch.pid]), cpu_seconds(browser_pids), cpu_seconds([train.pid]))
+                ours = [watch.pid, train.pid] + ([clients.pid] if clients else [])
+                cpu0 = [cpu_seconds([p]) for p in ours] + [cpu_seconds(browser_pids)]
+                m0, t0 = last_step(reader)
                 wall0 = time.monotonic()
                 time.sleep(args.window)
                 m1, t1 = last_step(reader)
                 wall = time.monotonic() - wall0
-                cpu1 = (cpu_seconds([watch.pid]), cpu_seconds(browser_pids), cpu_seconds([train.pid]))
+                cpu1 = [cpu_seconds([p]) for p in ours] + [cpu_seconds(browser_pids)]
+                share = [(b - a) / wall for a, b in zip(cpu0, cpu1)]
                 rate = (m1 - m0) / (t1 - t0)
-                windows.append({"round": round_index, "pages": pages, "measurements_per_s": rate,
-                                "watcher_cpu_share": (cpu1[0] - cpu0[0]) / wall,
-                                "browser_cpu_share": (cpu1[1] - cpu0[1]) / wall,
-                                "train_cpu_share": (cpu1[2] - cpu0[2]) / wall,
+                windows.append({"round": round_index, "condition": condition, "measurements_per_s": rate,
+                                "watcher_cpu_share": share[0], "train_cpu_share": share[1],
+                                "clients_cpu_share": share[2] if clients else 0.0, "browser_cpu_share": share[-1],
                                 "load_average_1min": os.getloadavg()[0]})
-                print(f"round {round_index} pages {pages}: {rate:8.1f} measurements/s  watcher "
-                      f"{windows[-1]['watcher_cpu_share']:.1%} browser {windows[-1]['browser_cpu_share']:.1%} "
-                      f"train {windows[-1]['train_cpu_share']:.1%}", flush=True)
+                if clients:
+                    clients.terminate()
+                    clients.wait(timeout=30)
+                w = windows[-1]
+                print(f"round {round_index} {condition:28s} {rate:8.1f} measurements/s  watcher "
+                      f"{w['watcher_cpu_share']:.1%} browser {w['browser_cpu_share']:.1%} clients "
+                      f"{w['clients_cpu_share']:.1%} train {w['train_cpu_share']:.1%} load {w['load_average_1min']:.1f}",
+                      flush=True)
         reader.close()
     finally:
         driver.quit()
@@ -168,40 +198,43 @@ def main() -> int:
         watch.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
 
-    def summary(pages):
-        rows = [w for w in windows if w["pages"] == pages]
+    def summary(condition):
+        rows = [w for w in windows if w["condition"] == condition]
         rates = [w["measurements_per_s"] for w in rows]
-        return {"pages": pages, "windows": len(rows), "median_measurements_per_s": statistics.median(rates),
+        return {"condition": condition, "windows": len(rows), "median_measurements_per_s": statistics.median(rates),
                 "min": min(rates), "max": max(rates),
-                "median_watcher_cpu_share": statistics.median(w["watcher_cpu_share"] for w in rows),
-                "median_browser_cpu_share": statistics.median(w["browser_cpu_share"] for w in rows),
-                "median_train_cpu_share": statistics.median(w["train_cpu_share"] for w in rows)}
+                **{f"median_{who}_cpu_share": statistics.median(w[f"{who}_cpu_share"] for w in rows)
+                   for who in ("watcher", "browser", "clients", "train")}}
 
-    closed, opened = summary(0), summary(args.pages)
-    # per round: the ratio of the two windows measured next to each other
-    ratios = [next(w["measurements_per_s"] for w in windows if w["round"] == r and w["pages"] == args.pages)
-              / next(w["measurements_per_s"] for w in windows if w["round"] == r and w["pages"] == 0)
-              for r in range(args.rounds)]
+    def ratios(condition):
+        """Per round: the condition's rate over the 0-pages rate of the same round."""
+        rate = {(w["round"], w["condition"]): w["measurements_per_s"] for w in windows}
+        return [rate[(r, condition)] / rate[(r, conditions[0])] for r in range(args.rounds)]
+
+    summaries = [summary(c) for c in conditions]
     result = {
-        "what": "training loop rate (embedded simulated ring, zero-latency instruments) with 0 and N watch pages",
+        "what": "training loop rate (embedded simulated ring, zero-latency instruments) with 0 watch pages, N "
+                "pages in headless Chromium on the same machine, and N Bokeh clients that receive every update "
+                "but draw nothing (as pages on another computer)",
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
                     "load_average_1min_before": load_before[0], "load_average_1min_after": os.getloadavg()[0]},
-        "settings": vars(args), "windows": windows, "summary": [closed, opened],
-        "ratio_of_medians": opened["median_measurements_per_s"] / closed["median_measurements_per_s"],
-        "ratio_per_round": ratios, "median_ratio_per_round": statistics.median(ratios),
+        "settings": vars(args), "windows": windows, "summary": summaries,
+        "ratios": {c: {"ratio_of_medians": summary(c)["median_measurements_per_s"] / summaries[0]["median_measurements_per_s"],
+                       "per_round": ratios(c), "median_per_round": statistics.median(ratios(c))}
+                   for c in conditions[1:]},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print()
-    print("| pages open | windows | median measurements/s (min–max) | watcher CPU | browser CPU | training CPU |")
-    print("|---|---|---|---|---|---|")
-    for s in (closed, opened):
-        print(f"| {s['pages']} | {s['windows']} | {s['median_measurements_per_s']:.0f} ({s['min']:.0f}–{s['max']:.0f}) "
-              f"| {s['median_watcher_cpu_share']:.1%} | {s['median_browser_cpu_share']:.1%} "
-              f"| {s['median_train_cpu_share']:.1%} |")
-    print(f"\nratio of medians ({args.pages} pages / 0): {result['ratio_of_medians']:.3f}; per round: median "
-          f"{result['median_ratio_per_round']:.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}); "
-          f"load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after; results: {args.out}")
+    print("| condition | windows | median measurements/s (min–max) | rate / 0 pages (median per round) "
+          "| watcher CPU | browser CPU | clients CPU | training CPU |")
+    print("|---|---|---|---|---|---|---|---|")
+    for s in summaries:
+        ratio = result["ratios"].get(s["condition"], {}).get("median_per_round", 1.0)
+        print(f"| {s['condition']} | {s['windows']} | {s['median_measurements_per_s']:.0f} ({s['min']:.0f}–{s['max']:.0f}) "
+              f"| {ratio:.2f} | {s['median_watcher_cpu_share']:.1%} | {s['median_browser_cpu_share']:.1%} "
+              f"| {s['median_clients_cpu_share']:.1%} | {s['median_train_cpu_share']:.1%} |")
+    print(f"\nload average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after (2 cores); results: {args.out}")
     return 0
 
 

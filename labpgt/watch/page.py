@@ -29,8 +29,11 @@ log = logging.getLogger(__name__)
 #: how often a page asks for news; the shared snapshot is read at most every MIN_POLL_INTERVAL_S
 PAGE_POLL_MS = 250
 LISTING_POLL_MS = 2000
-#: spectra, waterfall and knob clouds are the browser's heaviest redraws: at most this often
-HEAVY_EVERY_S = 2.0
+#: a browser redraws what it is sent, and that costs far more than the watcher's side
+#: (scripts/bench_watch.py): status, step and curves at most this often ...
+LIGHT_EVERY_S = 1.0
+#: ... spectra, waterfall and knob clouds (the heaviest redraws) at most this often
+HEAVY_EVERY_S = 3.0
 STATUS_COLOURS = {"running": "#1a7f37", "completed": "#0969da", "aborted": "#bf8700", "failed": "#cf222e",
                   "killed": "#6e7781", "unknown": "#6e7781", "unreadable": "#6e7781"}
 STATUS_WORDS = {"killed": "killed (not resumed)"}
@@ -131,6 +134,7 @@ class _Shown:
     generation: int = -1
     heavy_version: int = -1
     heavy_sent_s: float = -1e9
+    light_sent_s: float = -1e9
     steps: int = 0
     evaluations: int = 0
     knob_row: int = -1
@@ -220,9 +224,10 @@ class RunPage:
     # -------------------------------------------------------------------------------- updates
     def update(self) -> None:
         snap = self.run.poll()
-        if snap.version != self.shown.version:
-            self._update_light(snap)
         now = time.monotonic()
+        if snap.version != self.shown.version and (snap.frozen or now - self.shown.light_sent_s >= LIGHT_EVERY_S):
+            self._update_light(snap)
+            self.shown.light_sent_s = now
         if snap.version != self.shown.heavy_version and (snap.frozen or now - self.shown.heavy_sent_s >= HEAVY_EVERY_S):
             self.shown.heavy_version, self.shown.heavy_sent_s = snap.version, now
             if not snap.error:
