@@ -209,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     insp = sub.add_parser("inspect", help="what a run file holds")
     insp.add_argument("run", help="run file (.h5)")
     insp.set_defaults(func=cmd_inspect)
+
+    from labpgt.watch.cli import add_watch_arguments, cmd_watch
+
+    watch = sub.add_parser("watch", help="a live read-only web page of a run (or of a directory of runs)")
+    add_watch_arguments(watch)
+    watch.set_defaults(func=cmd_watch)
     return parser
 
 

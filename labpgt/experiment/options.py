@@ -81,6 +81,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="experiment TOML; every option below can be set there")
     parser.add_argument("--resume", metavar="RUN.h5", help="continue an interrupted run as recorded; with --budget N "
                         "to a new budget (other options that would change the experiment are refused)")
+    parser.add_argument("--watch", action="store_true", help="serve a live page of the run (labpgt watch) beside it")
     for name, opt in OPTIONS.items():
         flag = "--" + name.replace("_", "-")
         if opt.type is bool:
