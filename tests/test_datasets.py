@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labpgt.datasets import load
+from labpgt.data.datasets import load
 
 
 @pytest.mark.parametrize("name,n_train,n_test,n_features,n_classes", [
@@ -44,7 +44,7 @@ def test_unknown_name_lists_allowed():
 
 
 def test_runtime_does_not_import_sklearn():
-    code = "import sys; from labpgt.datasets import load; load('digits'); print('sklearn' in sys.modules)"
+    code = "import sys; from labpgt.data.datasets import load; load('digits'); print('sklearn' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "False"

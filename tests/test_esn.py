@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from labpgt.esn import EchoStateReservoir
-from labpgt.interfaces import Reservoir
+from labpgt.reservoirs.esn import EchoStateReservoir
+from labpgt.contracts import Reservoir
 
 T, K, M = 6, 2, 7
 

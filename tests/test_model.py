@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from labpgt.encoding import BandReadout, KnobEncoder
-from labpgt.model import HybridModel
+from labpgt.reservoirs.encoding import BandReadout, KnobEncoder
+from labpgt.models.dense import HybridModel
 
 
 def make_model(**kw):

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-import labpgt.experiment as experiment
+import labpgt.experiment.probe as experiment
 from labpgt.cli import main
 from labpgt.runfile import Probe, RunFile, RunFileError, RunReader, inspect
 
@@ -238,10 +238,9 @@ def test_train_records_the_probe_the_analyzer_returned(tmp_path, spy):
 
 
 def test_a_second_identical_probe_on_a_fresh_simulated_ring_matches_the_recorded_one(trained):
-    from labpgt.embedded import open_station
+    from labpgt.experiment.embedded import open_station
 
-    config = {name: opt.default for name, opt in experiment.OPTIONS.items()}
-    with open_station(None, seed=3, ring_params=experiment._ring_params(config)) as (station, _):
+    with open_station(None, seed=3, noise_scale=1.0) as (station, _):
         again = experiment.probe_sweep(station, 1.8)
     with RunReader(trained) as r:
         probe = r.probe()
@@ -272,7 +271,7 @@ def test_a_file_without_probe_still_opens_inspects_reports_and_replays(trained, 
     assert "probe: not recorded" in capsys.readouterr().out
     assert main(["replay", str(old)]) == 0
     assert "bit for bit" in capsys.readouterr().out
-    from labpgt.report import report
+    from labpgt.report.summary import report
 
     names = sorted(p.name for p in report(old, tmp_path / "rep"))
     assert names == ["loss_accuracy.png", "settings.png", "spectra.png", "summary.txt"]
@@ -280,7 +279,7 @@ def test_a_file_without_probe_still_opens_inspects_reports_and_replays(trained, 
 
 
 def test_the_report_plots_a_recorded_probe(trained, tmp_path):
-    from labpgt.report import report
+    from labpgt.report.summary import report
 
     files = report(trained, tmp_path / "rep")
     assert "probe.png" in [p.name for p in files]
@@ -324,7 +323,7 @@ def test_a_damaged_probe_does_not_break_reading_the_run(trained, tmp_path, capsy
     assert "probe: UNREADABLE" in out and "measurements: " in out and "datasets:" in out  # ... showing the rest
     assert main(["replay", str(path)]) == 0
     assert "bit for bit" in capsys.readouterr().out
-    from labpgt.report import report
+    from labpgt.report.summary import report
 
     names = sorted(p.name for p in report(path, tmp_path / "rep"))
     assert "probe.png" not in names and "summary.txt" in names
@@ -334,7 +333,7 @@ def test_a_damaged_probe_does_not_break_reading_the_run(trained, tmp_path, capsy
 # --------------------------------------------------------------------------- --resume
 def _interrupt_checkpoint(monkeypatch, at_call):
     """Make the trainer's ``at_call``-th checkpoint a Ctrl-C (the run is marked aborted)."""
-    from labpgt.trainer import Trainer
+    from labpgt.training.trainer import Trainer
 
     real = Trainer.checkpoint
     calls = []

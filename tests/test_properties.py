@@ -15,7 +15,7 @@ from instruments.controls import parse_bool
 from instruments.errors import InstrumentError, ReplyError, StationFileError
 from instruments.roles import decode_real32
 from instruments.station import Station
-from labpgt.experiment import ConfigError, parse_config_text
+from labpgt.experiment.options import ConfigError, parse_config_text
 from labpgt.runfile import RunFileError, RunReader
 from sim.faults import FaultSpecError, parse_spec
 from sim.instruments import SimKeysightMXG, SimKeysightXSA, SimRig, SimWindfreakSynthHD

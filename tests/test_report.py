@@ -4,7 +4,7 @@ from __future__ import annotations
 import matplotlib.image as mpimg
 import numpy as np
 
-from labpgt.report import report
+from labpgt.report.summary import report
 from labpgt.runfile import RunFile
 
 P = 101

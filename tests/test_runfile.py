@@ -13,9 +13,8 @@ import h5py
 import numpy as np
 import pytest
 
-from labpgt.runfile import (
-    BLOCK_ROWS, FORMAT_VERSION, RunFile, RunFileError, RunReader, _lookup3, clear_write_flags, inspect,
-)
+from labpgt.runfile import BLOCK_ROWS, FORMAT_VERSION, RunFile, RunFileError, RunReader, clear_write_flags, inspect
+from labpgt.runfile.superblock import _lookup3
 
 ROOT = Path(__file__).resolve().parents[1]
 P, F, NP = 21, 3, 5  # trace points, features per measurement, parameters

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from labpgt.datasets import Dataset, load
-from labpgt.tasks import TASKS, SequenceDataset, load_task, narma10_series
+from labpgt.data.datasets import Dataset, load
+from labpgt.data.tasks import TASKS, SequenceDataset, load_task, narma10_series
 
 
 def test_tasks_tuple_names_every_loadable_task():

@@ -172,7 +172,7 @@ def watcher(tmp_path):
         yield url.port, token
     finally:
         proc.terminate()  # SIGTERM (SIGINT may be ignored in a background job)
-        proc.communicate(timeout=30)
+        proc.communicate(timeout=60)
 
 
 def _get(port, target, headers=None, method="GET"):

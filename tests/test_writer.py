@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from labpgt.runfile import RunReader
-from labpgt.writer import RecorderThread
+from labpgt.runfile.thread import RecorderThread
 from tests.test_runfile import assert_rows, create, row, step_rec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,7 +144,7 @@ def test_run_file_through_the_writer_is_committed_at_each_step(tmp_path):
 KILLED_WRITER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, sys.argv[2])
-    from labpgt.writer import RecorderThread
+    from labpgt.runfile.thread import RecorderThread
     from tests.test_runfile import create, row, step_rec
     rf = create(sys.argv[1])
     w = RecorderThread(rf, max_pending=8)

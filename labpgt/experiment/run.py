@@ -1,0 +1,352 @@
+"""Running an experiment: ``labpgt train`` (new or ``--resume``) and ``labpgt replay``.
+
+One path for every model, read top to bottom in :func:`run_training`:
+
+1. the experiment: options resolved (labpgt/experiment/options.py), or read back from the run
+   file being resumed;
+2. the rig: where the reservoir lives -- a station (the embedded simulated ring or a station
+   file) for the dense model, found by a probe sweep; in-process (the simulated ring in direct
+   mode, or an echo-state network) for the transformer (:func:`_station_rig`, :func:`_in_process_rig`);
+3. the trainer, from the registry (labpgt/experiment/builder.py);
+4. the run file (created, or reopened to append), fed by one :class:`Recording` on a writer thread;
+5. the loop, under :class:`~instruments.interrupts.StopAfterStep`; the run file marked at the end.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from instruments.interrupts import StopAfterStep
+from labpgt import __version__
+from labpgt.contracts import FLAG_SIMULATED, NoiselessModel, Reservoir
+from labpgt.experiment import registry
+from labpgt.experiment.builder import build_trainer, dataset_of_config, in_process_reservoir
+from labpgt.experiment.options import (ConfigError, config_to_toml, defaults, parse_config_text, resolve,
+                                       resume_options)
+from labpgt.runfile import RunFile, RunReader
+from labpgt.runfile.recording import Recording
+from labpgt.runfile.thread import RecorderThread
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Resumed:
+    """What a run file says about the run it holds (``--resume``)."""
+
+    config: dict
+    state: dict | None  # the last checkpoint (None: killed before its first one; the run starts over)
+    layout: dict  # the physical layer as recorded
+    station_text: str
+    embedded: bool
+    dataset: object | None  # the dense model's data set, from the file's /dataset record
+
+
+@dataclass
+class Rig:
+    """Where the experiment's reservoir lives, and what the run file records about it."""
+
+    reservoir: Reservoir
+    reservoir_model: NoiselessModel | None  # for the estimators that need one (simulated reservoirs only)
+    layout: dict  # the physical layer (encoder, readout, current bounds), recorded as JSON
+    features_per_measurement: int
+    trace_points: int
+    flags: int = 0  # OR-ed into every measurement row
+    probe: object | None = None  # the start-up probe sweep (labpgt.runfile.Probe), kept as /probe
+    metadata: dict = field(default_factory=dict)  # station, identities, ... for the run file
+    checkpoint_extra: dict = field(default_factory=dict)  # name -> callable, stored in every checkpoint
+    restore: Callable[[object, dict], None] = lambda trainer, state: None  # after loading a checkpoint
+
+
+def run_training(args, argv=None) -> int:
+    resumed = read_resumed(args) if args.resume else None
+    config = resumed.config if resumed else resolve(args)
+    # the dense model's data, read and checked before any instrument moves (a resumed run's from its file)
+    dataset = resumed.dataset if resumed else dataset_of_config(config) if config["model"] == "dense" else None
+    run_path = Path(args.resume) if resumed else new_run_path(config["out"], config)
+    if args.watch:
+        from labpgt.watch.cli import watch_beside  # a page of the run, served by its own process
+        watch_beside(run_path)
+    open_rig = _in_process_rig if config["model"] == "transformer" else _station_rig
+    with open_rig(config, resumed) as rig:
+        trainer = build_trainer(config, rig.reservoir, reservoir_model=rig.reservoir_model,
+                                current_bounds_a=rig.layout.get("current_bounds_a"), dataset=dataset)
+        if resumed and resumed.state is not None:
+            trainer.load_state_dict(resumed.state)
+            rig.restore(trainer, resumed.state)
+        # (resumed with no checkpoint yet: the run starts over in the same file, its rows so far abandoned)
+        run = (RunFile.open_append(run_path, message=f"resumed; budget {config['budget']}", budget=config["budget"])
+               if resumed else _create_run_file(run_path, config, rig, trainer, argv, dataset))
+        # run-file writes on a writer thread, off the measurement loop; synchronous at every step,
+        # evaluation and checkpoint (flushed there), errors raised here (labpgt/runfile/thread.py)
+        with run, RecorderThread(run) as writer:
+            recording = Recording(writer, flags=rig.flags, checkpoint_extra=rig.checkpoint_extra,
+                                  rows_before=run.n_measurements)
+            rig.reservoir.recorder = trainer.recorder = recording
+            if not (resumed and resumed.state is not None):
+                trainer.checkpoint()  # step 0: a run killed from here on can be resumed
+            status = _train(trainer, config, run_path)
+            writer.set_status(status if status in ("completed", "aborted") else "failed", message=status)
+    return report_end(status, trainer, run_path)
+
+
+def _train(trainer, config: dict, run_path: Path) -> str:
+    from labpgt.reservoirs.recovery import MeasurementFailed
+
+    bar, trainer.progress = progress_bar(config, trainer.train_measurements)
+    with StopAfterStep(trainer):
+        try:
+            return trainer.run()
+        except MeasurementFailed:
+            log.error("run file %s is marked failed, with a checkpoint at the start of the failed step; continue "
+                      "with: labpgt train --resume %s", run_path, run_path)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+def _create_run_file(run_path: Path, config: dict, rig: Rig, trainer, argv, dataset) -> RunFile:
+    return RunFile.create(
+        run_path, n_params=trainer.model.params().size, features_per_measurement=rig.features_per_measurement,
+        trace_points=rig.trace_points, optimizer_state_shapes={k: np.shape(v) for k, v in trainer.opt_state.items()},
+        probe=rig.probe, dataset=dataset.to_record() if dataset is not None else None,
+        metadata={
+            "station_toml": "", "identities": {}, **rig.metadata,
+            "experiment_toml": config_to_toml(config),
+            "estimator_options": json.dumps(trainer.estimator.options()),  # what the estimator actually uses
+            "package_version": __version__,
+            "command_line": shlex.join(argv or sys.argv),
+            "seed": config["seed"],
+            "physical_layer": json.dumps(rig.layout),
+        })
+
+
+# --------------------------------------------------------------------------- the rigs
+@contextlib.contextmanager
+def _station_rig(config: dict, resumed: Resumed | None) -> Iterator[Rig]:
+    """The dense model's rig: a connected station (leaves the rig safe on exit), its probe and layout."""
+    from labpgt.experiment.embedded import open_station
+    from labpgt.experiment.probe import probe_sweep, reference_probe, station_physical_layer
+    from labpgt.reservoirs.encoding import BandReadout, KnobEncoder
+    from labpgt.reservoirs.station import StationReservoir
+
+    embedded = resumed.embedded if resumed else config["station"] is None
+    station_arg = None if embedded else config["station"]
+    recorded_station = resumed.station_text if (resumed and not embedded) else None
+    with open_station(station_arg, seed=config["seed"], noise_scale=config["noise_scale"] if embedded else None,
+                      station_text=recorded_station) as (station, sim):
+        probe = None
+        if resumed is None:
+            probe = reference_probe(station, config)  # kept in the run file as /probe
+            layout = station_physical_layer(station, config, probe)
+        else:
+            layout = resumed.layout
+            if resumed.state is None and sim is not None and config["reference_hz"] is None:
+                # killed before its first checkpoint: the run starts over, and the fresh simulated
+                # world must first see the probe the original run made (it moved its clock and noise).
+                # Not recorded: it replays the sweep already in /probe (the one that set the run's
+                # reference), it is not a new measurement of the ring
+                probe_sweep(station, config["current_a"])
+        encoder, readout = KnobEncoder(**layout["encoder"]), BandReadout(**layout["readout"])
+        reservoir = StationReservoir(station, encoder, readout, simulated=embedded)
+
+        def restore(trainer, state):
+            if sim is not None:
+                # bring the fresh simulator's magnet to the checkpointed current, then rewind its
+                # world to the checkpoint (clock, noise stream, coil history)
+                reservoir.set_current(trainer.model.current_a())
+                restore_world(sim, state)
+
+        yield Rig(
+            reservoir=reservoir, reservoir_model=noiseless_twin(config, encoder, readout) if embedded else None,
+            layout=layout, features_per_measurement=readout.n_bands, trace_points=readout.points, probe=probe,
+            metadata={"station_toml": station.config_text, "identities": dict(station.identities),
+                      "embedded_simulator": embedded},
+            checkpoint_extra={"sim_world": sim.world_state} if sim is not None else {}, restore=restore)
+
+
+@contextlib.contextmanager
+def _in_process_rig(config: dict, resumed: Resumed | None) -> Iterator[Rig]:
+    """The transformer's rig: its reservoir evaluated in-process, every evaluation recorded, flagged simulated."""
+    from labpgt.data.tasks import load_task
+
+    reservoir = in_process_reservoir(config["reservoir"], load_task(config["task"]).n_tokens, seed=config["seed"],
+                                     noise_scale=config["noise_scale"], current_a=config["current_a"])
+    yield Rig(reservoir=reservoir, reservoir_model=reservoir, layout=in_process_layout(reservoir),
+              features_per_measurement=reservoir.n_features // reservoir.n_nodes,
+              trace_points=reservoir.readout.points if config["reservoir"] == "ring" else 1,
+              flags=FLAG_SIMULATED,
+              metadata={"embedded_simulator": True, "in_process_reservoir": config["reservoir"]})
+
+
+def in_process_layout(reservoir) -> dict:
+    """What replay needs to rebuild the request checks of an in-process reservoir."""
+    from labpgt.reservoirs.esn import EchoStateReservoir
+
+    if isinstance(reservoir, EchoStateReservoir):
+        return {"knobs_only": reservoir.knobs_only.to_dict()}
+    return {"encoder": reservoir.encoder.to_dict(), "readout": reservoir.readout.to_dict()}
+
+
+def encoder_from_layout(layout: dict):
+    """The recorded layout's encoder: KnobEncoder (ring, station) or KnobsOnly (echo-state network)."""
+    if "knobs_only" in layout:
+        from labpgt.reservoirs.esn import KnobsOnly
+
+        return KnobsOnly(**layout["knobs_only"])
+    from labpgt.reservoirs.encoding import KnobEncoder
+
+    return KnobEncoder(**layout["encoder"])
+
+
+def noiseless_twin(config: dict, encoder, readout):
+    """The embedded ring's physics, noise off: the oracle's model (simulated stations only)."""
+    from labpgt.reservoirs.direct import DirectRingReservoir, simulated_ring_params
+
+    return DirectRingReservoir(simulated_ring_params(config["noise_scale"]), seed=config["seed"],
+                               n_nodes=encoder.n_nodes, encoding=encoder, readout=readout,
+                               current_a=config["current_a"])
+
+
+def restore_world(sim, state) -> None:
+    world = json.loads(state["extra"]).get("sim_world")
+    if world is None:
+        raise ConfigError("the checkpoint holds no simulator state; cannot resume an embedded run bit for bit")
+    sim.load_world_state(world)
+
+
+# --------------------------------------------------------------------------- run files
+def read_resumed(args) -> Resumed:
+    """What ``--resume`` continues: the recorded experiment, with the budget in force (the last resume's,
+    or ``--budget``); any other option given that would change the experiment is refused."""
+    path = args.resume
+    with RunReader(path) as reader:
+        if reader.status == "completed":
+            raise ConfigError(f"{path}: this run is already completed; nothing was changed (start a new run "
+                              f"instead of --resume; --budget extends only a run that has not completed)")
+        config = recorded_config(reader, path)
+        state = reader.last_checkpoint()
+        given = resume_options(args, config)
+        if "progress" in given:
+            config["progress"] = given["progress"]
+        if "budget" in given:
+            spent = int(state["measurements"]) if state is not None else 0
+            if given["budget"] < spent:
+                raise ConfigError(f"{path}: --budget {given['budget']} is already spent: the run continues from a "
+                                  f"checkpoint after {spent} training measurements; allowed: {spent} or more")
+            print(f"resuming {path} with a budget of {given['budget']} training measurements (was "
+                  f"{config['budget']}; {spent} spent at the checkpoint it continues from)", file=sys.stderr)
+            config["budget"] = given["budget"]
+        return Resumed(config=config, state=state, layout=json.loads(reader.metadata["physical_layer"]),
+                       station_text=reader.metadata["station_toml"],
+                       embedded=reader.metadata.get("embedded_simulator", False),
+                       dataset=dataset_of_run(reader, config) if config["model"] == "dense" else None)
+
+
+def recorded_config(reader: RunReader, path) -> dict:
+    """The experiment a run file records, with the budget in force (a ``--resume --budget`` changes it)."""
+    config = defaults()
+    config.update(parse_config_text(reader.metadata["experiment_toml"], f"{path} (experiment)"))
+    if reader.budget_in_force() is not None:
+        config["budget"] = reader.budget_in_force()
+    return config
+
+
+def dataset_of_run(reader: RunReader, config: dict):
+    """The data set a run trained on: its /dataset record (no need for the original file), or for files
+    without one (older versions: bundled data sets only) the one its experiment names."""
+    from labpgt.data.datasets import Dataset
+
+    record = reader.dataset()
+    if record is None:
+        return dataset_of_config(config)
+    return Dataset.from_record(record, where=str(reader.path))
+
+
+def new_run_path(out: str, config: dict) -> Path:
+    path = Path(out)
+    if path.suffix in (".h5", ".hdf5"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    what = (f"transformer-{config['task']}-{config['reservoir']}" if config["model"] == "transformer"
+            else Path(config["dataset"]).stem)  # a data file's name, without its folders
+    return path / f"{stamp}-{what}-{config['estimator']}-s{config['seed']}.h5"
+
+
+def progress_bar(config: dict, start: int):
+    if not config["progress"]:
+        return None, None
+    from tqdm import tqdm
+
+    data = config["task"] if config["model"] == "transformer" else config["dataset"]
+    bar = tqdm(total=config["budget"], initial=start, unit="meas", dynamic_ncols=True,
+               desc=f"{config['estimator']} on {data}")
+    state = {"last": start}
+
+    def progress(record):
+        if record["kind"] == "step":
+            bar.update(record["measurements"] - state["last"])
+            state["last"] = record["measurements"]
+            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.2f}", refresh=False)
+        else:
+            bar.write(f"step {record['step']:5d}  measurements {record['measurements']:7d}  "
+                      f"test loss {record['test_loss']:.3f}  test accuracy {record['test_accuracy']:.3f}")
+    return bar, progress
+
+
+def report_end(status: str, trainer, run_path) -> int:
+    final = trainer.evaluations[-1] if trainer.evaluations else None
+    print(f"run {status}: {trainer.train_measurements} training measurements, {trainer.step} steps"
+          + (f", test accuracy {final['test_accuracy']:.3f}" if final else ""))
+    print(f"run file: {run_path}")
+    if status == "aborted":
+        print(f"continue with: labpgt train --resume {run_path}")
+    return 0 if status == "completed" else (130 if status == "aborted" else 1)
+
+
+# --------------------------------------------------------------------------- replay
+def run_replay(path) -> int:
+    """``labpgt replay RUN.h5``: rerun against the recorded measurements; 0 when bit for bit."""
+    from labpgt.experiment.replay import replay
+
+    with RunReader(path) as reader:
+        metadata = dict(reader.metadata)
+        config = recorded_config(reader, path)
+        dataset = dataset_of_run(reader, config) if config["model"] == "dense" else None
+    layout = json.loads(metadata["physical_layer"])
+    spec = registry.spec_for(config["estimator"], config["model"])
+    reservoir_model = None
+    if "reservoir_model" in spec.needs:
+        if not metadata.get("embedded_simulator", False):
+            raise ConfigError(f"estimator {config['estimator']!r} needs the simulated ring's noiseless model; this "
+                              f"run used a real station")
+        if config["model"] == "transformer":
+            from labpgt.data.tasks import load_task
+
+            reservoir_model = in_process_reservoir(config["reservoir"], load_task(config["task"]).n_tokens,
+                                                   seed=config["seed"], noise_scale=config["noise_scale"],
+                                                   current_a=config["current_a"])
+        else:
+            from labpgt.reservoirs.encoding import BandReadout
+
+            reservoir_model = noiseless_twin(config, encoder_from_layout(layout), BandReadout(**layout["readout"]))
+
+    def build(reservoir, recorder):
+        return build_trainer(config, reservoir, reservoir_model=reservoir_model, recorder=recorder,
+                             current_bounds_a=layout.get("current_bounds_a"), dataset=dataset)
+
+    result = replay(path, build, encoder=encoder_from_layout(layout), independent_nodes="knobs_only" not in layout)
+    print(result.message)
+    return 0 if result.ok else 1
