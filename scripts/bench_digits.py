@@ -1,0 +1,211 @@
+"""Digits through the ring: configurations of the dense hybrid model, and what the ring contributes.
+
+Every run trains the dense hybrid model (64 pixels -> hidden tanh layer -> 2 knobs per virtual node
+-> ring -> readout bands -> 10 classes) on the bundled digits split (1437 train / 360 test)
+through the simulated ring evaluated in-process (DirectRingReservoir: the simulated instruments'
+physics and noise, no wire), with the analyzer window of the embedded station
+(instruments/stations/sim.toml: span 20 MHz, 401 points, RBW 50 kHz) and its encoder defaults
+(detuning +-10 MHz around the free-running line, power -40..-5 dBm). Drift is off (the embedded
+station has it on; see docs/benchmarks.md). Cost = training measurements, one per sample per
+virtual node; the test split is evaluated separately and not counted.
+
+Configurations (CONFIGS below) are named; each lists the `labpgt train` command that runs the same
+experiment on the embedded station (`--nodes`, `--hidden`, `--estimator`, `--batch-size`, `--lr`
+are existing experiment options, recorded in the run file like every option).
+
+Arms (``--arms``): the same network and estimator with the ring replaced by
+- ``ring``: the simulated ring (noise included);
+- ``noiseless``: the ring's noiseless digital model (same physics, noise_scale 0);
+- ``random``: a fixed random tanh map with the same number of features per node (ToyReservoir,
+  noiseless);
+- ``none``: nothing, the knobs read out directly (2 features per node).
+(labpgt/reservoirs/stand_ins.py.)
+
+Reported per configuration and arm: median (min-max) over seeds of the final test accuracy (mean
+of ``--final-repeats`` evaluations of the final parameters), accuracy at fixed budgets, and the
+median measurements to the first evaluation >= 0.90.
+
+Winning configuration, 5 seeds, all four arms (docs/benchmarks.md, "Digits through the ring"):
+    python scripts/bench_digits.py --configs twin-v4-h32 --arms ring noiseless random none \
+        --out scripts/results/bench_digits.json
+Quick look (1 seed, 50k):
+    python scripts/bench_digits.py --seeds 0 --budget 50000
+Tables again from a JSON file:
+    python scripts/bench_digits.py --from-json scripts/results/bench_digits.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))  # _machine, when loaded by path
+
+from _machine import cpu_model  # noqa: E402
+
+#: the embedded station's analyzer window (instruments/stations/sim.toml), so the in-process runs
+#: see the traces `labpgt train` sees
+STATION_READOUT = {"span_hz": 20e6, "points": 401, "rbw_hz": 50e3}
+
+#: name -> (make_trainer settings, the equivalent `labpgt train` flags). Seeds and budget are added.
+CONFIGS = {
+    # the shipped defaults on digits (one node, 8 hidden units): the 0.57-0.64 of the training tables
+    "node-v1-h8": ({"estimator": "node", "nodes": 1, "hidden": 8, "bands": 10},
+                   "--estimator node"),
+    "twin-v1-h8": ({"estimator": "twin", "nodes": 1, "hidden": 8, "bands": 10},
+                   "--estimator twin"),
+    "twin-v4-h8": ({"estimator": "twin", "nodes": 4, "hidden": 8, "bands": 10},
+                   "--estimator twin --nodes 4"),
+    "twin-v4-h32": ({"estimator": "twin", "nodes": 4, "hidden": 32, "bands": 10},
+                    "--estimator twin --nodes 4 --hidden 32"),
+    "twin-v8-h32": ({"estimator": "twin", "nodes": 8, "hidden": 32, "bands": 10},
+                    "--estimator twin --nodes 8 --hidden 32"),
+    "node-v4-h32": ({"estimator": "node", "nodes": 4, "hidden": 32, "bands": 10, "lr": 0.02},
+                    "--estimator node --nodes 4 --hidden 32 --lr 0.02"),
+    "oracle-v4-h32": ({"estimator": "oracle", "nodes": 4, "hidden": 32, "bands": 10},
+                      "--estimator oracle --nodes 4 --hidden 32"),
+}
+ARMS = ("ring", "noiseless", "random", "none")
+BUDGET_MARKS = (25_000, 50_000, 100_000, 200_000)
+TARGET = 0.90
+
+
+def command_for(config: str, seed: int, budget: int) -> str:
+    return f"labpgt train --dataset digits {CONFIGS[config][1]} --budget {budget} --seed {seed}"
+
+
+def run_one(job: dict) -> dict:
+    from labpgt.data.datasets import load
+    from labpgt.reservoirs.stand_ins import make_stand_in
+    from labpgt.training.trainer import make_trainer
+
+    t0 = time.perf_counter()
+    settings = CONFIGS[job["config"]][0]
+    dataset = load("digits")
+    reservoir = make_stand_in(job["arm"], seed=job["seed"], n_nodes=settings["nodes"],
+                              readout={**STATION_READOUT, "n_bands": settings["bands"]})
+    trainer = make_trainer(dataset, settings["estimator"], reservoir, seed=job["seed"], budget=job["budget"],
+                           batch_size=settings.get("batch_size"), lr=settings.get("lr"),
+                           model_options={"hidden_before": (settings["hidden"],)}, eval_every=0, checkpoint_every=0)
+    marks = list(np.linspace(job["budget"] / job["n_evals"], job["budget"], job["n_evals"])[:-1])
+
+    def progress(record):
+        if record["kind"] == "step" and marks and record["measurements"] >= marks[0]:
+            while marks and record["measurements"] >= marks[0]:
+                marks.pop(0)
+            trainer.evaluate()
+
+    trainer.progress = progress
+    trainer.evaluate()  # the untrained model, at 0 measurements
+    status = trainer.run()
+    trainer.progress = None
+    repeats = [trainer.evaluate()["accuracy"] for _ in range(job["final_repeats"])]
+    del trainer.evaluations[-job["final_repeats"]:]
+    curve = [(e["measurements"], e["accuracy"]) for e in trainer.evaluations]
+    return {**job, "status": status, "steps": trainer.step, "curve": curve,
+            "final_accuracy": float(np.mean(repeats)), "final_repeats_accuracy": repeats,
+            "train_measurements": int(trainer.train_measurements), "wall_s": time.perf_counter() - t0,
+            "command": command_for(job["config"], job["seed"], job["budget"]) if job["arm"] == "ring" else None}
+
+
+def accuracy_at(curve, budget):
+    below = [a for m, a in curve if 0 < m <= budget]
+    return below[-1] if below and curve[-1][0] >= budget * 0.98 else None
+
+
+def first_at_or_above(curve, target):
+    return next((m for m, a in curve if a >= target - 1e-12), math.inf)
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    rows = []
+    for config in dict.fromkeys(r["config"] for r in runs):
+        for arm in ARMS:
+            mine = [r for r in runs if r["config"] == config and r["arm"] == arm]
+            if not mine:
+                continue
+            finals = [r["final_accuracy"] for r in mine]
+            reach = [first_at_or_above(r["curve"], TARGET) for r in mine]
+            at = {}
+            for b in BUDGET_MARKS:
+                vals = [accuracy_at(r["curve"], b) for r in mine]
+                at[b] = float(np.median(vals)) if all(v is not None for v in vals) else None
+            rows.append({
+                "config": config, "arm": arm, "seeds": [r["seed"] for r in mine], "budget": mine[0]["budget"],
+                "final_median": float(np.median(finals)), "final_min": min(finals), "final_max": max(finals),
+                "at": at, "to_target_median": float(np.median(reach)), "reached": int(np.sum(np.isfinite(reach))),
+                "wall_s_median": float(np.median([r["wall_s"] for r in mine])),
+            })
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| configuration | ring replaced by | seeds | budget | "
+            + " | ".join(f"acc @ {b // 1000}k" for b in BUDGET_MARKS)
+            + f" | final (min–max) | to ≥ {TARGET:.2f} | reached | wall/run |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    arm_name = {"ring": "— (the ring)", "noiseless": "noiseless ring model", "random": "random tanh map",
+                "none": "nothing (knobs)"}
+    for row in rows:
+        accs = " | ".join("—" if row["at"][b] is None else f"{row['at'][b]:.3f}" for b in BUDGET_MARKS)
+        to = "never" if math.isinf(row["to_target_median"]) else f"{row['to_target_median'] / 1000:.0f}k"
+        lines.append(f"| {row['config']} | {arm_name[row['arm']]} | {len(row['seeds'])} | {row['budget'] // 1000}k | "
+                     f"{accs} | {row['final_median']:.3f} ({row['final_min']:.3f}–{row['final_max']:.3f}) | {to} | "
+                     f"{row['reached']}/{len(row['seeds'])} | {row['wall_s_median']:.0f} s |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", nargs="+", default=["twin-v4-h32"], choices=list(CONFIGS))
+    parser.add_argument("--arms", nargs="+", default=["ring"], choices=ARMS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--budget", type=int, default=200_000, help="training measurements per run")
+    parser.add_argument("--evals", type=int, default=16, help="evaluations of the test split per run")
+    parser.add_argument("--final-repeats", type=int, default=3, help="evaluations of the final parameters")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--out", default="scripts/results/bench_digits.json")
+    parser.add_argument("--from-json", help="print the tables of an earlier run and exit")
+    args = parser.parse_args(argv)
+
+    if args.from_json:
+        data = json.loads(Path(args.from_json).read_text())
+        print(markdown(summarise(data["runs"])))
+        return 0
+    jobs = [{"config": c, "arm": a, "seed": s, "budget": args.budget, "n_evals": args.evals,
+             "final_repeats": args.final_repeats}
+            for c in args.configs for a in args.arms for s in args.seeds]
+    t0 = time.perf_counter()
+    runs = []
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        for run in pool.map(run_one, jobs):
+            runs.append(run)
+            print(f"{run['config']:>14} {run['arm']:>9} seed {run['seed']}: final {run['final_accuracy']:.3f} "
+                  f"({run['wall_s']:.0f} s)", file=sys.stderr, flush=True)
+    rows = summarise(runs)
+    table = markdown(rows)
+    print(table)
+    import numpy  # noqa: F401  (version below)
+
+    out = {"argv": sys.argv, "wall_s": time.perf_counter() - t0, "readout": STATION_READOUT,
+           "machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(),
+                       "numpy": np.__version__, "load_average": os.getloadavg()},
+           "runs": runs, "summary": rows, "table": table}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1, default=float))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
