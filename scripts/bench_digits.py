@@ -68,6 +68,8 @@ CONFIGS = {
                    "--estimator twin --nodes 4"),
     "twin-v4-h32": ({"estimator": "twin", "nodes": 4, "hidden": 32, "bands": 10},
                     "--estimator twin --nodes 4 --hidden 32"),
+    "twin-v4-h64": ({"estimator": "twin", "nodes": 4, "hidden": 64, "bands": 10},
+                    "--estimator twin --nodes 4 --hidden 64"),
     "twin-v8-h32": ({"estimator": "twin", "nodes": 8, "hidden": 32, "bands": 10},
                     "--estimator twin --nodes 8 --hidden 32"),
     "node-v4-h32": ({"estimator": "node", "nodes": 4, "hidden": 32, "bands": 10, "lr": 0.02},
