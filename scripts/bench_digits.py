@@ -68,6 +68,8 @@ CONFIGS = {
                    "--estimator twin --nodes 4"),
     "twin-v4-h32": ({"estimator": "twin", "nodes": 4, "hidden": 32, "bands": 10},
                     "--estimator twin --nodes 4 --hidden 32"),
+    "twin-v4-h32-b32": ({"estimator": "twin", "nodes": 4, "hidden": 32, "bands": 10, "batch_size": 32},
+                        "--estimator twin --nodes 4 --hidden 32 --batch-size 32"),
     "twin-v4-h64": ({"estimator": "twin", "nodes": 4, "hidden": 64, "bands": 10},
                     "--estimator twin --nodes 4 --hidden 64"),
     "twin-v8-h32": ({"estimator": "twin", "nodes": 8, "hidden": 32, "bands": 10},
@@ -177,12 +179,17 @@ def main(argv=None) -> int:
     parser.add_argument("--final-repeats", type=int, default=3, help="evaluations of the final parameters")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--out", default="scripts/results/bench_digits.json")
-    parser.add_argument("--from-json", help="print the tables of an earlier run and exit")
+    parser.add_argument("--from-json", nargs="+", help="print the tables of earlier runs (.json, or .jsonl as "
+                        "written while running) and exit")
     args = parser.parse_args(argv)
 
     if args.from_json:
-        data = json.loads(Path(args.from_json).read_text())
-        print(markdown(summarise(data["runs"])))
+        runs = []
+        for name in args.from_json:
+            text = Path(name).read_text()
+            # a finished benchmark's JSON, or the runs it appended one per line while it ran
+            runs += json.loads(text)["runs"] if name.endswith(".json") else [json.loads(x) for x in text.splitlines()]
+        print(markdown(summarise(runs)))
         return 0
     jobs = [{"config": c, "arm": a, "seed": s, "budget": args.budget, "n_evals": args.evals,
              "final_repeats": args.final_repeats}
@@ -192,13 +199,13 @@ def main(argv=None) -> int:
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         for run in pool.map(run_one, jobs):
             runs.append(run)
+            with open(args.out + "l", "a") as partial:  # each run as it finishes: a killed benchmark keeps them
+                partial.write(json.dumps(run, default=float) + "\n")
             print(f"{run['config']:>14} {run['arm']:>9} seed {run['seed']}: final {run['final_accuracy']:.3f} "
                   f"({run['wall_s']:.0f} s)", file=sys.stderr, flush=True)
     rows = summarise(runs)
     table = markdown(rows)
     print(table)
-    import numpy  # noqa: F401  (version below)
-
     out = {"argv": sys.argv, "wall_s": time.perf_counter() - t0, "readout": STATION_READOUT,
            "machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(),
                        "numpy": np.__version__, "load_average": os.getloadavg()},

@@ -15,7 +15,7 @@ falls, the noise share grows unless e grows. Each step the batch is split at ran
 halves measured at e / r and e * r (r = ``spread``); running means (EMA, ``decay``) of h^2 in the
 two halves give S and N by the two-point line above, and the size for the next step is
 
-    e = sqrt(snr * N / S),  bounded to [epsilon_min, epsilon_max],
+    e = sqrt(snr * N / S),  bounded to [epsilon_min, epsilon_max] and to a factor max_change per step,
 
 i.e. the step at which the signal power in the half-difference is ``snr`` times the noise power.
 The upper bound keeps the truncation error (the O(e^3) term) and the knob range in check: e * r
@@ -38,15 +38,15 @@ class NoiseAwareNodePerturbation(NodePerturbation):
     name = "node-adaptive"
 
     def __init__(self, epsilon: float = 0.05, current_epsilon_a: float | None = None, snr: float = 4.0,
-                 spread: float = 1.5, decay: float = 0.9, epsilon_min: float = 0.01,
-                 epsilon_max: float | None = None):
+                 spread: float = 1.5, decay: float = 0.98, epsilon_min: float = 0.01,
+                 epsilon_max: float | None = None, max_change: float = 1.25):
         super().__init__(epsilon=epsilon, current_epsilon_a=current_epsilon_a, n_directions=1)
-        if snr <= 0 or spread <= 1.0 or not 0.0 <= decay < 1.0 or epsilon_min <= 0:
-            raise ValueError("snr > 0, spread > 1, 0 <= decay < 1 and epsilon_min > 0 are required")
+        if snr <= 0 or spread <= 1.0 or not 0.0 <= decay < 1.0 or epsilon_min <= 0 or max_change <= 1.0:
+            raise ValueError("snr > 0, spread > 1, 0 <= decay < 1, epsilon_min > 0 and max_change > 1 are required")
         if epsilon_max is not None and epsilon_max < epsilon_min:
             raise ValueError(f"epsilon_max {epsilon_max} is below epsilon_min {epsilon_min}")
         self.snr, self.spread, self.decay = float(snr), float(spread), float(decay)
-        self.epsilon_min, self.epsilon_max = float(epsilon_min), epsilon_max
+        self.epsilon_min, self.epsilon_max, self.max_change = float(epsilon_min), epsilon_max, float(max_change)
         self._reset()
 
     def _reset(self):
@@ -56,7 +56,7 @@ class NoiseAwareNodePerturbation(NodePerturbation):
 
     def options(self):
         return dict(super().options(), snr=self.snr, spread=self.spread, decay=self.decay,
-                    epsilon_min=self.epsilon_min, epsilon_max=self.epsilon_max)
+                    epsilon_min=self.epsilon_min, epsilon_max=self.epsilon_max, max_change=self.max_change)
 
     def state_dict(self):
         return {"size": self.size, "mean_sq": list(self.mean_sq), "mean_e2": list(self.mean_e2)}
@@ -89,7 +89,10 @@ class NoiseAwareNodePerturbation(NodePerturbation):
         (h_small, h_large), (e2_small, e2_large) = self.mean_sq, self.mean_e2
         signal = max((h_large - h_small) / (e2_large - e2_small), 1e-300)
         noise = max(h_small - e2_small * signal, 0.0)
-        self.size = float(np.clip(np.sqrt(self.snr * noise / signal), lo, hi))
+        wanted = np.sqrt(self.snr * noise / signal)
+        # bounded in range and in rate: one step's noisy statistics move the size by at most max_change
+        wanted = np.clip(wanted, self.size / self.max_change, self.size * self.max_change)
+        self.size = float(np.clip(wanted, lo, hi))
 
     def estimate(self, model, reservoir, x, y, sample_index, step, rng) -> Estimate:
         lo, hi = self._bounds(model)
