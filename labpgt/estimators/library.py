@@ -546,16 +546,8 @@ class DigitalTwin(_Estimator):
 ESTIMATORS = {cls.name: cls for cls in (ParameterPerturbation, SPSA, NodePerturbation, Oracle, DigitalTwin)}
 
 
-def _all_estimators() -> dict:
-    # estimators in their own modules import this one, so they join the table when asked for
-    from labpgt.estimators.noise_aware import NoiseAwareNodePerturbation
-
-    return {**ESTIMATORS, NoiseAwareNodePerturbation.name: NoiseAwareNodePerturbation}
-
-
 def make_estimator(name: str, **options):
-    """Build an estimator by name: pgt, spsa, node, oracle, twin, node-adaptive."""
-    table = _all_estimators()
-    if name not in table:
-        raise ValueError(f"unknown estimator {name!r}; allowed: {', '.join(table)}")
-    return table[name](**options)
+    """Build an estimator by name: pgt, spsa, node, oracle, twin."""
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {name!r}; allowed: {', '.join(ESTIMATORS)}")
+    return ESTIMATORS[name](**options)

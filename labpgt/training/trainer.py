@@ -270,10 +270,6 @@ class Trainer:
 DEFAULTS = {
     "node": {"options": {"epsilon": 0.05}, "optimizer": "adam", "lr": 0.05, "decay_steps": 300, "batch_size": 32},
     "twin": {"options": {}, "optimizer": "adam", "lr": 0.05, "decay_steps": 300, "batch_size": 8},
-    # node with its size adapted from the measured noise and signal (labpgt/estimators/noise_aware.py);
-    # starts at node's epsilon, node's optimizer and batch
-    "node-adaptive": {"options": {"epsilon": 0.05}, "optimizer": "adam", "lr": 0.05, "decay_steps": 300,
-                      "batch_size": 32},
     "oracle": {"options": {"fd_step": 0.05}, "optimizer": "adam", "lr": 0.05, "decay_steps": 300, "batch_size": 16},
     "pgt": {"options": {"epsilon": 0.02, "n_directions": 1}, "optimizer": "adam", "lr": 0.01, "decay_steps": 300,
             "batch_size": 16},
