@@ -26,8 +26,12 @@ of ``--final-repeats`` evaluations of the final parameters), accuracy at fixed b
 median measurements to the first evaluation >= 0.90.
 
 Winning configuration, 5 seeds, all four arms (docs/benchmarks.md, "Digits through the ring"):
-    python scripts/bench_digits.py --configs twin-v4-h32 --arms ring noiseless random none \
-        --out scripts/results/bench_digits.json
+    python scripts/bench_digits.py --configs twin-v4-h32-b32 --arms ring \
+        --out scripts/results/bench_digits_ring.json
+    python scripts/bench_digits.py --configs twin-v4-h32-b32 --arms none random noiseless --seeds 0 1 2 \
+        --out scripts/results/bench_digits_ablation.json
+Variants that lost (hidden 64; Adam lr 0.1), scripts/results/bench_digits_ring_variants.json:
+    python scripts/bench_digits.py --configs twin-v4-h64-b32 twin-v4-h32-b32-lr0.1 --arms ring
 Quick look (1 seed, 50k):
     python scripts/bench_digits.py --seeds 0 --budget 50000
 Tables again from a JSON file:
@@ -177,7 +181,7 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", nargs="+", default=["twin-v4-h32"], choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=["twin-v4-h32-b32"], choices=list(CONFIGS))
     parser.add_argument("--arms", nargs="+", default=["ring"], choices=ARMS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--budget", type=int, default=200_000, help="training measurements per run")
