@@ -28,6 +28,8 @@ class BOP(SCPIInstrument, CurrentSource):
     """Kepco BOP (default model 36-12: ±12 A, ±36 V) sourcing current."""
 
     instrument_ranges = model_ranges("KEPCO,BOP 36-12,,")
+    identity_pattern = r"^KEPCO,\s*(BOP|BIT\s*48\d\d)"
+    model_family = "a Kepco BOP power supply (BIT 4886/4882 interface)"
 
     current_setpoint_a = control("CURR?", "CURR {:.6f}", limit="current_a", guard="_guard_setpoint_jump",
                                  doc="current setpoint in A")

@@ -16,6 +16,8 @@ class MXG(SCPIInstrument, SignalGenerator):
     """Keysight/Agilent MXG N5181A/B, N5183A/B analog signal generator (CW use)."""
 
     instrument_ranges = {"frequency_hz": (9e3, 6e9), "power_dbm": (-144.0, 19.0)}
+    identity_pattern = r"^(Keysight|Agilent) Technologies,\s*N51[78]\d[AB]\b"
+    model_family = "a Keysight/Agilent MXG signal generator (N5171B-N5183B)"
     # stray modulation would corrupt the CW tone: switch the global modulation off once
     init_commands = ("OUTP:MOD OFF",)
 
@@ -26,6 +28,9 @@ class MXG(SCPIInstrument, SignalGenerator):
 
 class XSeries(SCPIInstrument, SpectrumAnalyzer):
     """Keysight X-Series signal analyzers (N9000A CXA, N9010A EXA, N9020A MXA, N9030A PXA), Swept SA."""
+
+    identity_pattern = r"^(Keysight|Agilent) Technologies,\s*N90[0-4]0[AB]\b"
+    model_family = "a Keysight/Agilent X-Series signal analyzer (N9000A-N9040B)"
 
     instrument_ranges = {
         "frequency_hz": (-80e6, 26.5e9),

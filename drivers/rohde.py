@@ -19,6 +19,9 @@ from .scpi import SCPIInstrument, control, parse_bool, parse_overflow
 class FSV(SCPIInstrument, SpectrumAnalyzer):
     """R&S FSV/FSVA/FSV3000/FSW in the Spectrum application."""
 
+    identity_pattern = r"^Rohde\s*&\s*Schwarz,\s*FS(V|VA|V3\d{3}|W)\b"
+    model_family = "a Rohde & Schwarz FSV/FSVA/FSV3000/FSW spectrum analyzer"
+
     instrument_ranges = {
         "frequency_hz": (0.0, 13.6e9),
         "span_hz": (0.0, 13.6e9),

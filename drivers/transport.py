@@ -20,6 +20,7 @@ which knows its role, turns that into ``NoAnswerError``.
 from __future__ import annotations
 
 import re
+import time
 from typing import Optional, Sequence, Union
 
 from instruments.errors import LinkError, TransportTimeout
@@ -66,9 +67,15 @@ _resource_managers: dict = {}
 def _resource_manager(visa_library: str):
     import pyvisa
 
-    if visa_library not in _resource_managers:
-        _resource_managers[visa_library] = pyvisa.ResourceManager(visa_library)
-    return _resource_managers[visa_library]
+    manager = _resource_managers.get(visa_library)
+    if manager is not None:
+        try:
+            manager.session  # pyvisa shares one manager per library: anybody may have closed it
+        except pyvisa.errors.InvalidSession:
+            manager = None
+    if manager is None:
+        manager = _resource_managers[visa_library] = pyvisa.ResourceManager(visa_library)
+    return manager
 
 
 class VisaTransport:
@@ -93,12 +100,14 @@ class VisaTransport:
     def _open(self) -> None:
         constants = self._constants
         resource = self.resource
+        started = time.monotonic()
         try:
             self._session = _resource_manager(self._visa_library).open_resource(
                 resource, read_termination=self._read_termination, write_termination=self._write_termination,
                 timeout=int(round(self._timeout_s * 1000)), open_timeout=int(round(self._timeout_s * 1000)))
         except Exception as exc:  # refused, unreachable, no such board: nobody answers there
-            raise TransportTimeout(resource, self._timeout_s, f"could not open: {exc}") from exc
+            # the time it really took: a refusal comes long before the timeout
+            raise TransportTimeout(resource, round(time.monotonic() - started, 2), f"could not open: {exc}") from exc
         self._link_down = False
         if self._is_socket:
             # a raw socket has no END indicator: the read terminator is the only message end
@@ -257,12 +266,14 @@ class SerialTransport:
         self._open()
 
     def _open(self) -> None:
+        started = time.monotonic()
         try:
             self._port = self._serial_module.serial_for_url(
                 serial_port_from_resource(self.resource), baudrate=self._baud_rate,
                 timeout=self._timeout_s, write_timeout=self._timeout_s)
         except Exception as exc:
-            raise TransportTimeout(self.resource, self._timeout_s, f"could not open: {exc}") from exc
+            raise TransportTimeout(self.resource, round(time.monotonic() - started, 2),
+                                   f"could not open: {exc}") from exc
 
     link_down = False  # a serial port has no connection to lose; a vanished port fails to reopen
 
@@ -453,6 +464,15 @@ class ScriptedTransport:
             return
         self.closed = True
         self.assert_done()
+
+    def __enter__(self) -> "ScriptedTransport":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """Leaving the ``with`` block checks the script both ways: an exchange that never happened
+        fails here (unless the block already failed: that error is the news)."""
+        if exc_type is None:
+            self.assert_done()
 
 
 def block(payload: bytes, termination: bytes = b"\n") -> bytes:

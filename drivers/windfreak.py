@@ -51,6 +51,8 @@ class SynthHD(SignalGenerator):
     transport_options = ("timeout_s", "baud_rate")
     default_timeout_s = 2.0
     instrument_ranges = {"frequency_hz": (10e6, 15e9), "power_dbm": (-70.0, 20.0)}
+    identity_pattern = r"^Windfreak Technologies,\s*SynthHD"
+    model_family = "a Windfreak SynthHD (v2 / PRO)"
     channel = 0
     #: read-back agreement required after a setting
     frequency_tolerance_hz = 100.0

@@ -9,6 +9,9 @@ from __future__ import annotations
 class InstrumentError(Exception):
     """Anything that went wrong talking to, or deciding about, an instrument."""
 
+    #: the station role concerned, where the error knows it (None: not known)
+    role: str | None = None
+
 
 class LinkError(InstrumentError):
     """The link to an instrument misbehaved (a garbled, truncated or unframed reply, a dropped
@@ -57,6 +60,10 @@ class NoAnswerError(InstrumentError, TimeoutError):
         self.seconds = seconds
         # the detail says why when it was not a plain silence (e.g. the connection was refused)
         super().__init__(f"no answer from {role} at {resource} after {seconds:g} s" + (f" ({detail})" if detail else ""))
+
+
+class WrongInstrumentError(InstrumentError):
+    """The instrument at a role's address identifies as another model than its driver expects."""
 
 
 class InstrumentReportedError(InstrumentError):

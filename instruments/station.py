@@ -10,18 +10,13 @@ puts the rig in its safe state, step by step, even when a step fails::
         station.signal_generator.configure_cw(2.05e9, -10.0)
         freqs_hz, dbm = station.spectrum_analyzer.measure()
 
-Drivers are named as ``"module:Class"`` strings and imported here at load time, so this package
-never imports ``drivers`` itself.
+Drivers are named as ``"module:Class"`` strings and looked up in :mod:`instruments.registry` at
+load time (never imported from an arbitrary path), so this package never imports ``drivers`` itself.
 """
 from __future__ import annotations
 
-import contextlib
-import importlib
 import math
 import re
-import signal
-import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Optional
@@ -31,8 +26,12 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from .errors import InstrumentError, LimitError, LinkError, NoAnswerError, StationFileError, TransportTimeout
+from . import registry
+from .errors import (InstrumentError, LimitError, LinkError, NoAnswerError, StationFileError, TransportTimeout,
+                     WrongInstrumentError)
+from .interrupts import held_while_safe
 from .roles import CurrentSource, Instrument, SignalGenerator, SpectrumAnalyzer, unit_of
+from .safe_state import SafeStateReport, UnsafeStateError, record
 
 #: roles in the order they are connected (and, reversed where it matters, made safe)
 ROLES = ("signal_generator", "current_source", "spectrum_analyzer")
@@ -41,12 +40,9 @@ ROLE_CLASSES: dict[str, type] = {
     "current_source": CurrentSource,
     "spectrum_analyzer": SpectrumAnalyzer,
 }
-#: the drivers shipped with labpgt, per role (any importable subclass of the role works too)
-KNOWN_DRIVERS = {
-    "signal_generator": ("drivers.keysight:MXG", "drivers.windfreak:SynthHD"),
-    "current_source": ("drivers.kepco:BOP", "drivers.keithley:Keithley2400"),
-    "spectrum_analyzer": ("drivers.keysight:XSeries", "drivers.rohde:FSV"),
-}
+#: the drivers shipped with labpgt, per role (installed ``labpgt.drivers`` entry points work too)
+KNOWN_DRIVERS = {role: tuple(n for n, (r, _, _) in registry.PROJECT_DRIVERS.items() if r == role)
+                 for role in ("signal_generator", "current_source", "spectrum_analyzer")}
 STATION_KEYS = ("name", "pacing")
 PACINGS = ("virtual", "real")
 ROLE_KEYS = ("driver", "resource", "options", "limits")
@@ -88,34 +84,13 @@ def resource_is_valid(resource: str) -> bool:
     return False
 
 
-@contextlib.contextmanager
-def _signals_deferred():
-    """Hold Ctrl-C and SIGTERM while the rig is made safe, then deliver them.
-
-    An impatient second Ctrl-C during the ramp down must not leave current in the magnet; the
-    signal is acted on once RF is off and the current is at zero.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-
-    def hold(signum, frame):
-        received.append(signum)
-        print("making the rig safe (RF off, current ramping to zero): please wait", file=sys.stderr, flush=True)
-
-    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if received:
-            handler = previous[received[0]]
-            if callable(handler):
-                handler(received[0], None)
-            elif handler == signal.SIG_DFL and received[0] == signal.SIGINT:
-                raise KeyboardInterrupt
+def _found_state(instrument) -> dict:
+    """What an instrument was left in, read before anything is changed (queries only)."""
+    if isinstance(instrument, SignalGenerator):
+        return {"rf_output": bool(instrument.output_enabled), "frequency_hz": float(instrument.frequency_hz),
+                "power_dbm": float(instrument.power_dbm)}
+    return {"output": bool(instrument.output_enabled), "current_setpoint_a": float(instrument.current_setpoint_a),
+            "measured_current_a": float(instrument.measured_current_a)}
 
 
 def _worth_another_try(exc: BaseException) -> bool:
@@ -126,21 +101,19 @@ def _worth_another_try(exc: BaseException) -> bool:
 
 
 def resolve_driver(name: str, role: str, source: str) -> type:
-    """``"drivers.keysight:MXG"`` -> the class, checked to implement ``role``."""
+    """A station's ``driver`` name -> the class, through the registry only (``instruments.registry``:
+    the shipped drivers and installed ``labpgt.drivers`` entry points), checked to implement ``role``.
+    Nothing named in a file is ever imported as a module path."""
     key = f"{role}.driver"
-    known = ", ".join(f'"{d}"' for d in KNOWN_DRIVERS[role])
-    if not isinstance(name, str) or name.count(":") != 1:
-        raise StationFileError(source, key, f'{name!r} is not of the form "module:Class"', known)
-    module_name, class_name = name.split(":")
+    known = ", ".join(f'"{d}"' for d in registry.available(role))
     try:
-        module = importlib.import_module(module_name)
+        cls = registry.resolve(name)
+    except registry.UnknownDriver as exc:
+        raise StationFileError(source, key, str(exc), known) from exc
     except ImportError as exc:
-        raise StationFileError(source, key, f"unknown driver module {module_name!r} ({exc})", known) from exc
-    cls = getattr(module, class_name, None)
-    if not isinstance(cls, type):
-        raise StationFileError(source, key, f"module {module_name!r} has no driver class {class_name!r}", known)
+        raise StationFileError(source, key, f"driver {name!r} could not be loaded ({exc})", known) from exc
     role_class = ROLE_CLASSES[role]
-    if not issubclass(cls, role_class):
+    if not isinstance(cls, type) or not issubclass(cls, role_class):
         raise StationFileError(source, key, f"{name} is not a {role_class.__name__} driver", known)
     missing = [m for m in role_class.required_members if not hasattr(cls, m)]
     if missing:
@@ -159,42 +132,6 @@ class RoleConfig:
     settings: dict = field(default_factory=dict)
 
 
-# ====================================================================== check report
-@dataclass
-class RoleCheck:
-    role: str
-    driver: str
-    resource: str
-    identity: str = ""
-    errors: list = field(default_factory=list)
-    safe: bool = False
-    state: dict = field(default_factory=dict)
-    problem: str = ""
-
-
-@dataclass
-class StationCheck:
-    name: str
-    source: str
-    roles: list
-
-    @property
-    def ok(self) -> bool:
-        return all(r.safe and not r.problem for r in self.roles)
-
-    def __str__(self) -> str:
-        lines = [f"station {self.name!r} ({self.source}): {'OK' if self.ok else 'PROBLEMS'}"]
-        for r in self.roles:
-            lines.append(f"  {r.role}: {r.driver} at {r.resource}")
-            lines.append(f"    identity: {r.identity or '?'}")
-            lines.append(f"    errors drained: {r.errors if r.errors else 'none'}")
-            state = ", ".join(f"{k}={v}" for k, v in r.state.items())
-            lines.append(f"    safe state read back: {'yes' if r.safe else 'NO'} ({state})")
-            if r.problem:
-                lines.append(f"    problem: {r.problem}")
-        return "\n".join(lines)
-
-
 # ====================================================================== the station
 class Station:
     """A validated station file; ``connect()`` (or ``with``) opens the instruments."""
@@ -210,6 +147,7 @@ class Station:
         self.instruments: dict[str, Instrument] = {}
         self.identities: dict[str, str] = {}
         self.connect_errors: dict[str, list[tuple[int, str]]] = {}
+        self.found_states: dict[str, dict] = {}
         self.name, self.pacing, self.roles = self._validate(config, dict(resources or {}))
 
     # ------------------------------------------------------------------ loading
@@ -327,9 +265,10 @@ class Station:
                 self._connect_role(self.roles[role])
         except BaseException as failure:
             # an instrument that does not answer is not asked again (each try would time out)
-            problems = self._shutdown(skip_failed=isinstance(failure, NoAnswerError))
-            if problems:
-                failure.add_note("while leaving the connected roles safe: " + "; ".join(problems))
+            report = self._shutdown(skip_failed=isinstance(failure, NoAnswerError))
+            if report is not None and not report.safe:
+                failure.add_note("while leaving the connected roles safe: " + str(report))
+                failure.safe_state_report = report  # type: ignore[attr-defined]
             raise
         return self
 
@@ -348,6 +287,7 @@ class Station:
         self._failed_role = role
         identity = instrument.identify()
         self.identities[role] = identity
+        self._check_identity(cfg, identity)
         model_ranges = cfg.driver.ranges_for_identity(identity)
         if model_ranges != cfg.driver.instrument_ranges:
             for key, problem, allowed in cfg.driver.station_limit_problems(cfg.limits, model_ranges):
@@ -356,14 +296,48 @@ class Station:
                                               if "," in identity else identity)
             instrument._apply_station_limits(cfg.limits)
         self.connect_errors[role] = instrument.errors()  # left over from before we connected
+        if isinstance(instrument, SignalGenerator):
+            if self.record_found_state:
+                self.found_states[role] = _found_state(instrument)
+            instrument.safe_state()  # RF off first, whatever state it was left in
         instrument.initialize()
+        if isinstance(instrument, SignalGenerator):
+            instrument.park(rf_already_off=True)  # a setting inside the limits, read back
         if isinstance(instrument, CurrentSource):
+            if self.record_found_state:
+                self.found_states[role] = _found_state(instrument)
             instrument.apply_compliance()
         if isinstance(instrument, SpectrumAnalyzer) and cfg.settings:
             instrument.configure(**{k: (int(v) if k == "points" else float(v)) for k, v in cfg.settings.items()})
         self._failed_role = None
 
     _failed_role: Optional[str] = None
+    #: labpgt check sets it: ``found_states`` then holds, per role, what the instrument was left in
+    record_found_state = False
+
+
+    def _check_identity(self, cfg: RoleConfig, identity: str) -> None:
+        """Refuse an instrument that answers as another model than its driver expects (nothing but the
+        identity query was sent to it, and nothing more will be: it is dropped from the station)."""
+        if cfg.driver.identity_matches(identity):
+            return
+        others = [other for other in self.roles.values()
+                  if other.role != cfg.role and other.driver.identity_matches(identity)]
+        instrument = self.instruments.pop(cfg.role, None)
+        self._failed_role = None
+        if instrument is not None:
+            try:
+                instrument.close()
+            except Exception:  # noqa: BLE001 - the refusal below is the news
+                pass
+        message = (f"{cfg.role} at {cfg.resource} answers *IDN? as {identity!r}, but its driver {cfg.driver_name} "
+                   f"expects {cfg.driver.model_family or cfg.driver.__name__}")
+        if others:
+            other = others[0]
+            message += (f"; that is the model of this station's {other.role} ({other.driver_name}, at "
+                        f"{other.resource}): the addresses of {cfg.role} and {other.role} look swapped in "
+                        f"{self.source}")
+        raise WrongInstrumentError(message + "; nothing was sent to it but the identity query")
 
     def _get(self, role: str):
         try:
@@ -396,7 +370,7 @@ class Station:
             ("spectrum_analyzer", "continuous sweep", lambda sa: sa.safe_state()),
         )
         problems = []
-        with _signals_deferred():
+        with held_while_safe():
             self._run_safe_steps(steps, skip, problems)
         return problems
 
@@ -421,76 +395,85 @@ class Station:
     #: tries per safe step when the link fails (a timeout, a garbled reply, a dropped connection)
     safe_attempts = 3
 
-    def _shutdown(self, skip_failed: bool = False) -> list[str]:
-        skip = (self._failed_role,) if skip_failed and self._failed_role else ()
+    def read_back_safe_state(self, problems: Optional[list] = None, *, skip: tuple[str, ...] = ()) -> SafeStateReport:
+        """Read the rig's state back (RF output, current output, set-point and measured current,
+        analyzer sweep mode) into a :class:`SafeStateReport`; a value that cannot be read stays None
+        (not safe). Sends queries only."""
+        threshold = CurrentSource.zero_tolerance_a
+        cs = self.instruments.get("current_source")
+        if cs is not None:
+            threshold = cs.zero_tolerance_a
+        unreached = tuple(role for role in self.roles if role not in self.instruments or role in skip)
+        report = SafeStateReport(station=f"station {self.name!r}", threshold_a=threshold,
+                                 resources={role: cfg.resource for role, cfg in self.roles.items()},
+                                 roles=tuple(self.roles), unreached=unreached, problems=list(problems or []))
+        readings = (
+            ("signal_generator", "rf_output", lambda sg: bool(sg.output_enabled)),
+            ("current_source", "current_output", lambda cs: bool(cs.output_enabled)),
+            ("current_source", "current_setpoint_a", lambda cs: float(cs.current_setpoint_a)),
+            ("current_source", "measured_current_a", lambda cs: float(cs.measured_current_a)),
+            ("spectrum_analyzer", "analyzer_continuous", lambda sa: bool(sa.continuous)),
+        )
+        for role, name, read in readings:
+            instrument = self.instruments.get(role)
+            if instrument is None or role in skip:  # skipped: it did not answer; its state stays unknown
+                continue
+            try:
+                setattr(report, name, read(instrument))
+            except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - unknown is reported as not safe
+                report.problems.append(f"{role}: reading back {name} failed: {type(exc).__name__}: {exc}")
+        return report
+
+    def leave_safe(self, *, skip: tuple[str, ...] = ()) -> SafeStateReport:
+        """The safe steps (:meth:`make_safe`), then the read-back that says whether they worked.
+
+        The report is also kept in ``instruments.safe_state.REPORTS`` (the command line prints it)."""
         problems = self.make_safe(skip=skip)
+        with held_while_safe():
+            report = self.read_back_safe_state(problems, skip=skip)
+        self.safe_report = record(report)
+        return report
+
+    #: the last :class:`SafeStateReport` of this station (None until it was made safe)
+    safe_report: Optional[SafeStateReport] = None
+
+    def _shutdown(self, skip_failed: bool = False) -> SafeStateReport:
+        skip = (self._failed_role,) if skip_failed and self._failed_role else ()
+        report = self.leave_safe(skip=skip) if self.instruments else None
         for role, instrument in list(self.instruments.items()):
             try:
                 instrument.close()
             except Exception as exc:
-                problems.append(f"{role}: close failed: {exc}")
+                if report is not None:
+                    report.problems.append(f"{role}: close failed: {exc}")
         self.instruments.clear()
-        return problems
+        return report
 
     def close(self) -> None:
-        """Leave the rig safe and close every transport; raises if any step failed."""
-        problems = self._shutdown()
-        if problems:
-            raise InstrumentError(f"station {self.name!r}: leaving the rig safe had problems: " + "; ".join(problems))
+        """Leave the rig safe and close every transport; raises UnsafeStateError unless the read-back
+        is safe (InstrumentError when it is safe but a step failed, e.g. the analyzer's sweep mode)."""
+        self._raise_for(self._shutdown())
+
+    def _raise_for(self, report: Optional[SafeStateReport]) -> None:
+        if report is None:
+            return
+        if not report.safe:
+            raise UnsafeStateError(report)
+        if report.problems:
+            raise InstrumentError(f"station {self.name!r}: leaving the rig safe had problems: "
+                                  + "; ".join(report.problems) + f" ({report})")
 
     def __enter__(self) -> "Station":
         return self.connect()
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        problems = self._shutdown()
-        if problems:
-            message = f"station {self.name!r}: leaving the rig safe had problems: " + "; ".join(problems)
-            if exc is not None:
-                exc.add_note(message)
-            else:
-                raise InstrumentError(message)
+        report = self._shutdown()
+        if exc is None:
+            self._raise_for(report)
+        elif report is not None and (report.problems or not report.safe):
+            exc.add_note(f"station {self.name!r}: leaving the rig safe: {report}")
+            exc.safe_state_report = report  # type: ignore[attr-defined]
         return False
-
-    # ------------------------------------------------------------------ check
-    def check(self) -> StationCheck:
-        """Identity and drained error queue of each role, then the safe state applied and read back."""
-        report = StationCheck(self.name, self.source, [])
-        by_role = {}
-        for role in ROLES:
-            cfg = self.roles[role]
-            entry = RoleCheck(role, cfg.driver_name, cfg.resource)
-            by_role[role] = entry
-            report.roles.append(entry)
-            instrument = self.instruments.get(role)
-            if instrument is None:
-                entry.problem = "not connected"
-                continue
-            try:
-                entry.identity = instrument.identify()
-                entry.errors = list(self.connect_errors.get(role, [])) + instrument.errors()
-            except Exception as exc:
-                entry.problem = str(exc)
-        for problem in self.make_safe():
-            role = problem.split(":", 1)[0]
-            if role in by_role:
-                by_role[role].problem = problem
-        for role, instrument in self.instruments.items():
-            entry = by_role[role]
-            try:
-                if isinstance(instrument, SignalGenerator):
-                    entry.state = {"rf_output": instrument.output_enabled}
-                    entry.safe = entry.state["rf_output"] is False
-                elif isinstance(instrument, CurrentSource):
-                    on = instrument.output_enabled
-                    measured = instrument.measured_current_a if on else 0.0
-                    entry.state = {"output": on, "measured_current_a": measured}
-                    entry.safe = not on
-                elif isinstance(instrument, SpectrumAnalyzer):
-                    entry.state = {"continuous": instrument.continuous}
-                    entry.safe = entry.state["continuous"] is True
-            except Exception as exc:
-                entry.problem = entry.problem or str(exc)
-        return report
 
     def __repr__(self) -> str:
         state = "connected" if self.instruments else "not connected"

@@ -8,33 +8,35 @@ import sys
 from pathlib import Path
 
 from instruments.errors import InstrumentError
-from labpgt import __version__
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM turned into an interrupt, so every ``with`` block leaves the rig safe and a run
-    file records the run as aborted (like Ctrl-C), not failed."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated(f"terminated by signal {signum}")
+from instruments.interrupts import Terminated, terminate_as_interrupt
+from labpgt import __version__, logs
 
 
 # --------------------------------------------------------------------------- sim serve
+def fault_settings(text: str | None):
+    """``--faults``: a TOML file with a [faults] table (its table), or else a spec string (as given)."""
+    try:
+        is_file = bool(text) and Path(text).is_file()
+    except OSError:  # e.g. a long spec is no valid file name: it is a spec
+        is_file = False
+    if not is_file:
+        return text
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        return tomllib.loads(Path(text).read_text()).get("faults", {})
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{text}: not valid TOML: {exc}") from None
+
+
 def cmd_sim_serve(args) -> int:
     from sim.server import SimServer
 
-    faults = args.faults
-    if faults and Path(faults).is_file():  # a TOML file with a [faults] table
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib  # type: ignore[no-redef]
-        try:
-            faults = tomllib.loads(Path(faults).read_text()).get("faults", {})
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"{args.faults}: not valid TOML: {exc}") from None
-    with SimServer(seed=args.seed, flavour=args.flavour, realtime=args.realtime, faults=faults) as server:
+    faults = fault_settings(args.faults)
+    with SimServer(seed=args.seed, flavour=args.flavour, realtime=args.realtime, faults=faults,
+                   start_state=args.start_state) as server:
         text = server.station_toml()
         path = Path(args.station_out)
         path.write_text(text)
@@ -50,10 +52,17 @@ def cmd_sim_serve(args) -> int:
 
 # --------------------------------------------------------------------------- check
 def cmd_check(args) -> int:
-    from labpgt.experiment.embedded import open_station
+    from instruments.check import check_station
+    from instruments.station import Station
 
-    with open_station(args.station, seed=args.seed) as (station, _):
-        report = station.check()
+    # every instrument is attempted, so the station is connected role by role by the check itself
+    if args.station is not None:
+        report = check_station(Station.load(args.station))
+    else:
+        from sim.server import SimServer
+
+        with SimServer(seed=args.seed) as server:
+            report = check_station(Station.from_text(server.station_toml(), source_name="<embedded simulated station>"))
     print(report)
     return 0 if report.ok else 1
 
@@ -75,8 +84,7 @@ def cmd_measure(args) -> int:
         sa.configure(center_hz=args.center if args.center is not None else args.frequency,
                      span_hz=args.span if args.span is not None else sa.span_hz,
                      rbw_hz=sa.rbw_hz, points=sa.points, reference_level_dbm=sa.reference_level_dbm)
-        sg.configure_cw(args.frequency, args.power)
-        sg.output_enabled = True
+        sg.enable_rf_at(args.frequency, args.power)  # the one RF switch: validated, read back, then on
         freqs, dbm = sa.measure()
     peaks = strongest_peaks(freqs, dbm, count=args.peaks)
     print(f"spectrum: {freqs[0] / 1e9:.6f}-{freqs[-1] / 1e9:.6f} GHz, {len(freqs)} points, "
@@ -117,7 +125,11 @@ def cmd_report(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from labpgt.runfile.hdf5 import inspect
+    from labpgt.runfile import inspect
+
+    if not Path(args.run).is_file():
+        print(f"error: {args.run}: no such file", file=sys.stderr)
+        return 1
 
     text = inspect(args.run)
     print(text)
@@ -139,6 +151,9 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labpgt", description=__doc__)
     parser.add_argument("--version", action="version", version=f"labpgt {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more messages: -v progress notes, -vv every message on the wire (role, resource)")
+    parser.add_argument("--log-file", metavar="PATH", help="also write every message, wire trace included, to PATH")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser("sim", help="the simulated ring")
@@ -153,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(kinds: timeout garbled truncated truncated_block disconnect error overload "
                             "unlocked slow; KIND=P per message, KIND@N once on the Nth), or a TOML file "
                             "with a [faults] table (role = {kind = P or \"@N\"}, seed, slow_s, unlock_s)")
+    serve.add_argument("--start-state", choices=["reset", "unsafe"], default="reset",
+                       help="how the first client finds the instruments: reset (power-on state) or unsafe "
+                            "(RF on at full power outside the station's band, current flowing in the magnet)")
     serve.add_argument("--station-out", default="sim-station.toml", help="where to write the station file")
     serve.set_defaults(func=cmd_sim_serve)
 
@@ -173,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--seed", type=int, default=0, help="seed of the embedded simulated ring")
     measure.set_defaults(func=cmd_measure)
 
-    from labpgt.experiment.run import add_train_arguments
+    from labpgt.experiment.options import add_train_arguments
 
     train = sub.add_parser("train", help="train the hybrid network through the ring")
     add_train_arguments(train)
@@ -194,28 +212,78 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _rig_state_lines(first_report: int, exc: BaseException | None = None) -> list[str]:
+    """What the rig was measured to be in when this command left it (instruments.safe_state): the
+    last read-back of each station this command used; nothing is claimed without one."""
+    from instruments.safe_state import REPORTS
+
+    reports = REPORTS[first_report:]
+    attached = getattr(exc, "safe_state_report", None) if exc is not None else None
+    if attached is not None and attached not in reports:
+        reports.append(attached)
+    latest = {report.station: report for report in reports}  # a reconnected station: its last word
+    return [str(report) for report in latest.values()]
+
+
+def _exception_notes(exc: BaseException) -> list[str]:
+    """The notes of an error and of the errors behind it (the safe state is reported separately)."""
+    notes, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        notes += [n for n in getattr(exc, "__notes__", []) if "leaving the rig safe" not in n
+                  and "THE RIG MAY NOT BE SAFE" not in n]
+        exc = exc.__cause__ or exc.__context__
+    return notes
+
+
 def main(argv: list[str] | None = None) -> int:
+    from instruments.safe_state import REPORTS
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    first_report = len(REPORTS)
+    failure: BaseException | None = None
     try:
-        return args.func(args)
+        logs.configure(args.verbose, args.log_file)
+    except OSError as exc:
+        print(f"error: cannot write the log file {args.log_file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        with terminate_as_interrupt():
+            return args.func(args)
     except Terminated as exc:
-        print(f"{exc}; the rig was left safe", file=sys.stderr)
+        failure = exc
+        print(f"{exc}", file=sys.stderr)
         return 143
-    except KeyboardInterrupt:
-        print("interrupted; the rig was left safe", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        failure = exc
+        print("interrupted", file=sys.stderr)
         return 130
     except (InstrumentError, ValueError, OSError, RuntimeError) as exc:
         # our own errors (station files, limits, run files, experiment files, instruments) say
         # what was wrong and what is allowed; a traceback would bury that (LABPGT_DEBUG=1 shows it)
+        failure = exc
         if os.environ.get("LABPGT_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)
+        for note in _exception_notes(exc):
+            print(f"  {note}", file=sys.stderr)
         return 2
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        # on every exit path: the rig as read back, never assumed (stderr when something failed)
+        for line in _rig_state_lines(first_report, failure):
+            print(line, file=sys.stderr if failure is not None or "NOT BE SAFE" in line else sys.stdout)
+
+
+def _keep_working_directory_off_the_import_path() -> None:
+    """``python -m labpgt.cli`` puts the working directory first on ``sys.path``; nothing there may be
+    imported in its place (drivers come from the registry, instruments.registry, in any case)."""
+    package_root = str(Path(__file__).resolve().parent.parent)
+    cwd = os.getcwd()
+    sys.path[:] = [entry for entry in sys.path
+                   if not ((entry in ("", ".") or os.path.abspath(entry) == cwd) and cwd != package_root)]
 
 
 if __name__ == "__main__":
+    _keep_working_directory_off_the_import_path()
     sys.exit(main())

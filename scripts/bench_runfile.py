@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from labpgt.runfile.hdf5 import RunFile  # noqa: E402
+from labpgt.runfile import RunFile  # noqa: E402
 
 FEATURES = 10
 

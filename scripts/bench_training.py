@@ -5,7 +5,7 @@ through the same simulated ring (DirectRingReservoir, in-process: the simulated 
 physics and noise), under one or more conditions, over several seeds:
 
 - ``oracle``  exact gradients of the noiseless simulated ring (locally averaged, see
-  labpgt/estimators.py Oracle), measuring only the clean forward pass;
+  labpgt/estimators/oracle.py Oracle), measuring only the clean forward pass;
 - ``node``    node perturbation at the ring's inputs (labpgt's method);
 - ``twin``    Physics-Aware Training: measured forward pass, backward through a fitted digital twin;
 - ``pgt``     parameter-space perturbation (PGT as published), ``spsa`` Spall's SPSA;
@@ -65,7 +65,8 @@ sys.path.insert(0, str(ROOT / "scripts"))  # _machine, when loaded by path
 from _machine import cpu_model  # noqa: E402
 
 from labpgt.data.datasets import load  # noqa: E402
-from labpgt.training.trainer import DEFAULTS, make_trainer  # noqa: E402
+from labpgt.experiment.builder import make_trainer  # noqa: E402
+from labpgt.experiment.registry import ESTIMATORS, estimators_for  # noqa: E402
 
 ESTIMATORS = ("oracle", "node", "twin", "spsa", "pgt")
 PEERS = ("cmaes", "ng-tbpsa", "ng-ngopt")
@@ -109,9 +110,9 @@ def make_reservoir(kind: str, seed: int, n_nodes: int, n_bands: int, noise_scale
 
     if kind == "toy":
         return ToyReservoir(n_nodes=n_nodes, features_per_node=n_bands, noise_std=0.05 * noise_scale, seed=seed)
-    from sim.ring import RingParams
+    from labpgt.reservoirs.direct import simulated_ring_params
 
-    return DirectRingReservoir(RingParams(noise_scale=noise_scale, drift_enabled=drift), seed=seed, n_nodes=n_nodes,
+    return DirectRingReservoir(simulated_ring_params(noise_scale, drift), seed=seed, n_nodes=n_nodes,
                                readout={"n_bands": n_bands})
 
 
@@ -409,7 +410,7 @@ def main(argv=None) -> int:
     ap.add_argument("--noise-multiplier", type=float, default=1.0, help="multiplies every condition's noise_scale")
     ap.add_argument("--batch-size", type=int, default=None, help="override every method's batch size")
     ap.add_argument("--lr-for", nargs=2, action="append", default=[], metavar=("METHOD", "LR"),
-                    help="override one estimator's learning rate (DEFAULTS in labpgt/trainer.py otherwise)")
+                    help="override one estimator's learning rate (the registry's tuned value otherwise: labpgt/experiment/registry.py)")
     ap.add_argument("--sigma0", type=float, default=None, help="peers' initial step (scaled units)")
     ap.add_argument("--option", nargs=3, action="append", default=[], metavar=("METHOD", "KEY", "JSON"),
                     help="estimator option override, e.g. --option node epsilon 0.05")
@@ -462,7 +463,8 @@ def main(argv=None) -> int:
         runs = [run_one(j) for j in jobs]
     results = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
                "machine": machine(), "args": {k: str(v) for k, v in vars(args).items()},
-               "defaults": DEFAULTS, "peer_defaults": PEER_DEFAULTS, "conditions": CONDITIONS,
+               "defaults": {name: vars(ESTIMATORS[name].tuning["dense"]) for name in estimators_for("dense")},
+               "peer_defaults": PEER_DEFAULTS, "conditions": CONDITIONS,
                "peers_available": ok, "wall_s": time.perf_counter() - t0, "results": {}}
     for dataset in args.datasets:
         for condition in args.conditions:

@@ -1,6 +1,6 @@
 """Transformer with a reservoir layer: test accuracy against reservoir evaluations spent, per method.
 
-Every method trains the same TransformerModel (labpgt/transformer.py, tuned defaults) on
+Every method trains the same TransformerModel (labpgt/models/transformer.py, tuned defaults) on
 digits-seq (8x8 digits as 8 row tokens) through the same reservoir, over several seeds:
 
 - backprop: full backpropagation, the reservoir made differentiable for this baseline only
@@ -46,18 +46,19 @@ sys.path.insert(0, str(ROOT / "scripts"))  # _machine, when loaded by path
 
 from _machine import cpu_model  # noqa: E402
 
-from labpgt.models.transformer import TRANSFORMER_DEFAULTS, make_transformer_trainer  # noqa: E402
+from labpgt.experiment.builder import make_transformer_trainer  # noqa: E402
+from labpgt.experiment.registry import ESTIMATORS, estimators_for  # noqa: E402
 
 METHODS = ("backprop", "node", "pgt", "spsa")
 EVALS_PER_SAMPLE_TOKEN = {"backprop": 1, "oracle": 1, "node": 2, "pgt": 2, "spsa": 2,
-                          "node-token": 2 * TRANSFORMER_DEFAULTS["node-token"]["options"].get("n_directions", 1)}
+                          "node-token": 2 * ESTIMATORS["node-token"].tuning["transformer"].options.get("n_directions", 1)}
 CHECKPOINTS = (200_000, 500_000, 1_000_000, 2_000_000, 4_000_000)
 SECTION = "## Transformer with a reservoir layer"
 
 
 def run_one(job: dict) -> dict:
     t0 = time.perf_counter()
-    batch = TRANSFORMER_DEFAULTS[job["method"]]["batch_size"]
+    batch = ESTIMATORS[job["method"]].tuning["transformer"].batch_size
     step_cost = EVALS_PER_SAMPLE_TOKEN[job["method"]] * batch * 8  # digits-seq: 8 tokens
     eval_every = max(1, round(job["budget"] / job["n_evals"] / step_cost))
     trainer = make_transformer_trainer(job["task"], job["method"], job["reservoir"], seed=job["seed"],
@@ -161,7 +162,7 @@ def write_docs(path: Path, intro: str, subsection: str, body: str) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(TRANSFORMER_DEFAULTS))
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=estimators_for("transformer"))
     ap.add_argument("--reservoirs", nargs="+", default=["esn", "ring"], choices=["esn", "ring"])
     ap.add_argument("--task", default="digits-seq")
     ap.add_argument("--budget-esn", type=int, default=2_000_000, help="training evaluations per run, echo-state")
@@ -221,14 +222,14 @@ def main(argv=None) -> int:
                                "summary": rows, "runs": runs}, indent=1, default=float))
     if args.docs:
         intro = (
-            "Test accuracy of the transformer with a reservoir layer (labpgt/transformer.py) against training "
+            "Test accuracy of the transformer with a reservoir layer (labpgt/models/transformer.py) against training "
             "evaluations of the reservoir (one evaluation = one sample × one token = one ring measurement; "
-            "test-split evaluations not counted); median over seeds, tuned defaults (`TRANSFORMER_DEFAULTS`). "
+            "test-split evaluations not counted); median over seeds, tuned defaults (the registry, `labpgt/experiment/registry.py`). "
             "`backprop` is the baseline that differentiates the reservoir (echo-state: analytic VJP; ring: central "
             "differences of the noiseless simulated ring); `node`, `pgt` (as published, all parameters perturbed) "
             "and `spsa` only measure; `node-token` (not in the benchmark's default set; `labpgt train --model transformer --estimator node-token`) is node perturbation with the same "
             "kicks whose credit reaches each token's knobs through that token's measured change of the features "
-            "and the readout's exact gradient. Every method trains the same model (`MODEL_DEFAULTS`: since "
+            "and the readout's exact gradient. Every method trains the same model (`labpgt.models.transformer.DEFAULTS`: since "
             "the concat head, per-token projections concatenated before the head, bias current fixed). "
             "“evals to ≥ backprop − 2 pt”: median evaluations until the test accuracy "
             "first comes within 2 points of backprop's final median on the same reservoir (never = not within "

@@ -81,7 +81,7 @@ def check_file(path: Path, reference: dict) -> dict:
             raise
         # killed while a resume had the file open before its switch to SWMR: only after
         # `h5clear -s` (clear_write_flags, on a scratch copy here) does HDF5 open it
-        from labpgt.runfile.hdf5 import clear_write_flags
+        from labpgt.runfile import clear_write_flags
         scratch = Path(tempfile.mkdtemp()) / "scratch.h5"
         shutil.copyfile(path, scratch)
         clear_write_flags(scratch)
@@ -130,7 +130,7 @@ def check_file(path: Path, reference: dict) -> dict:
 
 
 def _completed(path: Path) -> bool:
-    from labpgt.runfile.hdf5 import RunReader
+    from labpgt.runfile import RunReader
     with RunReader(path) as r:
         return r.status == "completed"
 

@@ -39,6 +39,8 @@ import contextlib
 import random
 import time
 
+from sim.error_messages import MESSAGES
+
 KINDS = ("timeout", "garbled", "truncated", "truncated_block", "disconnect", "error", "overload", "unlocked",
          "slow")
 #: kinds that act before the message is executed; the others act on its reply
@@ -75,7 +77,6 @@ class Faults:
         self.rng = random.Random(str(seed))
 
     def queue_error(self, code: int, message: str | None = None) -> None:
-        from sim.scpi import MESSAGES
         self.errors.append((int(code), message if message is not None else MESSAGES.get(code, "Error")))
 
     def set_rate(self, kind: str, probability: float) -> None:

@@ -238,6 +238,12 @@ class CoilLoad:
         self._t_hit = t + self.tau * math.log((asym - i_now) / (asym - self._target))
         return self._t_hit
 
+    def settle_now(self, t: float) -> None:
+        """The current has reached its target already (a rig found with current flowing)."""
+        self._i0 = self.final_current()
+        self._target = self._i0
+        self._t0 = self._t_hit = float(t)
+
     def final_current(self) -> float:
         if self._t_hit == math.inf:
             return math.copysign(self._vc / self.r, self._target - self._i0)
@@ -447,7 +453,10 @@ class SimKeithley2400(_CurrentSourceBase):
         return self.mode
 
     def _curr(self, p, s):
-        self.i_set = number(one(p), "A", -self.I_MAX, self.I_MAX, default=0.0)
+        value = number(one(p), "A", -self.I_MAX, self.I_MAX, default=0.0)
+        if not self.i_range_auto and abs(value) > 1.05 * self.i_range * (1 + 1e-12):
+            raise SCPIError(-222)  # a fixed source range holds 105 % of its value
+        self.i_set = value
         self._apply()
 
     def _curr_q(self, p, s):
@@ -637,6 +646,7 @@ class _Analyzer(_RigDevice):
         self._sweep = None  # pending single sweep: (t0, t1, settings)
         self._trace = None  # last completed trace (float64 dBm)
         self._trace_freqs = None
+        self._freqs_key = None  # (start, stop, points) of the cached frequency points
         self._couple()
 
     # --- coupled frequencies
@@ -671,7 +681,13 @@ class _Analyzer(_RigDevice):
         return 1
 
     def freqs(self) -> np.ndarray:
-        return np.linspace(self.start, self.stop, self.points)
+        """The sweep's frequency points (read-only; the same array while start, stop and points stay)."""
+        key = (self.start, self.stop, self.points)
+        if self._freqs_key != key:
+            freqs = np.linspace(self.start, self.stop, self.points)
+            freqs.flags.writeable = False  # shared by every trace of this setting
+            self._freqs, self._freqs_key = freqs, key
+        return self._freqs
 
     # --- sweeping
     def _snapshot(self):
@@ -732,6 +748,10 @@ class _Analyzer(_RigDevice):
         t1 = t0 + self.sweep_time() * self.sweeps_per_acquisition()
         self._sweep = (t0, t1, self._snapshot())
         self.pending_until = t1
+
+    def pending_sweep_start_s(self) -> float | None:
+        """Rig time of the sweep begun and not computed yet (its trace needs the field then), else None."""
+        return self._sweep[0] if self._sweep is not None else None
 
     def _abort(self, p, s):
         none(p)

@@ -11,11 +11,14 @@
 ``SimServer`` starts a rig's instruments (daemon threads), exposes ``.resources`` (role ->
 resource string), ``.instruments`` (role -> simulated instrument, e.g. for ``faults``) and
 ``.station_toml()``. ``faults=`` takes a fault spec (``sim.faults``: a string or a ``[faults]``
-table), seeded from the server's seed unless the spec names its own. Stopping closes every socket and file descriptor and joins every thread.
+table), seeded from the server's seed unless the spec names its own. ``start_state="unsafe"``
+(or a dict) serves the instruments as a careless user left them, ``wire_log=True`` keeps every
+message received with the rig's state after it in ``.wire_log`` (both: ``sim.start_state``). Stopping closes every socket and file descriptor and joins every thread.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import select
 import socket
@@ -24,8 +27,9 @@ import threading
 import tty
 
 from sim.faults import DISCONNECT, apply_spec
+from sim.start_state import WireLog, apply_start_state, parse_start_state
 from sim.instruments import (SimKeithley2400, SimKepcoBOP, SimKeysightMXG, SimKeysightXSA, SimRig,
-                             SimRohdeFSV, SimWindfreakSynthHD)
+                             SimRohdeFSV, SimWindfreakSynthHD, _Analyzer)
 
 __all__ = ["SimServer", "SocketServer", "PtyServer", "serve_forever", "FLAVOURS"]
 
@@ -63,6 +67,9 @@ def _safe_handle(device, message) -> bytes | None:
 
 class _ServedDevice:
     """A device served by a thread of its own until ``stop()`` (a self-pipe wakes it, no polling)."""
+
+    #: called as ``observer(device, message)`` after each message is handled (a wire log), or None
+    observer = None
 
     def _start_thread(self, label: str) -> None:
         self._waker = _Waker()
@@ -124,20 +131,28 @@ class SocketServer(_ServedDevice):
             try:
                 self._serve(conn)
             finally:
+                self._conn = None
                 try:
                     conn.close()
                 except OSError:
                     pass
 
+    def stop(self) -> None:
+        self._stop.set()
+        connection = self._conn
+        if connection is not None:
+            try:  # wakes the thread blocked receiving from it
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        super().stop()
+
     def _serve(self, conn: socket.socket) -> None:
+        # a blocking receive, woken by stop() shutting the connection down: one system call a
+        # message instead of a select() and a recv() (the messages come one at a time)
+        self._conn = conn
         buf = b""
         while not self._stop.is_set():
-            try:
-                ready, _, _ = select.select([conn, self._waker.r], [], [])
-            except (OSError, ValueError):
-                return
-            if self._waker.r in ready:
-                return
             try:
                 chunk = conn.recv(65536)
             except OSError:
@@ -153,6 +168,8 @@ class SocketServer(_ServedDevice):
                 if line.endswith(b"\r"):
                     line = line[:-1]
                 out = _safe_handle(self.device, line)
+                if self.observer is not None:
+                    self.observer(self.device, line)
                 if out is DISCONNECT:
                     return  # a fault: the connection drops (closed by the caller)
                 if out:
@@ -207,6 +224,8 @@ class PtyServer(_ServedDevice):
                 except OSError:
                     break
             out = _safe_handle(self.device, data)
+            if self.observer is not None:
+                self.observer(self.device, data)
             if out:
                 try:
                     os.write(self._master, out)
@@ -259,7 +278,7 @@ class SimServer:
 
     def __init__(self, seed: int = 0, flavour: str = "keysight", realtime: bool = False, ring_params=None,
                  host: str = "127.0.0.1", ports: dict | None = None, ring=None, faults=None,
-                 timeout_s: float = 5.0):
+                 timeout_s: float = 5.0, start_state=None, wire_log: bool = False):
         if flavour not in FLAVOURS:
             raise ValueError(f"unknown flavour {flavour!r}; choose one of {sorted(FLAVOURS)}")
         self.seed = int(seed)
@@ -268,6 +287,11 @@ class SimServer:
         self.timeout_s = float(timeout_s)  # the client timeout written into station_toml()
         from sim.faults import parse_spec
         parse_spec(faults)  # a bad spec fails here, before anything starts
+        #: how the instruments are found by the first client (sim.start_state: None, "unsafe", a dict)
+        self.start_state = parse_start_state(start_state)
+        #: with ``wire_log=True``: every message received, with the rig's state after it (sim.start_state)
+        self.wire_log: WireLog | None = None
+        self._want_wire_log = bool(wire_log)
         self.realtime = bool(realtime)
         self.host = host
         self.ports = dict(ports or {})
@@ -284,6 +308,8 @@ class SimServer:
             return self
         ring_params = None if self._ring is not None else _ring_params_for(self.flavour, self._ring_params)
         self.rig = SimRig(seed=self.seed, realtime=self.realtime, ring_params=ring_params, ring=self._ring)
+        if self._want_wire_log:
+            self.wire_log = WireLog(self.rig)
         try:
             for role, (cls, driver) in FLAVOURS[self.flavour].items():
                 inst = cls(self.rig)
@@ -291,10 +317,15 @@ class SimServer:
                     server = PtyServer(inst)
                 else:
                     server = SocketServer(inst, self.host, int(self.ports.get(role, 0)))
+                if self.wire_log is not None:
+                    server.observer = functools.partial(self.wire_log, role)
                 self.instruments[role] = inst
                 self.servers[role] = server
                 self.resources[role] = server.resource
                 self.drivers[role] = driver
+            if self.start_state is not None:
+                apply_start_state(self.start_state, self.instruments)  # before anyone can connect
+            for server in self.servers.values():
                 server.start()
             apply_spec(self.faults, self.instruments, default_seed=self.seed)
         except BaseException:
@@ -314,9 +345,17 @@ class SimServer:
         self.stop()
 
     def world_state(self) -> dict:
-        """The simulated world's state (virtual time, ring noise stream, coil), JSON-able."""
+        """The simulated world's state (virtual time, ring noise stream, coil), JSON-able.
+
+        The coil's history before anything can still ask for the field (now, or a sweep begun
+        and not computed yet) is dropped, so the state's size does not grow with the run.
+        """
         with self.rig.lock:
-            return {"clock_s": self.rig.clock.now(), "ring": self.rig.ring.get_state()}
+            now = self.rig.clock.now()
+            pending = [inst.pending_sweep_start_s() for inst in self.instruments.values()
+                       if isinstance(inst, _Analyzer)]
+            needed_from_s = min([now] + [t for t in pending if t is not None])
+            return {"clock_s": now, "ring": self.rig.ring.get_state(needed_from_s)}
 
     def load_world_state(self, state: dict) -> None:
         with self.rig.lock:

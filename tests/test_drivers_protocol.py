@@ -65,6 +65,15 @@ def test_scripted_transport_fails_on_a_wrong_command_and_on_leftovers():
         transport.query("*OPC?")
 
 
+def test_scripted_transport_as_a_context_manager_cannot_forget_the_leftover_check():
+    with pytest.raises(ScriptMismatch, match=r"1 scripted exchanges never happened, next: b'\*OPC\?\\n'"):
+        with ScriptedTransport([(b"OUTP:STAT 0\n", None), (b"*OPC?\n", b"1\n")]) as transport:
+            transport.write("OUTP:STAT 0")
+    with pytest.raises(ZeroDivisionError):  # an error inside the block is reported as itself
+        with ScriptedTransport([(b"*OPC?\n", b"1\n")]):
+            1 / 0
+
+
 def test_block_framing():
     payload = struct.pack("<3f", -1.0, -2.0, -3.0)
     assert block(payload) == b"#212" + payload + b"\n"
@@ -102,14 +111,39 @@ def test_mxg_setters_sync_and_check_errors():
     sg, t = connect(MXG, [
         (b"SOUR:FREQ 2050000000.50\n", None), OPC, NO_ERROR_KEYSIGHT,
         (b"SOUR:POW -12.25\n", None), OPC, NO_ERROR_KEYSIGHT,
-        (b"OUTP:STAT 1\n", None), OPC, NO_ERROR_KEYSIGHT,
         (b"OUTP:STAT 0\n", None), OPC, NO_ERROR_KEYSIGHT,
     ], SG_LIMITS)
     sg.frequency_hz = 2.0500000005e9
     sg.power_dbm = -12.25
-    sg.output_enabled = True
+    with pytest.raises(InstrumentError, match=r"RF is switched on only by enable_rf\(\).*nothing was sent"):
+        sg.output_enabled = True
+    with pytest.raises(InstrumentError, match="no validated frequency and power"):
+        sg.enable_rf()  # direct sets are not a validated pair
     sg.safe_state()
     done(t)
+
+
+def test_mxg_enable_rf_reads_the_setting_back_before_switching_on():
+    sg, t = connect(MXG, [
+        (b"SOUR:FREQ 2100000000.00;:SOUR:POW -20.00;*OPC?;:SYST:ERR?\n", b'1;+0,"No error"\n'),
+        (b"SOUR:FREQ?\n", b"+2.10000000000000E+09\n"), (b"SOUR:POW?\n", b"-2.00000000E+001\n"),
+        (b"OUTP:STAT 1\n", None), OPC, NO_ERROR_KEYSIGHT,
+    ], SG_LIMITS)
+    assert sg.enable_rf_at(2.1e9, -20.0) == (2.1e9, -20.0)
+    done(t)
+
+
+def test_mxg_enable_rf_refuses_a_read_back_that_disagrees_or_leaves_the_limits():
+    sg, t = connect(MXG, [
+        (b"SOUR:FREQ 2100000000.00;:SOUR:POW -20.00;*OPC?;:SYST:ERR?\n", b'1;+0,"No error"\n'),
+        (b"SOUR:FREQ?\n", b"+2.10000000000000E+09\n"), (b"SOUR:POW?\n", b"-1.00000000E+001\n"),
+        (b"SOUR:FREQ?\n", b"+2.60000000000000E+09\n"), (b"SOUR:POW?\n", b"-2.00000000E+001\n"),
+    ], SG_LIMITS)
+    with pytest.raises(InstrumentError, match=r"refusing to switch RF on: the generator reads back .*-10\.000 dBm"):
+        sg.enable_rf_at(2.1e9, -20.0)
+    with pytest.raises(LimitError, match=r"frequency_hz read back before RF on = 2600000000.0"):
+        sg.enable_rf()
+    done(t)  # no OUTP:STAT 1 was sent
 
 
 def test_mxg_configure_cw_is_one_message_with_its_opc_and_error_read():
@@ -380,15 +414,49 @@ def test_fsv_peak_not_found_is_nan():
 
 
 # ====================================================================== Keithley 2400
-def test_keithley_init_selects_current_mode_and_reading_elements():
+def test_keithley_init_selects_current_mode_reading_elements_and_the_source_range():
     cs, t = connect(Keithley2400, [
         (b"*IDN?\n", b"KEITHLEY INSTRUMENTS INC.,MODEL 2400,1234567,C30\n"),
         (b":SOUR:FUNC?\n", b"VOLT\n"), (b":OUTP?\n", b"0\n"),
-        (b":SOUR:FUNC CURR;:FORM:ELEM VOLT,CURR\n", None), OPC, NO_ERROR_KEYSIGHT,
+        # the range set explicitly: autorange is lost when the 2400 goes to local
+        (b":SOUR:FUNC CURR;:FORM:ELEM VOLT,CURR;:SOUR:CURR:RANG:AUTO 0;:SOUR:CURR:RANG 1\n", None),
+        OPC, NO_ERROR_KEYSIGHT,
     ], KEITHLEY_LIMITS)
     assert cs.identify() == "KEITHLEY INSTRUMENTS INC.,MODEL 2400,1234567,C30"
     cs.initialize()
+    assert cs.limits["compliance_v"] == (0.0, 20.0)  # within the 21 V the 1 A range gives
     done(t)
+
+
+def test_keithley_small_currents_get_a_small_range_and_its_compliance():
+    limits = dict(KEITHLEY_LIMITS, current_a=[-0.01, 0.01], compliance_v=100.0)
+    with ScriptedTransport.for_driver(Keithley2400, [
+        (b":SOUR:FUNC?\n", b"CURR\n"), (b":OUTP?\n", b"0\n"),
+        (b":FORM:ELEM VOLT,CURR;:SOUR:CURR:RANG:AUTO 0;:SOUR:CURR:RANG 0.01\n", None), OPC, NO_ERROR_KEYSIGHT,
+        (b":SENS:VOLT:PROT 100.000\n", None), OPC, NO_ERROR_KEYSIGHT,
+    ]) as t:
+        cs = Keithley2400(t, limits=limits, station_file="test.toml")
+        cs.initialize()
+        cs.apply_compliance()  # 100 V: allowed on the 10 mA range
+
+
+def test_keithley_compliance_beyond_the_range_is_refused_at_load():
+    problems = Keithley2400.station_limit_problems(dict(KEITHLEY_LIMITS, compliance_v=210.0))
+    assert problems == [("compliance_v", "210 V exceeds the 21 V the Keithley 2400 gives on its 1 A source range "
+                         "(needed for current_a up to 1 A)", "at most 21 V with this current_a")]
+    assert Keithley2400.station_limit_problems(dict(KEITHLEY_LIMITS, current_a=[-0.1, 0.1],
+                                                    compliance_v=210.0)) == []
+
+
+def test_keithley_ramp_asks_the_output_state_once():
+    with ScriptedTransport.for_driver(Keithley2400, [
+        (b":OUTP?\n", b"1\n"), (b":MEAS:CURR?\n", b"+1.234000E+00,+1.000000E-01\n"),
+        (b":SOUR:CURR?\n", b"+1.000000E-01\n"),
+        (b":SOUR:CURR 0.150000\n", None), (b":SOUR:CURR 0.200000\n", None), OPC, NO_ERROR_KEYSIGHT,
+    ]) as t:
+        cs = Keithley2400(t, limits=KEITHLEY_LIMITS, station_file="test.toml")
+        cs.ramp_to(0.2)
+    assert t.sent.count(b":OUTP?\n") == 1
 
 
 def test_keithley_getters_setters_and_overflow():
@@ -479,7 +547,7 @@ def test_kepco_refuses_output_on_with_a_setpoint():
 
 def test_kepco_ramp_from_read_back():
     cs, t = connect(BOP, [
-        (b"OUTP?\n", b"1\n"), (b"MEAS:CURR?\n", b"1.0E-1\n"),
+        (b"OUTP?\n", b"1\n"), (b"MEAS:CURR?\n", b"1.0E-1\n"), (b"CURR?\n", b"1.00000E-01\n"),
         (b"CURR 0.150000\n", None), (b"CURR 0.200000\n", None), (b"CURR 0.250000\n", None),
         OPC, NO_ERROR_RS,
     ], CS_LIMITS)
@@ -518,13 +586,14 @@ def test_windfreak_configure_cw_and_output():
     sg, t = synth([
         (b"C0", None), (b"f2100.00000000", None), (b"W-20.000", None),
         (b"f?", b"2100.00000000\n"), (b"p", b"1\n"), (b"W?", b"-20.000\n"),
+        (b"f?", b"2100.00000000\n"), (b"W?", b"-20.000\n"),  # read back once more before RF on
         (b"C0", None), (b"E1r1h1", None),
         (b"E?", b"1\n"), (b"r?", b"1\n"), (b"h?", b"1\n"),
         (b"C0", None), (b"h0r0", None),
         (b"E?", b"1\n"), (b"r?", b"0\n"),  # the first switch found off answers
     ])
     sg.configure_cw(2.1e9, -20.0)
-    sg.output_enabled = True
+    sg.enable_rf()
     assert sg.output_enabled is True
     sg.safe_state()
     assert sg.output_enabled is False
@@ -626,13 +695,13 @@ class _Source:
         self.ramps.append(current_a)
 
 
-class _Faults:
-    def __init__(self):
-        self.rows, self.faults = [], []
-        self.n_measurements = 0
+from tests.test_physical import Rows  # noqa: E402 - one row-keeping recorder for the tests
 
-    def measurement(self, record):
-        self.rows.append(record)
+
+class _Faults(Rows):
+    def __init__(self):
+        super().__init__()
+        self.faults = []
 
     def fault(self, record):
         self.faults.append(record)
@@ -646,7 +715,9 @@ def _pipelined_rig(sg_pairs, sa_pairs):
     from labpgt.reservoirs.station import StationReservoir
 
     journal = []
-    sg_t = ScriptedTransport.for_driver(MXG, [
+    sg_t = ScriptedTransport.for_driver(MXG, [  # RF on at the encoder's rest setting, read back first
+        (b"SOUR:FREQ 2070000000.00;:SOUR:POW -40.00;*OPC?;:SYST:ERR?\n", b'1;+0,"No error"\n'),
+        (b"SOUR:FREQ?\n", b"+2.07000000000000E+09\n"), (b"SOUR:POW?\n", b"-4.00000000E+001\n"),
         (b"OUTP:STAT 1\n", None), OPC, NO_ERROR_KEYSIGHT] + sg_pairs, resource="SG", journal=journal)
     sa_t = ScriptedTransport.for_driver(XSeries, [
         (b"DISP:WIND:TRAC:Y:RLEV?\n", b"-1.00000000E+01\n"),
@@ -705,7 +776,7 @@ def test_pipelined_loop_sends_the_next_setting_before_reading_the_trace():
 
 
 def test_pipelined_a_trace_read_fault_takes_the_generator_reply_first_then_repeats_the_row():
-    from labpgt.reservoirs.station import FLAG_FAULT, FLAG_REPEATED
+    from labpgt.contracts import FLAG_FAULT, FLAG_REPEATED
     from drivers.transport import TIMEOUT
 
     settings = _pipelined_rig([], [])[2]
@@ -736,7 +807,7 @@ def test_pipelined_a_trace_read_fault_takes_the_generator_reply_first_then_repea
 
 
 def test_pipelined_a_generator_fault_in_flight_with_an_analyzer_fault_is_recovered_and_recorded_with_it():
-    from labpgt.reservoirs.station import FLAG_FAULT, FLAG_REPEATED
+    from labpgt.contracts import FLAG_FAULT, FLAG_REPEATED
     from drivers.transport import TIMEOUT
 
     settings = _pipelined_rig([], [])[2]
@@ -758,7 +829,7 @@ def test_pipelined_a_generator_fault_in_flight_with_an_analyzer_fault_is_recover
 
 
 def test_pipelined_a_failure_sending_the_next_setting_is_met_at_its_own_row():
-    from labpgt.reservoirs.station import FLAG_FAULT, FLAG_REPEATED
+    from labpgt.contracts import FLAG_FAULT, FLAG_REPEATED
     from drivers.transport import TIMEOUT
 
     settings = _pipelined_rig([], [])[2]

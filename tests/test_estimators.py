@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from labpgt.estimators.library import Oracle, make_estimator
+from labpgt.estimators import Oracle
+from labpgt.experiment.registry import make_estimator
 from labpgt.models.dense import HybridModel
 from labpgt.reservoirs.direct import ToyReservoir
 
@@ -51,7 +52,7 @@ def mean_estimate(est, model, res, x, y, n, seed=1, scale=None):
 def test_oracle_is_the_exact_gradient_on_the_toy():
     model, res, x, y = setup()
     truth = true_gradient(model, res, x, y)
-    e = Oracle(fd_step=1e-5, current_fd_step_a=1e-7).estimate(model, res, x, y, np.arange(BATCH), 0, None)
+    e = Oracle(fd_step=1e-5, current_fd_step_a=1e-7, reservoir_model=res).estimate(model, res, x, y, np.arange(BATCH), 0, None)
     np.testing.assert_allclose(e.grad, truth, rtol=1e-4, atol=1e-6)
     assert e.measurements_spent == BATCH * N_NODES
 
@@ -105,7 +106,7 @@ def test_spsa_step_is_gain_times_unbiased_gradient():
 ])
 def test_measurement_counts_are_exact(name, options, expected):
     model, res, x, y = setup(noise_std=0.05)
-    est = make_estimator(name, **options)
+    est = make_estimator(name, reservoir_model=res, **options)
     rng = np.random.default_rng(0)
     for step in range(3):
         before = res.measurements
@@ -131,19 +132,17 @@ def test_spsa_calibration_is_counted_and_kept():
 
 def test_errors_are_clear():
     model, res, x, y = setup()
-    with pytest.raises(ValueError, match="allowed: pgt, spsa, node, oracle"):
+    with pytest.raises(ValueError, match="allowed: node, pgt, spsa, oracle, twin"):
         make_estimator("adjoint")
     with pytest.raises(ValueError, match="1 - u_scale"):
         make_estimator("node", epsilon=0.2).estimate(model, res, x, y, np.arange(BATCH), 0, np.random.default_rng())
-
-    class Station:  # a reservoir without a noiseless model
-        n_inputs, n_features, measurements = res.n_inputs, res.n_features, 0
-
-        def measure(self, u, **kw):
-            return res.measure(u, **kw)
-
+    with pytest.raises(ValueError, match="1 - u_scale"):  # the builder asks before anything is measured
+        make_estimator("node", epsilon=0.2).check_model(model)
+    # a reservoir without a noiseless model (a station): the oracle is refused when it is built
+    with pytest.raises(ValueError, match="noiseless model of the reservoir.*a real station cannot be an oracle"):
+        make_estimator("oracle")
     with pytest.raises(TypeError, match="noiseless"):
-        make_estimator("oracle").estimate(model, Station(), x, y, np.arange(BATCH), 0, None)
+        Oracle().estimate(model, res, x, y, np.arange(BATCH), 0, None)
 
 
 def test_same_rng_same_estimate():
@@ -158,13 +157,13 @@ def test_same_rng_same_estimate():
 def test_smoothed_oracle_averages_the_jacobian_and_costs_only_the_clean_pass():
     model, res, x, y = setup()
     truth = true_gradient(model, res, x, y)
-    est = Oracle(fd_step=1e-4, smoothing=16, smoothing_scale=1e-3)
+    est = Oracle(fd_step=1e-4, smoothing=16, smoothing_scale=1e-3, reservoir_model=res)
     e = est.estimate(model, res, x, y, np.arange(BATCH), 0, np.random.default_rng(0))
     assert e.measurements_spent == BATCH * N_NODES  # the jitter uses the noiseless model only
     # the toy is smooth: averaging over a tiny box changes the gradient very little
     np.testing.assert_allclose(e.grad, truth, rtol=0.05, atol=1e-3)
     # over a large box the average differs from the pointwise gradient (it is a different, smoothed target)
-    wide = Oracle(fd_step=0.05, smoothing=16, smoothing_scale=0.05).estimate(
+    wide = Oracle(fd_step=0.05, smoothing=16, smoothing_scale=0.05, reservoir_model=res).estimate(
         model, res, x, y, np.arange(BATCH), 0, np.random.default_rng(0))
     assert corr(wide.grad, truth) > 0.9
     assert not np.allclose(wide.grad, truth, rtol=1e-3, atol=1e-6)
@@ -173,7 +172,7 @@ def test_smoothed_oracle_averages_the_jacobian_and_costs_only_the_clean_pass():
 def test_smoothed_oracle_rejects_a_box_that_leaves_the_knob_range():
     model, res, x, y = setup()
     with pytest.raises(ValueError, match="smoothing_scale"):
-        Oracle(fd_step=0.05, smoothing=4, smoothing_scale=0.08).estimate(
+        Oracle(fd_step=0.05, smoothing=4, smoothing_scale=0.08, reservoir_model=res).estimate(
             model, res, x, y, np.arange(BATCH), 0, np.random.default_rng(0))
     with pytest.raises(ValueError):
         Oracle(smoothing=-1)

@@ -6,9 +6,10 @@ import pytest
 
 from instruments.station import Station
 from labpgt.reservoirs.encoding import BandReadout, KnobEncoder
-from labpgt.reservoirs.station import FLAG_FAULT, FLAG_OVERLOAD, FLAG_REPEATED, StationReservoir
+from labpgt.contracts import FLAG_FAULT, FLAG_OVERLOAD, FLAG_REPEATED
+from labpgt.reservoirs.station import StationReservoir
 from labpgt.reservoirs.recovery import MeasurementFailed
-from labpgt.runfile.hdf5 import RunFile, RunReader
+from labpgt.runfile import RunFile, RunReader
 from sim.faults import FaultSpecError, Faults, apply_spec, parse_spec
 from sim.instruments import SimKeysightMXG, SimRig
 from sim.server import SimServer
@@ -135,9 +136,10 @@ def test_a_fault_that_does_not_go_away_fails_the_measurement_and_is_recorded_unr
 
 
 def test_a_failed_step_is_checkpointed_at_its_start_and_the_run_marked_failed(tmp_path):
-    from labpgt.experiment.run import OPTIONS, build_trainer
+    from labpgt.experiment.builder import build_trainer
+    from labpgt.experiment.options import defaults
 
-    config = {name: opt.default for name, opt in OPTIONS.items()}
+    config = defaults()
     config.update(budget=320, seed=2, progress=False)
     with SimServer(seed=2, timeout_s=0.3) as server:
         with Station.from_text(server.station_toml(), "<fail test>") as station:

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from labpgt.reservoirs.encoding import BandReadout, KnobEncoder
-from labpgt.contracts import Perturbation
-from labpgt.reservoirs.station import FLAG_SIMULATED, StationReservoir
-from labpgt.runfile.hdf5 import RunFile, RunReader
+from labpgt.contracts import NullRecorder, Perturbation
+from labpgt.contracts import FLAG_SIMULATED
+from labpgt.reservoirs.station import StationReservoir
+from labpgt.runfile import RunFile, RunReader
 from labpgt.runfile.thread import RecorderThread
 
 from sim.server import SimServer
@@ -19,23 +20,26 @@ from instruments.station import Station
 REFERENCE_HZ = 2.07e9
 
 
-class Rows:
-    """A recorder without the batch fast path: gets one dict per measurement."""
+class Rows(NullRecorder):
+    """A recorder that keeps one dict per measurement row (the batch split as the run file stores it)."""
 
     def __init__(self):
+        super().__init__()
         self.rows = []
 
-    def measurement(self, record):
-        self.rows.append(record)
-
-    def step(self, record):
-        pass
-
-    def evaluation(self, record):
-        pass
-
-    def checkpoint(self, state):
-        pass
+    def measurements_batch(self, batch):
+        super().measurements_batch(batch)
+        for r in range(len(batch["features"])):
+            self.rows.append({
+                "time_s": float(batch["time_s"][r]), "step": batch["step"], "kind": batch["kind"],
+                "sample_index": int(batch["sample_index"][r]), "node": int(batch["node"][r]),
+                "perturbation_direction": batch["perturbation_direction"],
+                "perturbation_sign": batch["perturbation_sign"],
+                "settings": {"frequency_hz": float(batch["frequency_hz"][r]),
+                             "power_dbm": float(batch["power_dbm"][r]), "current_a": batch["current_a"]},
+                "trace_dbm": batch["trace_dbm"][r], "frequency_axis": batch["frequency_axis"],
+                "features": batch["features"][r], "flags": int(batch["flags"][r]),
+            })
 
 
 def layout(station, nodes=2, bands=5):
@@ -204,6 +208,10 @@ class FakeGenerator:
         assert type(frequency_hz) is float and type(power_dbm) is float
         self.sent.append((frequency_hz, power_dbm))
 
+    def enable_rf_at(self, frequency_hz, power_dbm):  # RF on at the rest setting (not a measurement)
+        self.output_enabled = True
+        return frequency_hz, power_dbm
+
 
 class FakeSource:
     def __init__(self):
@@ -222,7 +230,9 @@ def fake_reservoir(fail_at=None, recorder=None):
     encoder = KnobEncoder(n_nodes=1, reference_hz=REFERENCE_HZ)
     readout = BandReadout(center_hz=REFERENCE_HZ, span_hz=20e6, points=40, rbw_hz=50e3, n_bands=4)
     station = FakeStation(FakeAnalyzer(40, fail_at))
-    return StationReservoir(station, encoder, readout, recorder or Rows()), station
+    reservoir = StationReservoir(station, encoder, readout, recorder or Rows())
+    reservoir.pipeline = False  # the fakes measure in one call (configure_cw, measure)
+    return reservoir, station
 
 
 def test_an_error_mid_batch_records_what_was_measured_and_raises():
@@ -238,7 +248,7 @@ def test_an_error_mid_batch_records_what_was_measured_and_raises():
 
 def test_a_failing_recorder_does_not_hide_the_instrument_error():
     class Broken(Rows):
-        def measurement(self, record):
+        def measurements_batch(self, batch):
             raise OSError("disk full")
 
     res, _ = fake_reservoir(fail_at=2, recorder=Broken())

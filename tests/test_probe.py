@@ -9,9 +9,9 @@ import h5py
 import numpy as np
 import pytest
 
-import labpgt.experiment.run as experiment
+import labpgt.experiment.probe as experiment
 from labpgt.cli import main
-from labpgt.runfile.hdf5 import Probe, RunFile, RunFileError, RunReader, inspect
+from labpgt.runfile import Probe, RunFile, RunFileError, RunReader, inspect
 
 P = 11  # trace points of the measurement rows in the hand-made files
 
@@ -240,8 +240,7 @@ def test_train_records_the_probe_the_analyzer_returned(tmp_path, spy):
 def test_a_second_identical_probe_on_a_fresh_simulated_ring_matches_the_recorded_one(trained):
     from labpgt.experiment.embedded import open_station
 
-    config = {name: opt.default for name, opt in experiment.OPTIONS.items()}
-    with open_station(None, seed=3, ring_params=experiment._ring_params(config)) as (station, _):
+    with open_station(None, seed=3, noise_scale=1.0) as (station, _):
         again = experiment.probe_sweep(station, 1.8)
     with RunReader(trained) as r:
         probe = r.probe()

@@ -15,8 +15,8 @@ from instruments.controls import parse_bool
 from instruments.errors import InstrumentError, ReplyError, StationFileError
 from instruments.roles import decode_real32
 from instruments.station import Station
-from labpgt.experiment.run import ConfigError, parse_config_text
-from labpgt.runfile.hdf5 import RunFileError, RunReader
+from labpgt.experiment.options import ConfigError, parse_config_text
+from labpgt.runfile import RunFileError, RunReader
 from sim.faults import FaultSpecError, parse_spec
 from sim.instruments import SimKeysightMXG, SimKeysightXSA, SimRig, SimWindfreakSynthHD
 
@@ -218,7 +218,7 @@ def test_experiment_files_give_only_config_errors(data):
 
 @pytest.fixture(scope="module")
 def good_run(tmp_path_factory):
-    from labpgt.runfile.hdf5 import RunFile
+    from labpgt.runfile import RunFile
     path = tmp_path_factory.mktemp("rf") / "good.h5"
     with RunFile.create(path, n_params=3, features_per_measurement=2, trace_points=5) as run:
         for i in range(10):
@@ -266,7 +266,7 @@ def test_a_run_file_from_before_the_faults_table_reads_as_no_faults(tmp_path, go
     with RunReader(path) as r:
         assert r.n_faults == 0 and len(r.faults()["kind"]) == 0 and r.n_measurements == 10
         assert r.steps()["step"].tolist() == [1]
-    from labpgt.runfile.hdf5 import RunFile
+    from labpgt.runfile import RunFile
     with RunFile.open_append(path) as run:  # resuming it keeps its layout: faults have nowhere to go
         assert run.fault({"step": 1, "measurement_row": 10, "role": "current_source", "kind": "no_answer",
                           "recovered": True}) is False

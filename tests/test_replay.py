@@ -8,9 +8,10 @@ import pytest
 
 from labpgt.reservoirs.encoding import KnobEncoder
 from labpgt.contracts import Perturbation
-from labpgt.experiment.replay import RecordingExhausted, ReplayDivergence, ReplayReservoir, replay
+from labpgt.experiment.replay import replay
+from labpgt.reservoirs.replay import RecordingExhausted, ReplayDivergence, ReplayReservoir
 from labpgt.reservoirs.direct import ToyReservoir
-from labpgt.runfile.hdf5 import RunFile, RunReader
+from labpgt.runfile import RunFile, RunReader
 
 NODES, FPN, P = 2, 4, 16
 ENCODER = KnobEncoder(n_nodes=NODES, reference_hz=2.0671e9)
@@ -117,7 +118,7 @@ def test_replay_reservoir_returns_recorded_features_and_checks_every_field(tmp_p
 
 def _trainer(reservoir, recorder, lr=0.02, budget=400):
     from labpgt.data.datasets import load
-    from labpgt.training.trainer import make_trainer
+    from labpgt.experiment.builder import make_trainer
 
     return make_trainer(load("iris"), "node", reservoir, seed=1, budget=budget, batch_size=8, lr=lr,
                         eval_every=2, checkpoint_every=3, recorder=recorder)
@@ -143,11 +144,10 @@ def test_replay_of_a_training_run_is_bit_identical(tmp_path):
         assert r.last_checkpoint()["params"].tobytes() == trainer.model.params().tobytes()
         n = r.n_measurements
 
-    def build(experiment_toml, reservoir, recorder):
-        assert experiment_toml == "lr = 0.02\n"
+    def build(reservoir, recorder):
         return _trainer(reservoir, recorder)
 
-    result = replay(path, build)
+    result = replay(path, build, encoder=ENCODER)
     assert result.ok, result.message
     assert result.params_equal and result.measurements_replayed == n == result.measurements_recorded
     assert result.steps == trainer.step and result.step_mismatches == []
@@ -157,7 +157,7 @@ def test_replay_reports_the_first_divergence(tmp_path):
     path = tmp_path / "train.h5"
     _record_training(path)
     # a different learning rate: step 0 matches, step 1's knobs differ
-    result = replay(path, lambda toml, res, rec: _trainer(res, rec, lr=0.03))
+    result = replay(path, lambda res, rec: _trainer(res, rec, lr=0.03), encoder=ENCODER)
     assert not result.ok and result.divergence is not None
     assert result.divergence.step == 1 and result.steps == 1
     assert "replay diverges at step 1" in result.message and "sample" in result.message

@@ -5,7 +5,7 @@ import matplotlib.image as mpimg
 import numpy as np
 
 from labpgt.report.summary import report
-from labpgt.runfile.hdf5 import RunFile
+from labpgt.runfile import RunFile
 
 P = 101
 
@@ -63,7 +63,7 @@ def test_report_writes_pngs_and_summary(tmp_path):
     assert "  signal_generator: SIM,SG,0,1" in summary and "  spectrum_analyzer: SIM,SA,0,1" in summary
     assert "seed: 7" in summary
     duration = [line for line in summary if line.startswith("duration: ")][0]
-    from labpgt.runfile.hdf5 import RunReader
+    from labpgt.runfile import RunReader
 
     with RunReader(path) as reader:  # from the first status row to the last step or status row
         history, steps = reader.status_history(), reader.steps()

@@ -13,9 +13,8 @@ import h5py
 import numpy as np
 import pytest
 
-from labpgt.runfile.hdf5 import (
-    BLOCK_ROWS, FORMAT_VERSION, RunFile, RunFileError, RunReader, _lookup3, clear_write_flags, inspect,
-)
+from labpgt.runfile import BLOCK_ROWS, FORMAT_VERSION, RunFile, RunFileError, RunReader, clear_write_flags, inspect
+from labpgt.runfile.superblock import _lookup3
 
 ROOT = Path(__file__).resolve().parents[1]
 P, F, NP = 21, 3, 5  # trace points, features per measurement, parameters
@@ -191,7 +190,7 @@ def test_context_manager_marks_failed_and_close_is_idempotent(tmp_path):
 
 READER_SCRIPT = textwrap.dedent("""
     import json, sys, time
-    from labpgt.runfile.hdf5 import RunReader
+    from labpgt.runfile import RunReader
     r = RunReader(sys.argv[1])
     print("ready", r.n_measurements, flush=True)
     seen = [r.n_measurements]

@@ -57,7 +57,7 @@ def run_until(stage: str, server, tmp_path):
                     return boom if name == "features" else getattr(readout, name)
             reservoir.readout = Broken()
         elif stage == "run-file write":
-            from labpgt.runfile.hdf5 import RunFile
+            from labpgt.runfile import RunFile
             run = RunFile.create(tmp_path / "r.h5", n_params=1, features_per_measurement=4, trace_points=401)
             run.measurements_batch = boom
             reservoir.recorder = run
@@ -68,8 +68,9 @@ def run_until(stage: str, server, tmp_path):
         elif stage == "sigint":
             sa.single_sweep = lambda: signal.raise_signal(signal.SIGINT)
         elif stage == "sigterm":
-            from labpgt.cli import _raise_terminated
-            previous = signal.signal(signal.SIGTERM, _raise_terminated)
+            from instruments.interrupts import terminate_as_interrupt
+            sigterm = terminate_as_interrupt()
+            sigterm.__enter__()
             sa.single_sweep = lambda: signal.raise_signal(signal.SIGTERM)
         elif stage == "failed instrument":
             server.instruments["spectrum_analyzer"].faults.set_rate("timeout", 1.0)
@@ -78,7 +79,7 @@ def run_until(stage: str, server, tmp_path):
             reservoir.measure(U, current_a=1.8, kind="train", step=1, sample_index=np.arange(3))
         finally:
             if stage == "sigterm":
-                signal.signal(signal.SIGTERM, previous)
+                sigterm.__exit__(None, None, None)
 
 
 @pytest.mark.parametrize("stage, error", [
@@ -110,7 +111,7 @@ def test_link_faults_during_the_safe_state_are_retried(tmp_path):
         station = Station.from_text(server.station_toml(), "<safety test>")
         with station:
             station.current_source.ramp_to(1.2)
-            station.signal_generator.output_enabled = True
+            station.signal_generator.enable_rf_at(2.07e9, -20.0)  # the one RF switch
             for role in ("signal_generator", "current_source"):  # the next message to each fails
                 server.instruments[role].faults.trigger("disconnect")
         injected = [k for r in ("signal_generator", "current_source")
@@ -130,7 +131,7 @@ def test_a_second_ctrl_c_during_the_ramp_down_waits_for_zero_current():
             with station:
                 cs = station.current_source
                 cs.ramp_to(1.2)
-                station.signal_generator.output_enabled = True
+                station.signal_generator.enable_rf_at(2.07e9, -20.0)  # the one RF switch
                 ramp_to_zero = cs.ramp_to_zero
 
                 def impatient_ramp():

@@ -1,6 +1,8 @@
 """Station files, limits, ramps and the safe state, against scripted instruments (no sockets)."""
 from __future__ import annotations
 
+from instruments.check import check_station  # noqa: E402
+
 import re
 from pathlib import Path
 
@@ -49,7 +51,12 @@ NO_ERR_RS = (b"SYST:ERR?\n", b'0,"No error"\n')
 
 SG_CONNECT = [
     (b"*IDN?\n", b"Agilent Technologies, N5181A, MY50140000, A.01.20\n"), NO_ERR_K,
+    # RF off first thing, whatever state it was left in; then the vendor set-up; then parked: the
+    # middle of the band at the lowest power, read back
+    (b"OUTP:STAT 0\n", None), OPC, NO_ERR_K,
     (b"OUTP:MOD OFF\n", None), OPC, NO_ERR_K,
+    (b"SOUR:FREQ 2100000000.00;:SOUR:POW -60.00;*OPC?;:SYST:ERR?\n", b'1;+0,"No error"\n'),
+    (b"SOUR:FREQ?\n", b"+2.10000000000000E+09\n"), (b"SOUR:POW?\n", b"-6.00000000E+001\n"),
 ]
 CS_CONNECT = [
     (b"*IDN?\n", b"KEPCO,BIT 4886 36-12  08-04-2023,H249977,4.04-1.82\n"), NO_ERR_RS,
@@ -62,8 +69,12 @@ SA_CONNECT = [
     (b"SENS:FREQ:SPAN 20000000.000;:SENS:BAND:RES 50000.000;:SENS:SWE:POIN 401;:DISP:WIND:TRAC:Y:RLEV 0.00\n",
      None), OPC, NO_ERR_K,
 ]
-SG_SAFE = [(b"OUTP:STAT 0\n", None), OPC, NO_ERR_K]
-SA_SAFE = [(b"INIT:CONT 1\n", None), OPC, NO_ERR_K]
+# the safe steps, then the read-back that says they worked
+SG_READBACK = [(b"OUTP:STAT?\n", b"0\n")]
+CS_READBACK = [(b"OUTP?\n", b"0\n"), (b"CURR?\n", b"0.00000E+00\n"), (b"MEAS:CURR?\n", b"0.00000E+00\n")]
+SA_READBACK = [(b"INIT:CONT?\n", b"1\n")]
+SG_SAFE = [(b"OUTP:STAT 0\n", None), OPC, NO_ERR_K] + SG_READBACK
+SA_SAFE = [(b"INIT:CONT 1\n", None), OPC, NO_ERR_K] + SA_READBACK
 
 
 def scripted(sg=(), cs=(), sa=()):
@@ -171,7 +182,7 @@ def test_shipped_station_files_load():
 # ====================================================================== connecting
 def test_connect_reads_identity_drains_errors_and_applies_settings():
     transports = scripted(SG_CONNECT + SG_SAFE, CS_CONNECT + [(b"OUTP?\n", b"0\n"), (b"CURR 0.000000\n", None), OPC,
-                                                              NO_ERR_RS, (b"OUTP?\n", b"0\n")],
+                                                              NO_ERR_RS, (b"OUTP?\n", b"0\n")] + CS_READBACK,
                           SA_CONNECT + SA_SAFE)
     with Station.from_text(STATION, "x.toml", transports=transports) as station:
         assert station.identities["current_source"].startswith("KEPCO,BIT 4886")
@@ -219,7 +230,7 @@ class Recorder:
 
 def test_ramp_steps_from_the_read_back_never_exceeding_the_step():
     recorder = Recorder()
-    ramp = [(b"OUTP?\n", b"1\n"), (b"MEAS:CURR?\n", b"0.512\n")]
+    ramp = [(b"OUTP?\n", b"1\n"), (b"MEAS:CURR?\n", b"0.512\n"), (b"CURR?\n", b"0.512\n")]
     targets = [0.52 + 0.05 * k for k in range(1, 10)] + [1.0]
     transports = scripted(SG_CONNECT, CS_CONNECT + ramp, SA_CONNECT)
     station = Station.from_text(STATION, "lab.toml", transports=transports, wait=recorder).connect()
@@ -240,7 +251,7 @@ def test_virtual_pacing_does_not_wait():
     recorder = Recorder()
     text = edited(STATION, 'pacing = "real"', 'pacing = "virtual"')
     transports = scripted(SG_CONNECT, CS_CONNECT + [
-        (b"OUTP?\n", b"1\n"), (b"MEAS:CURR?\n", b"0.0\n"),
+        (b"OUTP?\n", b"1\n"), (b"MEAS:CURR?\n", b"0.0\n"), (b"CURR?\n", b"0.0\n"),
         (b"CURR 0.050000\n", None), (b"CURR 0.100000\n", None), OPC, NO_ERR_RS], SA_CONNECT)
     station = Station.from_text(text, "lab.toml", transports=transports, wait=recorder).connect()
     station.current_source.ramp_to(0.1)
@@ -260,14 +271,15 @@ def test_ramp_with_output_off_starts_at_zero_and_switches_on():
 def test_an_exception_mid_ramp_still_leaves_the_rig_safe():
     recorder = Recorder(fail_after=3)
     cs_script = CS_CONNECT + [
-        (b"OUTP?\n", b"1\n"), (b"MEAS:CURR?\n", b"0.0\n"),
+        (b"OUTP?\n", b"1\n"), (b"MEAS:CURR?\n", b"0.0\n"), (b"CURR?\n", b"0.0\n"),
         (b"CURR 0.050000\n", None), (b"CURR 0.100000\n", None), (b"CURR 0.150000\n", None),  # Ctrl-C here
-        # the safe state: ramp to zero from the read-back, wait for the coil, output off
-        (b"OUTP?\n", b"1\n"), (b"MEAS:CURR?\n", b"0.15\n"),
+        # the safe state: ramp to zero from the larger of the set-point and the (lagging) read-back,
+        # wait for the coil, output off, then read the state back
+        (b"OUTP?\n", b"1\n"), (b"MEAS:CURR?\n", b"0.04\n"), (b"CURR?\n", b"0.15\n"),
         (b"CURR 0.100000\n", None), (b"CURR 0.050000\n", None), (b"CURR 0.000000\n", None), OPC, NO_ERR_RS,
         (b"OUTP?\n", b"1\n"), (b"MEAS:CURR?\n", b"0.02\n"), OPC, (b"MEAS:CURR?\n", b"0.001\n"),
         (b"OUTP 0\n", None), OPC, NO_ERR_RS,
-    ]
+    ] + CS_READBACK
     transports = scripted(SG_CONNECT + SG_SAFE, cs_script, SA_CONNECT + SA_SAFE)
     with pytest.raises(KeyboardInterrupt):
         with Station.from_text(STATION, "lab.toml", transports=transports, wait=recorder) as station:
@@ -275,22 +287,28 @@ def test_an_exception_mid_ramp_still_leaves_the_rig_safe():
     for t in transports.values():
         assert t.closed and not t.remaining
     # the order across instruments: RF off first, the analyzer last
-    assert transports["signal_generator"].sent[-3] == b"OUTP:STAT 0\n"
-    assert transports["spectrum_analyzer"].sent[-3] == b"INIT:CONT 1\n"
+    assert transports["signal_generator"].sent[-4] == b"OUTP:STAT 0\n"
+    assert transports["spectrum_analyzer"].sent[-4] == b"INIT:CONT 1\n"
     cs_sent = transports["current_source"].sent
     assert cs_sent.index(b"OUTP 0\n") > cs_sent.index(b"CURR 0.000000\n")
 
 
 def test_every_safe_step_is_attempted_and_failures_are_reported():
     # the generator fails to switch off; the current is still ramped down and the analyzer still released
-    sg = SG_CONNECT + [(b"OUTP:STAT 0\n", None), OPC, (b"SYST:ERR?\n", b'-221,"Settings conflict"\n'), NO_ERR_K]
-    cs = CS_CONNECT + [(b"OUTP?\n", b"1\n"), (b"MEAS:CURR?\n", b"0.05\n"), (b"CURR 0.000000\n", None), OPC,
+    sg = SG_CONNECT + [(b"OUTP:STAT 0\n", None), OPC, (b"SYST:ERR?\n", b'-221,"Settings conflict"\n'), NO_ERR_K,
+                       (b"OUTP:STAT?\n", b"1\n")]  # read back: RF still on
+    cs = CS_CONNECT + [(b"OUTP?\n", b"1\n"), (b"MEAS:CURR?\n", b"0.05\n"), (b"CURR?\n", b"0.05\n"),
+                       (b"CURR 0.000000\n", None), OPC,
                        NO_ERR_RS, (b"OUTP?\n", b"1\n"), (b"MEAS:CURR?\n", b"0.0\n"), (b"OUTP 0\n", None), OPC,
-                       NO_ERR_RS]
+                       NO_ERR_RS] + CS_READBACK
     transports = scripted(sg, cs, SA_CONNECT + SA_SAFE)
-    with pytest.raises(InstrumentError, match=r"signal_generator: RF off failed.*-221"):
+    with pytest.raises(InstrumentError, match=r"(?s)MAY NOT BE SAFE.*RF output on.*signal_generator: RF off "
+                                              r"failed.*-221.*switch the RF output .* off") as info:
         with Station.from_text(STATION, "lab.toml", transports=transports, wait=Recorder()):
             pass
+    report = info.value.report
+    assert (report.rf_output, report.current_output, report.measured_current_a) == (True, False, 0.0)
+    assert not report.safe
     for t in transports.values():
         assert t.closed and not t.remaining
 
@@ -298,7 +316,7 @@ def test_every_safe_step_is_attempted_and_failures_are_reported():
 def test_no_answer_names_role_resource_seconds_and_leaves_the_others_safe():
     transports = scripted(SG_CONNECT + SG_SAFE,
                           CS_CONNECT + [(b"OUTP?\n", b"0\n"), (b"CURR 0.000000\n", None), OPC, NO_ERR_RS,
-                                        (b"OUTP?\n", b"0\n")],
+                                        (b"OUTP?\n", b"0\n")] + CS_READBACK,
                           [(b"*IDN?\n", TIMEOUT)])
     transports["spectrum_analyzer"].timeout_s = 5.0
     station = Station.from_text(STATION, "lab.toml", transports=transports)
@@ -306,7 +324,7 @@ def test_no_answer_names_role_resource_seconds_and_leaves_the_others_safe():
         station.connect()
     assert str(info.value).startswith("no answer from spectrum_analyzer at TCPIP::127.0.0.1::40125::SOCKET after 5 s")
     assert "*IDN?" in str(info.value)  # what went unanswered
-    assert transports["signal_generator"].sent[-3:] == [b"OUTP:STAT 0\n", b"*OPC?\n", b"SYST:ERR?\n"]
+    assert transports["signal_generator"].sent[-4:] == [b"OUTP:STAT 0\n", b"*OPC?\n", b"SYST:ERR?\n", b"OUTP:STAT?\n"]
     assert transports["spectrum_analyzer"].sent == [b"*IDN?\n"]  # not asked again
     assert transports["spectrum_analyzer"].clears == 1  # device clear after the timeout
     for t in transports.values():
@@ -315,23 +333,31 @@ def test_no_answer_names_role_resource_seconds_and_leaves_the_others_safe():
 
 
 def test_check_reports_identities_errors_and_the_safe_state():
+    # a connected station: identities known, the queue read again, settings read back, made safe
     transports = scripted(
-        SG_CONNECT + [(b"*IDN?\n", b"Agilent Technologies, N5181A, MY50140000, A.01.20\n"), NO_ERR_K,
-                      *SG_SAFE, (b"OUTP:STAT?\n", b"0\n"), *SG_SAFE],
-        CS_CONNECT + [(b"*IDN?\n", b"KEPCO,BIT 4886 36-12  08-04-2023,H249977,4.04-1.82\n"),
-                      (b"SYST:ERR?\n", b'-222,"Data out of range"\n'), NO_ERR_RS,
+        SG_CONNECT + [NO_ERR_K, *SG_SAFE,
+                      (b"SOUR:FREQ?\n", b"+2.10000000000000E+09\n"), (b"SOUR:POW?\n", b"-6.0E+001\n"), *SG_SAFE],
+        CS_CONNECT + [NO_ERR_RS,
                       (b"OUTP?\n", b"0\n"), (b"CURR 0.000000\n", None), OPC, NO_ERR_RS, (b"OUTP?\n", b"0\n"),
-                      (b"OUTP?\n", b"0\n"),
-                      (b"OUTP?\n", b"0\n"), (b"CURR 0.000000\n", None), OPC, NO_ERR_RS, (b"OUTP?\n", b"0\n")],
-        SA_CONNECT + [(b"*IDN?\n", b"Keysight Technologies,N9020A,MY12345678,A.14.16\n"), NO_ERR_K,
-                      *SA_SAFE, (b"INIT:CONT?\n", b"1\n"), *SA_SAFE])
+                      *CS_READBACK, (b"CURR?\n", b"0.0\n"), (b"VOLT?\n", b"2.00000E+01\n"),
+                      (b"OUTP?\n", b"0\n"), (b"CURR 0.000000\n", None), OPC, NO_ERR_RS, (b"OUTP?\n", b"0\n"),
+                      *CS_READBACK],
+        SA_CONNECT + [NO_ERR_K, *SA_SAFE, (b"SENS:FREQ:STAR?\n", b"+1.99000000E+09\n"),
+                      (b"SENS:FREQ:STOP?\n", b"+2.01000000E+09\n"), (b"DISP:WIND:TRAC:Y:RLEV?\n", b"+0.0E+00\n"),
+                      *SA_SAFE])
+    transports["current_source"].pairs[1] = (b"SYST:ERR?\n", b'-222,"Data out of range"\n')
+    transports["current_source"].pairs.insert(2, NO_ERR_RS)
     with Station.from_text(STATION, "lab.toml", transports=transports, wait=Recorder()) as station:
-        report = station.check()
-    assert report.ok
-    cs = report.roles[1]
-    assert cs.errors == [(-222, "Data out of range")]
-    assert cs.state == {"output": False, "measured_current_a": 0.0}
-    assert "N9020A" in str(report) and "safe state read back: yes" in str(report)
+        report = check_station(station)
+    assert not report.ok  # the current source's queue held an entry at connect
+    sg, cs, sa = report.rows
+    assert sg.ok and sa.ok and sg.identity_ok and sg.output == "RF off"
+    assert cs.errors == [(-222, "Data out of range")] and not cs.ok
+    assert cs.output == "output off, 0 A" and report.safe_report.safe
+    text = str(report)
+    assert "N9020A" in text and "FAILED (1 of 3 instruments)" in text and "-222 Data out of range" in text
+    for t in transports.values():
+        assert t.closed and not t.remaining
 
 
 # ====================================================================== ramps, property-based

@@ -5,19 +5,22 @@ import numpy as np
 import pytest
 
 from labpgt.data.datasets import load
-from labpgt.estimators.library import make_estimator
+from labpgt.experiment.registry import make_estimator
 from labpgt.models.dense import HybridModel
 from labpgt.training.optim import SGD, Adam, Chain, ClipByNorm
 from labpgt.reservoirs.direct import ToyReservoir
+from labpgt.contracts import NullRecorder
 from labpgt.training.trainer import Trainer
 
 
-class ListRecorder:
+class ListRecorder(NullRecorder):
     def __init__(self):
+        super().__init__()
         self.steps, self.evals, self.checkpoints, self.measurements = [], [], [], []
 
-    def measurement(self, record):
-        self.measurements.append(record)
+    def measurements_batch(self, batch):
+        super().measurements_batch(batch)
+        self.measurements.append(batch)
 
     def step(self, record):
         self.steps.append(record)
@@ -33,9 +36,9 @@ def toy_trainer(estimator="node", budget=2000, seed=0, recorder=None, optimizer=
     ds = load("iris")
     res = ToyReservoir(n_nodes=2, features_per_node=8, noise_std=0.05, seed=seed)
     model = HybridModel(4, res.n_inputs, res.n_features, 3, hidden_before=(6,), seed=seed)
-    est = make_estimator(estimator)
-    if optimizer is None and not est.supplies_step:
-        optimizer = Adam(lr=0.03)
+    est = make_estimator(estimator, reservoir_model=res)
+    if optimizer is None:  # SPSA's step carries its own gains: plain SGD at lr 1 (as the registry pairs it)
+        optimizer = SGD(lr=1.0) if estimator == "spsa" else Adam(lr=0.03)
     return Trainer(model, res, est, ds, optimizer, batch_size=10, budget=budget, eval_every=5,
                    checkpoint_every=7, seed=seed, recorder=recorder, **kw)
 
@@ -96,10 +99,14 @@ def test_stop_requested_aborts_with_a_checkpoint():
     np.testing.assert_array_equal(rec.checkpoints[-1]["params"], tr.model.params())
 
 
-def test_spsa_requires_plain_sgd_with_unit_lr():
-    with pytest.raises(ValueError, match="supplies its own step"):
-        toy_trainer("spsa", optimizer=Adam(lr=0.01))
-    assert isinstance(toy_trainer("spsa").optimizer, SGD)
+def test_spsa_is_paired_with_plain_sgd_and_refuses_a_learning_rate():
+    from labpgt.experiment.builder import make_trainer
+
+    res = ToyReservoir(n_nodes=1, features_per_node=8, noise_std=0.05, seed=0)
+    tr = make_trainer(load("iris"), "spsa", res, budget=1000)
+    assert isinstance(tr.optimizer, SGD) and tr.optimizer.lr == 1.0 and tr.optimizer.momentum == 0.0
+    with pytest.raises(ValueError, match="'lr' does not apply to estimator 'spsa'"):
+        make_trainer(load("iris"), "spsa", res, budget=1000, lr=0.01)
 
 
 def test_frozen_current_never_moves():
@@ -154,7 +161,7 @@ def test_node_on_the_simulated_ring_learns_iris():
     """A short node run through the simulated ring (DirectRingReservoir, default noise, no drift)."""
     from sim import ring
     from labpgt.reservoirs.direct import DirectRingReservoir
-    from labpgt.training.trainer import make_trainer
+    from labpgt.experiment.builder import make_trainer
 
     res = DirectRingReservoir(ring.RingParams(drift_enabled=False), seed=0)
     tr = make_trainer(load("iris"), "node", res, seed=0, budget=8000, eval_every=0, checkpoint_every=0)
@@ -185,14 +192,16 @@ def test_direct_ring_reservoir_counts_replays_and_rejects():
 
 
 def test_defaults_build_every_estimator_and_fit_the_data():
-    from labpgt.training.trainer import DEFAULTS, make_trainer
+    from labpgt.experiment.builder import make_trainer
+    from labpgt.experiment.registry import ESTIMATORS, estimators_for
 
     ds = load("iris")
-    for name, d in DEFAULTS.items():
+    for name in estimators_for("dense"):
+        d = ESTIMATORS[name].tuning["dense"]
         res = ToyReservoir(n_nodes=1, features_per_node=8, noise_std=0.05, seed=0)
-        t = make_trainer(ds, name, res, seed=0, budget=10 * d["batch_size"] * 4, eval_every=0, checkpoint_every=0)
-        assert t.batch_size == d["batch_size"] <= len(ds.y_train)
-        assert t.estimator.options() == {**t.estimator.options(), **d["options"]}
+        t = make_trainer(ds, name, res, seed=0, budget=10 * d.batch_size * 4, eval_every=0, checkpoint_every=0)
+        assert t.batch_size == d.batch_size <= len(ds.y_train)
+        assert t.estimator.options() == {**t.estimator.options(), **d.options}
         assert t.run() == "completed"
         assert t.train_measurements >= t.budget
 

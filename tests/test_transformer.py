@@ -8,11 +8,13 @@ import pytest
 from labpgt.reservoirs.esn import EchoStateReservoir
 from labpgt.models.dense import HybridModel
 from labpgt.reservoirs.direct import ToyReservoir
-from labpgt.estimators.library import NodePerturbation
-from labpgt.models.transformer import (
-    ESTIMATORS, FLAG_SIMULATED, RESERVOIRS, TASKS, Backprop, TokenNodePerturbation, TransformerModel,
-    make_estimator, make_transformer_trainer, reservoir_vjp,
-)
+from labpgt.contracts import FLAG_SIMULATED, NullRecorder
+from labpgt.data.tasks import TASKS
+from labpgt.estimators import Backprop, NodePerturbation, TokenNodePerturbation
+from labpgt.estimators.backprop import reservoir_vjp
+from labpgt.experiment.builder import IN_PROCESS_RESERVOIRS, make_transformer_trainer
+from labpgt.experiment.registry import estimators_for, make_estimator
+from labpgt.models.transformer import TransformerModel
 
 T, F, K, M = 4, 3, 2, 5
 
@@ -162,7 +164,8 @@ def test_backprop_gradient_through_the_ring_equals_the_oracle_construction():
     res = ToyReservoir(n_nodes=T, knobs_per_node=K, features_per_node=M, noise_std=0.0, seed=1)
     u = np.random.default_rng(6).uniform(-0.7, 0.7, (3, T * K))
     g = np.random.default_rng(7).normal(size=(3, T * M))
-    fast, fast_i = reservoir_vjp(res, u, 1.8, g, fd_step=1e-5, current_fd_step_a=1e-7)
+    fast, fast_i = reservoir_vjp(res, u, 1.8, g, fd_step=1e-5, current_fd_step_a=1e-7, n_nodes=T,
+                                 independent_nodes=True)
     exact = np.zeros_like(u)
     for j in range(T * K):  # knob by knob, the general path
         up, down = u.copy(), u.copy()
@@ -171,13 +174,14 @@ def test_backprop_gradient_through_the_ring_equals_the_oracle_construction():
         exact[:, j] = np.sum(g * (res.noiseless(up, 1.8) - res.noiseless(down, 1.8)), axis=1) / 2e-5
     np.testing.assert_allclose(fast, exact, rtol=1e-6, atol=1e-9)
     assert res.measurements == 0
+    model, _, x, y = small()
     with pytest.raises(TypeError, match="cannot be backpropagated"):
-        reservoir_vjp(object(), u, 1.8, g)
+        Backprop().estimate(model, res, x, y, np.arange(5), 0, None)  # no model of the reservoir given
 
 
 def test_backprop_uses_the_echo_state_vjp_and_measures_once():
     model, res, x, y = small()
-    est = Backprop().estimate(model, res, x, y, np.arange(5), 0, np.random.default_rng(0))
+    est = Backprop(reservoir_model=res).estimate(model, res, x, y, np.arange(5), 0, np.random.default_rng(0))
     assert est.measurements_spent == 5 * T
     numeric = numeric_gradient(
         lambda p: model.loss_and_accuracy(res.noiseless(model.encode(x, p)[0], model.current_a(p)), y, p)[0],
@@ -192,7 +196,7 @@ def test_node_token_credit_is_unbiased_and_less_noisy_than_node_on_independent_n
     res = ToyReservoir(n_nodes=T, knobs_per_node=K, features_per_node=M, noise_std=0.0, seed=1)
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(5, T * F)), rng.integers(0, 3, 5)
-    exact = Backprop(fd_step=1e-5).estimate(model, res, x, y, np.arange(5), 0, rng).grad
+    exact = Backprop(fd_step=1e-5, reservoir_model=res).estimate(model, res, x, y, np.arange(5), 0, rng).grad
     errors = {}
     for est in (TokenNodePerturbation(epsilon=1e-4, n_directions=400), NodePerturbation(epsilon=1e-4, n_directions=400)):
         grad = est.estimate(model, res, x, y, np.arange(5), 0, np.random.default_rng(1)).grad
@@ -205,12 +209,16 @@ def test_node_token_credit_is_unbiased_and_less_noisy_than_node_on_independent_n
         TokenNodePerturbation().estimate(small()[0], res, x, y, np.arange(5), 0, rng)
 
 
-class ListRecorder:
+class ListRecorder(NullRecorder):
     def __init__(self):
+        super().__init__()
         self.measurements, self.steps, self.evaluations = [], [], []
 
-    def measurement(self, record):
-        self.measurements.append(record)
+    def measurements_batch(self, batch):
+        super().measurements_batch(batch)
+        n = len(batch["features"])
+        for i in range(n):  # one dict per row: arrays of n rows split, scalars shared
+            self.measurements.append({k: (v[i] if np.ndim(v) and len(v) == n else v) for k, v in batch.items()})
 
     def step(self, record):
         self.steps.append(record)
@@ -235,8 +243,8 @@ def test_ring_measurements_go_to_the_recorder_flagged_simulated():
 
 
 def test_names_are_validated():
-    assert TASKS == ("digits-seq", "narma10") and RESERVOIRS == ("ring", "esn")
-    assert set(ESTIMATORS) == {"backprop", "node", "node-token", "pgt", "spsa", "oracle"}
+    assert tuple(TASKS) == ("digits-seq", "narma10") and IN_PROCESS_RESERVOIRS == ("ring", "esn")
+    assert set(estimators_for("transformer")) == {"backprop", "node", "node-token", "pgt", "spsa", "oracle"}
     with pytest.raises(ValueError, match="allowed: ring, esn"):
         make_transformer_trainer("digits-seq", "node", "photonic", seed=0, budget=1)
     with pytest.raises(ValueError, match="allowed: digits-seq, narma10"):
@@ -281,15 +289,18 @@ def test_resume_from_a_checkpoint_continues_bit_for_bit(estimator):
     np.testing.assert_array_equal(resumed.model.params(), straight.model.params())
 
 
-def test_which_reservoirs_have_independent_tokens_survives_recording_and_replay():
-    # node-token's per-token credit depends on it; the recording and replay wrappers must carry it
-    from labpgt.reservoirs.esn import EchoStateReservoir
-    from labpgt.experiment.inprocess import RecordingReservoir
+def test_which_reservoirs_have_independent_tokens_is_declared_and_replayed_from_the_layout():
+    # node-token's per-token credit depends on it: every reservoir declares it, and replay takes it
+    # from the recorded layout (an echo-state run records its knobs only)
+    from labpgt.experiment.builder import in_process_reservoir
+    from labpgt.experiment.run import in_process_layout
     from labpgt.reservoirs.direct import DirectRingReservoir, ToyReservoir
+    from labpgt.reservoirs.replay import ReplayReservoir
+    from labpgt.reservoirs.station import StationReservoir
 
     assert DirectRingReservoir.independent_nodes and ToyReservoir.independent_nodes
+    assert StationReservoir.independent_nodes is True
     assert EchoStateReservoir.independent_nodes is False
-    toy = ToyReservoir(n_nodes=3, knobs_per_node=2, features_per_node=4, seed=0)
-    assert RecordingReservoir(toy).independent_nodes is True
-    esn = EchoStateReservoir(n_tokens=3, knobs_per_token=2, n_units=4, seed=0)
-    assert RecordingReservoir(esn).independent_nodes is False
+    assert "knobs_only" in in_process_layout(in_process_reservoir("esn", 3))
+    assert "encoder" in in_process_layout(in_process_reservoir("ring", 3))
+    assert "independent_nodes" in ReplayReservoir.__init__.__code__.co_varnames

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from labpgt.runfile.hdf5 import RunReader
+from labpgt.runfile import RunReader
 from labpgt.runfile.thread import RecorderThread
 from tests.test_runfile import assert_rows, create, row, step_rec
 

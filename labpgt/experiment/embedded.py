@@ -10,13 +10,15 @@ from instruments.station import Station
 
 @contextlib.contextmanager
 def open_station(station_path: str | Path | None, *, seed: int = 0, flavour: str = "keysight",
-                 ring_params=None, station_text: str | None = None) -> Iterator[tuple[Station, object | None]]:
+                 noise_scale: float | None = None,
+                 station_text: str | None = None) -> Iterator[tuple[Station, object | None]]:
     """Yield ``(station, sim_server)``; a connected station whose exit leaves the rig safe.
 
     With no station file the embedded simulated ring starts in-process: the same loopback
     servers as ``labpgt sim serve``, reached through the same drivers, so nothing but the
     station file differs from a bench run. ``sim_server`` is None for a station file.
     ``station_text`` (a station recorded in a run file) takes the place of the file.
+    ``noise_scale``: the embedded simulated ring's noise multiplier (None: its default).
     """
     if station_text is not None:
         station = Station.from_text(station_text, source_name=f"{station_path or 'recorded station'}")
@@ -31,6 +33,9 @@ def open_station(station_path: str | Path | None, *, seed: int = 0, flavour: str
 
     from sim.server import SimServer  # only the embedded station needs the simulator
 
+    from labpgt.reservoirs.direct import simulated_ring_params
+
+    ring_params = simulated_ring_params(noise_scale) if noise_scale is not None else None
     with SimServer(seed=seed, flavour=flavour, ring_params=ring_params) as server:
         station = Station.from_text(server.station_toml(), source_name="<embedded simulated station>")
         with station:

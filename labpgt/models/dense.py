@@ -23,6 +23,9 @@ import numpy as np
 
 GROUPS = ("before", "physical", "readout")
 
+#: the dense model's defaults (the experiment's ``hidden`` sets hidden_before)
+DEFAULTS = {"hidden_before": (8,), "hidden_after": (), "u_scale": 0.9, "current_scale_a": 1e-3}
+
 
 # --------------------------------------------------------------------------- layers
 class Dense:
@@ -142,9 +145,14 @@ class _Stack:
 class FlatParameters:
     """One flat float64 vector of parameters with named slices (``slots``) in groups.
 
+    ``current_bounds_a``: where the trained bias current may go (A), or None (no bounds); the
+    experiment sets it from the station's limits (projected gradient descent in the trainer).
+
     Needs ``self._params``, ``self.slots``, ``self.size``, ``self.train_current`` and
     ``self.current_scale_a``; shared by every model the estimators train.
     """
+
+    current_bounds_a: tuple[float, float] | None = None
 
     def params(self) -> np.ndarray:
         """A copy of the flat parameter vector."""

@@ -21,7 +21,7 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from labpgt.runfile.hdf5 import KINDS, RunFileError, RunReader  # noqa: E402
+from labpgt.runfile import KINDS, RunFileError, RunReader  # noqa: E402
 
 MAX_SCATTER = 20000  # settings scatter: at most this many rows (evenly spaced) are read
 

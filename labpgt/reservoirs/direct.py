@@ -19,11 +19,21 @@ from __future__ import annotations
 
 import numpy as np
 
+from labpgt.contracts import NoiselessModel, NullRecorder, Perturbation, Recorder, Reservoir
 from labpgt.reservoirs.encoding import BandReadout, KnobEncoder, check_knobs
-from labpgt.contracts import Perturbation
 
 
-class ToyReservoir:
+def simulated_ring_params(noise_scale: float = 1.0, drift: bool | None = None):
+    """The simulated ring's parameters (``sim.ring.RingParams``) with a noise multiplier; ``drift`` on or off
+    (None: the simulator's default, as the embedded station has it)."""
+    from sim.ring import RingParams  # the simulator is only needed for the simulated reservoirs
+
+    if drift is None:
+        return RingParams(noise_scale=noise_scale)
+    return RingParams(noise_scale=noise_scale, drift_enabled=drift)
+
+
+class ToyReservoir(Reservoir, NoiselessModel):
     """features = tanh(u_node @ W + b + coupling * (current_a - current_ref_a) / 1 mA) + noise, per node.
 
     n_nodes virtual nodes with ``knobs_per_node`` knobs each and ``features_per_node`` outputs;
@@ -75,14 +85,14 @@ class ToyReservoir:
         return clean + self.noise_std * rng.standard_normal(clean.shape)
 
 
-class DirectRingReservoir:
+class DirectRingReservoir(Reservoir, NoiselessModel):
     """The simulated ring, in-process and vectorised.
 
     ring_params: a ``sim.ring.RingParams`` (None = defaults); seed: noise seed; n_nodes: virtual
     nodes per sample; encoding: a KnobEncoder or a dict of its fields (reference_hz defaults to
     the free-running line at ``current_a``); readout: a BandReadout or a dict of its fields
     (center_hz defaults to the reference); current_a: the bias current the reference is taken at.
-    recorder: optional Recorder receiving one record per measurement (settings, trace, features).
+    recorder: a Recorder receiving the measured rows (settings, trace, features); none by default.
     """
 
     #: each virtual node is its own measurement: a kick of one node's knobs changes only that
@@ -97,7 +107,7 @@ class DirectRingReservoir:
         encoding: KnobEncoder | dict | None = None,
         readout: BandReadout | dict | None = None,
         current_a: float = 1.8,
-        recorder=None,
+        recorder: Recorder | None = None,
         seconds_per_measurement: float = 0.05,
     ):
         from sim.ring import Ring, RingParams  # the simulator is only needed for this reservoir
@@ -106,7 +116,7 @@ class DirectRingReservoir:
         self.params = ring_params if ring_params is not None else RingParams()
         self.ring = Ring(self.params, seed=self.seed)
         self.n_nodes = int(n_nodes)
-        self.recorder = recorder
+        self.recorder = recorder if recorder is not None else NullRecorder()
         # a virtual clock from the counter, so drift (if the ring has any) replays identically
         self.seconds_per_measurement = float(seconds_per_measurement)
         if isinstance(encoding, KnobEncoder):
@@ -160,8 +170,7 @@ class DirectRingReservoir:
         rng = np.random.default_rng([self.seed, self.measurements])
         settings, traces = self._traces(u, current_a, rng)
         per_node = self.readout.features(traces)
-        if self.recorder is not None:
-            self._record(settings, traces, per_node, kind, step, sample_index, perturbation)
+        self._record(settings, traces, per_node, kind, step, sample_index, perturbation)
         self.measurements += len(u) * self.n_nodes
         return per_node.reshape(len(u), self.n_features)
 
@@ -183,12 +192,4 @@ class DirectRingReservoir:
             "trace_dbm": traces,
             "features": per_node,
         }
-        if hasattr(self.recorder, "measurements_batch"):  # the run file's fast path
-            self.recorder.measurements_batch(batch)
-            return
-        for row in range(b * self.n_nodes):
-            self.recorder.measurement({
-                key: (value[row] if isinstance(value, np.ndarray) and value.ndim >= 1 and len(value) == b * self.n_nodes
-                      else value)
-                for key, value in batch.items()
-            })
+        self.recorder.measurements_batch(batch)

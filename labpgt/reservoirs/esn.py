@@ -15,19 +15,42 @@ are the virtual nodes), as for the ring. Noise is a pure function of (seed, meas
 counter), so restoring ``measurements`` on resume reproduces it bit for bit.
 
 ``noiseless`` is the noise-free map (costs no measurement) and ``vjp`` its exact
-vector-Jacobian product (backpropagation through time), used ONLY by the ``backprop``
-baseline; the perturbative estimators treat this reservoir as a black box like the ring.
-Measurements are not sent to a recorder: there is no spectrum to store.
+vector-Jacobian product (backpropagation through time): it declares
+:class:`~labpgt.contracts.DifferentiableModel`, used ONLY by the ``backprop`` baseline and the
+oracle; the perturbative estimators treat this reservoir as a black box like the ring.
+Every evaluation goes to the recorder as one row per sample and token, with NaN instrument
+settings and a one-point NaN trace (there is no spectrum); :class:`KnobsOnly` is the
+"encoder" replay checks those rows with.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from labpgt.contracts import DifferentiableModel, NullRecorder, Perturbation, Recorder, Reservoir
 from labpgt.reservoirs.encoding import check_knobs
-from labpgt.contracts import Perturbation
 
 
-class EchoStateReservoir:
+class KnobsOnly:
+    """The "encoder" of a reservoir without instrument settings (the echo-state network).
+
+    It has nothing to map onto Hz or dBm, so its rows carry NaN settings; replay still checks
+    step, kind, sample, node and perturbation of every evaluation.
+    """
+
+    def __init__(self, n_nodes: int, knobs_per_node: int):
+        self.n_nodes, self.knobs_per_node = int(n_nodes), int(knobs_per_node)
+        self.n_inputs = self.n_nodes * self.knobs_per_node
+
+    def encode(self, u, current_a):
+        u = np.asarray(u, dtype=np.float64)
+        nan = np.full((len(u), self.n_nodes), np.nan)
+        return {"drive_frequency_hz": nan, "drive_power_dbm": nan, "current_a": float(current_a)}
+
+    def to_dict(self) -> dict:
+        return {"n_nodes": self.n_nodes, "knobs_per_node": self.knobs_per_node}
+
+
+class EchoStateReservoir(Reservoir, DifferentiableModel):
     """Leaky tanh echo-state network across the tokens of a sample (see the module docstring).
 
     n_tokens: tokens (virtual nodes) per sample; knobs_per_token: inputs per token;
@@ -55,7 +78,9 @@ class EchoStateReservoir:
         seed: int = 0,
         current_ref_a: float = 1.8,
         current_coupling_per_ma: float = 0.1,
+        recorder: Recorder | None = None,
     ):
+        self.recorder = recorder if recorder is not None else NullRecorder()
         if not 0.0 < leak <= 1.0:
             raise ValueError(f"leak must be in (0, 1], got {leak}")
         if n_tokens < 1 or knobs_per_token < 1 or n_units < 1:
@@ -97,11 +122,34 @@ class EchoStateReservoir:
         states, _ = self._run(u, current_a)
         return states.reshape(len(states), self.n_features)
 
+    @property
+    def knobs_only(self) -> KnobsOnly:
+        return KnobsOnly(self.n_nodes, self.knobs_per_token)
+
     def measure(self, u, *, current_a, kind, step, sample_index, perturbation=Perturbation()) -> np.ndarray:
         clean = self.noiseless(u, current_a)
         rng = np.random.default_rng([self.seed, self.measurements])
+        start = self.measurements
         self.measurements += clean.shape[0] * self.n_tokens
-        return clean + self.noise_std * rng.standard_normal(clean.shape)
+        features = clean + self.noise_std * rng.standard_normal(clean.shape)
+        self._record(features, start, current_a, kind, step, sample_index, perturbation)
+        return features
+
+    def _record(self, features, start, current_a, kind, step, sample_index, perturbation) -> None:
+        """One row per sample x token, sample-major; the time column holds the evaluation index (no clock)."""
+        b, nodes = len(features), self.n_nodes
+        self.recorder.measurements_batch({
+            "kind": kind, "step": int(step),
+            "sample_index": np.repeat(np.asarray(sample_index), nodes),
+            "node": np.tile(np.arange(nodes), b),
+            "perturbation_direction": perturbation.direction, "perturbation_sign": perturbation.sign,
+            "frequency_hz": np.full(b * nodes, np.nan), "power_dbm": np.full(b * nodes, np.nan),
+            "current_a": float(current_a),
+            "frequency_axis": (np.nan, np.nan, 1),
+            "time_s": np.arange(start, start + b * nodes, dtype=np.float64),
+            "trace_dbm": np.full((b * nodes, 1), np.nan, dtype=np.float32),
+            "features": features.reshape(b * nodes, -1),
+        })
 
     def vjp(self, u: np.ndarray, current_a: float, grad_features: np.ndarray):
         """Exact (grad_u [B, n_inputs], grad_current_a) of sum(grad_features * noiseless(u, current_a)).

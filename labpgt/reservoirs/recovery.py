@@ -24,7 +24,7 @@ import time
 
 from instruments.errors import InstrumentError, InstrumentReportedError, LimitError, NoAnswerError
 
-from labpgt.reservoirs.station import FLAG_FAULT, FLAG_OVERLOAD, FLAG_REPEATED
+from labpgt.contracts import FLAG_FAULT, FLAG_OVERLOAD, FLAG_REPEATED
 
 ROLES = ("signal_generator", "current_source", "spectrum_analyzer")
 
@@ -43,20 +43,20 @@ def classify(exc: BaseException, station) -> tuple[str, str] | None:
     """(role, kind) of an instrument fault, or None when ``exc`` is not one to recover from."""
     if isinstance(exc, LimitError) or not isinstance(exc, (InstrumentError, ValueError)):
         return None
-    role = getattr(exc, "role", None)
+    role = exc.role if isinstance(exc, InstrumentError) else None
     text = str(exc)
     if role not in ROLES:
         role = "station"
-        for name, inst in getattr(station, "instruments", {}).items():
-            if text.startswith(name) or getattr(inst, "resource", "\0") in text:
+        for name, inst in station.instruments.items():
+            if text.startswith(name) or inst.resource in text:
                 role = name
                 break
     lower = text.lower()
     if isinstance(exc, Overloaded):
         kind = "overload"
     elif isinstance(exc, NoAnswerError):
-        inst = getattr(station, "instruments", {}).get(role)
-        kind = "connection_lost" if getattr(getattr(inst, "transport", None), "link_down", False) else "no_answer"
+        inst = station.instruments.get(role)
+        kind = "connection_lost" if inst is not None and inst.link_down else "no_answer"
     elif "unlock" in lower or "not locked" in lower:
         kind = "unlocked"
     elif isinstance(exc, InstrumentReportedError):
@@ -142,12 +142,8 @@ class RecoveryPolicy:
         roles = [role] if role in station.instruments else list(station.instruments)
         for name in roles:
             if station.instruments[name].recover():
-                # a new connection: send again what this layer set up on the old one
-                if name == "spectrum_analyzer":
-                    reservoir._configure_analyzer()  # the window, and the generator's RF on
-                elif name == "signal_generator":
-                    station.signal_generator.output_enabled = True
-        reservoir._current_a = None  # re-ramped from the read-back (no step: ramp_to reads it first)
+                reservoir.reconnected(name)  # a new connection: the layer sends its set-up again
+        reservoir.forget_current()  # re-ramped from the read-back (no step: ramp_to reads it first)
 
     @staticmethod
     def _measure(reservoir, current_a, frequency_hz, power_dbm, same_settings: bool):
@@ -159,7 +155,7 @@ class RecoveryPolicy:
             station.signal_generator.configure_cw(frequency_hz, power_dbm)
         sa = station.spectrum_analyzer
         _, trace = sa.measure()
-        if getattr(sa, "overloaded", False):
+        if sa.overloaded:
             raise Overloaded("spectrum_analyzer: the repeated sweep was overloaded too")
         return trace
 
@@ -168,11 +164,7 @@ class RecoveryPolicy:
             self.recovered += len(met)
         else:
             self.unrecovered += len(met)
-        fault = getattr(reservoir.recorder, "fault", None)
-        if fault is None:
-            return
-        base = getattr(reservoir.recorder, "n_measurements", None)
-        row = -1 if base is None else int(base) + int(row_offset)
+        row = int(reservoir.recorder.n_measurements) + int(row_offset)
         for t, role, kind, attempt, message in met:
-            fault({"time_s": t, "step": int(step), "measurement_row": row, "role": role, "kind": kind,
+            reservoir.recorder.fault({"time_s": t, "step": int(step), "measurement_row": row, "role": role, "kind": kind,
                    "recovered": recovered, "attempt": attempt, "message": message})

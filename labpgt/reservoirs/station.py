@@ -32,19 +32,16 @@ import time
 
 import numpy as np
 
+from labpgt.contracts import FLAG_SIMULATED, NullRecorder, Perturbation, Recorder, Reservoir
 from labpgt.reservoirs.encoding import BandReadout, KnobEncoder
-from labpgt.contracts import NullRecorder, Perturbation, Recorder
-
-#: flags written with every measurement (bitmask)
-FLAG_OVERLOAD = 1
-FLAG_UNLOCKED = 2
-FLAG_REPEATED = 4
-FLAG_FAULT = 8
-FLAG_SIMULATED = 16
+from labpgt.reservoirs.recovery import Overloaded, RecoveryPolicy
 
 
-class StationReservoir:
+class StationReservoir(Reservoir):
     """The ring measured through a connected :class:`instruments.station.Station`."""
+
+    #: every virtual node is its own measurement (one drive setting, one sweep)
+    independent_nodes = True
 
     #: overlap the trace read of sample k with the generator's settling for k+1 (module docstring)
     pipeline = True
@@ -56,21 +53,38 @@ class StationReservoir:
         self.readout = readout
         self.recorder = recorder or NullRecorder()
         self.n_inputs = encoder.n_inputs
+        self.n_nodes = encoder.n_nodes
         self.n_features = encoder.n_nodes * readout.n_bands
         self.measurements = 0
         self.flags_base = FLAG_SIMULATED if simulated else 0
         self._current_a: float | None = None
-        from labpgt.reservoirs.recovery import RecoveryPolicy  # (recovery imports this module's flags)
         self.recovery = RecoveryPolicy()  # faults: recover, repeat if safe, record (labpgt/recovery.py)
         self._axis = (float(readout.freqs_hz[0]), float(readout.freqs_hz[-1]), int(readout.points))
         self._configure_analyzer()
+        self._switch_rf_on()
+
+    def reconnected(self, role: str) -> None:
+        """After ``role`` was reconnected: send again what this layer set up on the old connection."""
+        if role == "spectrum_analyzer":
+            self._configure_analyzer()  # the window
+        elif role == "signal_generator":
+            self._switch_rf_on()  # parked by the reconnect: RF on again, validated
+
+    def forget_current(self) -> None:
+        """The magnet's current is no longer known: the next measurement ramps it from the read-back."""
+        self._current_a = None
 
     def _configure_analyzer(self) -> None:
         sa = self.station.spectrum_analyzer
         sa.configure(center_hz=self.readout.center_hz, span_hz=self.readout.span_hz,
                      rbw_hz=self.readout.rbw_hz, points=self.readout.points,
                      reference_level_dbm=sa.reference_level_dbm)
-        self.station.signal_generator.output_enabled = True
+
+    def _switch_rf_on(self) -> None:
+        """RF on through the generator's one RF switch (instruments.roles.SignalGenerator.enable_rf),
+        at the encoder's rest setting (the reference line, the lowest power it uses), validated and
+        read back -- before the magnet first moves, so it never ramps under an unchecked drive."""
+        self.station.signal_generator.enable_rf_at(self.encoder.reference_hz, self.encoder.power_min_dbm)
 
     def set_current(self, current_a: float) -> None:
         """Ramp the bias magnet to ``current_a`` unless it is there already (once per step at most)."""
@@ -90,8 +104,7 @@ class StationReservoir:
         batch, nodes = freq_hz.shape
         n = batch * nodes
         sg, sa = self.station.signal_generator, self.station.spectrum_analyzer
-        # pipelined when the roles can split (stand-ins with configure_cw / measure only cannot)
-        pipeline = self.pipeline and all(hasattr(x, a) for x, a in ((sg, "begin_cw"), (sa, "single_sweep"), (sa, "read_trace")))
+        pipeline = self.pipeline
         in_flight = False  # row k's settings were sent during row k-1 (begin_cw), reply unread
         deferred = None  # sending row k's settings failed during row k-1: met at row k
         frequencies, powers = freq_hz.ravel().tolist(), power_dbm.ravel().tolist()  # sample-major
@@ -113,7 +126,7 @@ class StationReservoir:
                         sg.configure_cw(frequencies[k], powers[k])
                     if not pipeline:
                         _, trace = sa.measure()
-                        if getattr(sa, "overloaded", False):
+                        if sa.overloaded:
                             raise _overloaded()
                     else:
                         sa.single_sweep()
@@ -174,22 +187,8 @@ class StationReservoir:
         common = {"step": int(step), "kind": kind, "perturbation_direction": perturbation.direction,
                   "perturbation_sign": perturbation.sign, "current_a": float(current_a),
                   "frequency_axis": self._axis}
-        write_batch = getattr(self.recorder, "measurements_batch", None)
-        if write_batch is not None:  # the run file's block append
-            write_batch({**common, **rows})
-            return
-        for r in range(done):
-            self.recorder.measurement({
-                "time_s": float(rows["time_s"][r]), "step": common["step"], "kind": kind,
-                "sample_index": int(rows["sample_index"][r]), "node": int(rows["node"][r]),
-                "perturbation_direction": perturbation.direction, "perturbation_sign": perturbation.sign,
-                "settings": {"frequency_hz": float(rows["frequency_hz"][r]),
-                             "power_dbm": float(rows["power_dbm"][r]), "current_a": common["current_a"]},
-                "trace_dbm": rows["trace_dbm"][r], "frequency_axis": self._axis,
-                "features": per_node[r], "flags": int(rows["flags"][r]),
-            })
+        self.recorder.measurements_batch({**common, **rows})
 
 
 def _overloaded():
-    from labpgt.reservoirs.recovery import Overloaded
     return Overloaded("spectrum_analyzer: the sweep was overloaded")

@@ -1,11 +1,12 @@
 """A recorder's writes on a background thread, off the instruments' critical path.
 
-:class:`RecorderThread` wraps a :class:`labpgt.contracts.Recorder` (the run file):
+:class:`RecorderThread` wraps the run file (:class:`labpgt.runfile.writer.RunFile`), itself a
+:class:`labpgt.contracts.Recorder`:
 
 * ``measurement`` and ``measurements_batch`` are queued and return at once; the queue is
   bounded (``max_pending`` items) and a full queue makes the caller *wait* -- nothing is
   ever dropped;
-* ``step``, ``evaluation``, ``checkpoint``, ``set_status`` and ``flush`` are flush points:
+* ``step``, ``evaluation``, ``checkpoint``, ``fault``, ``set_status`` and ``flush`` are flush points:
   they are queued behind every measurement before them and the caller waits until the
   wrapped recorder has executed them (the run file flushes in each), so a process killed
   with SIGKILL loses at most the step in progress, as without the thread;
@@ -46,30 +47,37 @@ class RecorderThread:
 
     # ------------------------------------------------------------------ Recorder
     def measurement(self, record: dict) -> None:
-        self._submit("measurement", (record,), wait=False)
+        """One row (the run file's single-row append; the recorder contract's is measurements_batch)."""
+        self._submit(self.recorder.measurement, (record,), wait=False)
 
     def measurements_batch(self, batch: dict) -> None:
-        self._submit("measurements_batch", (batch,), wait=False)
+        self._submit(self.recorder.measurements_batch, (batch,), wait=False)
 
     def step(self, record: dict) -> None:
-        self._submit("step", (record,), wait=True)
+        self._submit(self.recorder.step, (record,), wait=True)
 
     def evaluation(self, record: dict) -> None:
-        self._submit("evaluation", (record,), wait=True)
+        self._submit(self.recorder.evaluation, (record,), wait=True)
 
     def checkpoint(self, state: dict) -> None:
-        self._submit("checkpoint", (state,), wait=True)
+        self._submit(self.recorder.checkpoint, (state,), wait=True)
+
+    def fault(self, record: dict) -> None:
+        self._submit(self.recorder.fault, (record,), wait=True)
+
+    @property
+    def n_measurements(self) -> int:
+        """Rows in the file once everything queued is written."""
+        self.drain()
+        return self.recorder.n_measurements
 
     # ------------------------------------------------------------------ run-file extras
     def set_status(self, status: str, message: str = "") -> None:
-        self._submit("set_status", (status, message), wait=True)
+        self._submit(self.recorder.set_status, (status, message), wait=True)
 
     def flush(self) -> None:
-        """Wait until everything queued is written, then flush the recorder (if it can)."""
-        if hasattr(self.recorder, "flush"):
-            self._submit("flush", (), wait=True)
-        else:
-            self.drain()
+        """Wait until everything queued is written, then flush the run file."""
+        self._submit(self.recorder.flush, (), wait=True)
 
     def drain(self) -> None:
         """Wait until everything queued so far has been executed; raise a writer error."""
@@ -78,13 +86,6 @@ class RecorderThread:
             while self._finished < target and self._error is None:
                 self._cond.wait()
         self._raise_pending()
-
-    def __getattr__(self, name):
-        # anything else (n_measurements, status, path, ...) is read after the queue drained
-        if name.startswith("_") or name == "recorder":
-            raise AttributeError(name)
-        self.drain()
-        return getattr(self.recorder, name)
 
     # ------------------------------------------------------------------ lifetime
     @property
@@ -133,7 +134,7 @@ class RecorderThread:
         if self._closed or self._stopping:
             raise RuntimeError("the run-file writer is closed")
 
-    def _submit(self, method: str, args: tuple, *, wait: bool) -> None:
+    def _submit(self, method, args: tuple, *, wait: bool) -> None:
         with self._cond:
             self._check_usable()
             while len(self._items) >= self.max_pending:  # full: wait for room, never drop
@@ -160,7 +161,7 @@ class RecorderThread:
                     return  # stopping and everything written
                 seq, method, args = self._items[0]
             try:
-                getattr(self.recorder, method)(*args)
+                method(*args)
             except BaseException as exc:  # noqa: BLE001 -- handed to the caller's thread
                 with cond:
                     self._error = exc

@@ -5,6 +5,17 @@ Each transformation has ``init_state(params) -> dict`` and
 parameters. ``update(grad, state, params) -> (new_params, state)`` applies it. ``Chain``
 composes transformations left to right. State is a flat dict of numpy arrays (and 0-d
 arrays for counters), so a checkpoint can store it as is.
+
+The pieces: :class:`Trace` (heavy-ball momentum) and :class:`ScaleByLearningRate` (the
+learning rate as its own piece: SGD is ``Chain(Trace(m), ScaleByLearningRate(lr))``);
+:class:`Adam`; :class:`InverseTimeDecay`; :class:`ScaleGroups` (a fixed factor per parameter);
+:class:`ClipByNorm`. Schedules (:class:`PowerDecay`) are plain callables k -> value; SPSA's gain
+sequences are two of them.
+
+Adam keeps its learning rate inside: its step is (-lr * m_hat) / (sqrt(v_hat) + eps), and
+every run recorded so far replays bit for bit only with that order of operations; optax's
+split (normalise, then scale) rounds differently in the last bit. The digital twin's fit uses
+this same Adam.
 """
 from __future__ import annotations
 
@@ -27,20 +38,52 @@ class Transformation:
         return {"name": type(self).__name__}
 
 
-class SGD(Transformation):
-    """params -= lr * v, with v = momentum * v + grad (heavy ball; momentum = 0 is plain SGD)."""
+class Trace(Transformation):
+    """Heavy-ball momentum: v = momentum * v + grad; passes v on (momentum 0: the gradient itself, no state)."""
 
-    def __init__(self, lr: float = 0.1, momentum: float = 0.0):
-        self.lr, self.momentum = float(lr), float(momentum)
+    def __init__(self, momentum: float = 0.0):
+        self.momentum = float(momentum)
 
     def init_state(self, params):
         return {"velocity": np.zeros_like(params)} if self.momentum else {}
 
     def transform(self, grad, state, params):
         if not self.momentum:
-            return -self.lr * grad, {}
+            return grad, {}
         velocity = self.momentum * state["velocity"] + grad
-        return -self.lr * velocity, {"velocity": velocity}
+        return velocity, {"velocity": velocity}
+
+    def config(self):
+        return {"name": "trace", "momentum": self.momentum}
+
+
+class ScaleByLearningRate(Transformation):
+    """The learning rate as its own piece: update = -lr * incoming (a descent step)."""
+
+    def __init__(self, lr: float):
+        self.lr = float(lr)
+
+    def transform(self, grad, state, params):
+        return -self.lr * grad, {}
+
+    def config(self):
+        return {"name": "scale_by_learning_rate", "lr": self.lr}
+
+
+class SGD(Transformation):
+    """params -= lr * v, with v = momentum * v + grad: ``Chain(Trace(momentum), ScaleByLearningRate(lr))``."""
+
+    def __init__(self, lr: float = 0.1, momentum: float = 0.0):
+        self.lr, self.momentum = float(lr), float(momentum)
+        self._chain = Chain(Trace(momentum), ScaleByLearningRate(lr))
+
+    def init_state(self, params):
+        # the trace's state without the chain's index prefix (the run files' optimizer layout)
+        return Trace(self.momentum).init_state(params)
+
+    def transform(self, grad, state, params):
+        update, new = self._chain.transform(grad, {f"0.{k}": v for k, v in state.items()}, params)
+        return update, {k[2:]: v for k, v in new.items()}
 
     def config(self):
         return {"name": "sgd", "lr": self.lr, "momentum": self.momentum}
@@ -129,6 +172,34 @@ class Chain(Transformation):
 
     def config(self):
         return {"name": "chain", "parts": [p.config() for p in self.parts]}
+
+
+class ScaleGroups(Transformation):
+    """Multiply the update of each parameter by a fixed factor (a per-group learning rate).
+
+    Node perturbation's gradient for the layers before the reservoir is far noisier than the
+    readout's exact gradient; a smaller step there (``before_lr_ratio``) keeps the noise from
+    random-walking those layers while the readout learns at full speed. Stateless.
+    """
+
+    def __init__(self, factors: np.ndarray):
+        self.factors = np.asarray(factors, dtype=np.float64)
+
+    def transform(self, grad, state, params):
+        return grad * self.factors, {}
+
+    def config(self):
+        return {"name": "scale_groups", "distinct_factors": sorted(set(self.factors.tolist()))}
+
+
+class PowerDecay:
+    """A schedule k -> scale / (offset + k + 1) ** power (k from 0): Spall's SPSA gain sequences."""
+
+    def __init__(self, scale: float, offset: float, power: float):
+        self.scale, self.offset, self.power = scale, offset, power
+
+    def __call__(self, k: int) -> float:
+        return self.scale / (self.offset + k + 1) ** self.power
 
 
 def make_optimizer(name: str, **options) -> Transformation:

@@ -20,8 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from labpgt.contracts import NullRecorder
-from labpgt.training.optim import SGD, Adam, Chain, InverseTimeDecay, Transformation
+from labpgt.contracts import Estimator, NullRecorder, Recorder, Reservoir, Transformation
 
 
 class Trainer:
@@ -39,10 +38,10 @@ class Trainer:
     def __init__(
         self,
         model,
-        reservoir,
-        estimator,
+        reservoir: Reservoir,
+        estimator: Estimator,
         dataset,
-        optimizer: Transformation | None = None,
+        optimizer: Transformation,
         *,
         batch_size: int = 16,
         budget: int = 30_000,
@@ -50,18 +49,9 @@ class Trainer:
         checkpoint_every: int = 100,
         seed: int = 0,
         eval_batch_size: int = 64,
-        recorder=None,
+        recorder: Recorder | None = None,
         progress: Callable[[dict], None] | None = None,
     ):
-        if optimizer is None:
-            optimizer = SGD(lr=1.0) if estimator.supplies_step else Adam(lr=0.02)
-        if estimator.supplies_step and not (
-            isinstance(optimizer, SGD) and optimizer.lr == 1.0 and optimizer.momentum == 0.0
-        ):
-            raise ValueError(
-                f"estimator {estimator.name!r} supplies its own step (gains included); "
-                f"pair it with SGD(lr=1.0, momentum=0.0), got {optimizer.config()}"
-            )
         if batch_size < 1 or batch_size > len(dataset.y_train):
             raise ValueError(f"batch_size must be in [1, {len(dataset.y_train)}], got {batch_size}")
         self.model, self.reservoir, self.estimator, self.optimizer = model, reservoir, estimator, optimizer
@@ -130,8 +120,8 @@ class Trainer:
         clamp of an instrument value: the bounds sit inside the station's limits with room for
         the estimators' perturbations, so no request ever leaves the limits.
         """
-        bounds = getattr(self.model, "current_bounds_a", None)
-        if bounds is None or "physical.current_a" not in getattr(self.model, "slots", {}):
+        bounds = self.model.current_bounds_a
+        if bounds is None or "physical.current_a" not in self.model.slots:
             return params
         where = self.model.slots["physical.current_a"].slice
         params = params.copy()
@@ -195,7 +185,7 @@ class Trainer:
 
     def _step_start(self) -> tuple:
         """What a step changes before it is applied (to checkpoint a failed step as never begun)."""
-        rows = getattr(getattr(self.reservoir, "recorder", None), "n_measurements", None)
+        rows = self.recorder.n_measurements
         return (self.rng.bit_generator.state, self.reservoir.measurements,
                 json.dumps(self.estimator.state_dict()), rows)
 
@@ -208,8 +198,7 @@ class Trainer:
             self.estimator.load_state_dict(json.loads(estimator_state))
             self.status = "failed"
             state = self.state_dict()
-            if rows is not None:
-                state["measurement_rows"] = int(rows)  # the failed step's rows are abandoned on resume
+            state["measurement_rows"] = int(rows)  # the failed step's rows are abandoned on resume
             self.recorder.checkpoint(state)
         except Exception as ckpt_exc:
             exc.add_note(f"the checkpoint of the failed step could not be written either: {ckpt_exc!r}")
@@ -256,48 +245,3 @@ class Trainer:
         self.eval_measurements = int(extra["eval_measurements"])
         # the simulated noise is keyed by this counter; a station just continues its count
         self.reservoir.measurements = int(extra["reservoir_measurements"])
-
-
-# ---------------------------------------------------------------------- tuned defaults
-#: per estimator: its options, the optimizer and learning rate, the batch size (tuned on Iris
-#: through DirectRingReservoir at the default noise, 5 seeds; scripts/bench_training.py measures
-#: them and docs/benchmarks.md lists the settings tried):
-#: - node: batch 32 with Adam lr 0.05 reached 95% of the oracle in ~1.6k measurements on every
-#:   seed (batch 16 / lr 0.02, the old default: ~2.4k; batch 8 or 4, lr 0.1, eps 0.1 or 0.03:
-#:   faster medians on some seeds but 1-2 of 5 seeds stuck below 0.9);
-#: - oracle: lr 0.05 (0.02: a little slower); batch 32 was slower per measurement;
-#: - pgt: lr 0.01 (0.03 no better); spsa: first_step 0.05 (0.2 unstable).
-DEFAULTS = {
-    "node": {"options": {"epsilon": 0.05}, "optimizer": "adam", "lr": 0.05, "decay_steps": 300, "batch_size": 32},
-    "twin": {"options": {}, "optimizer": "adam", "lr": 0.05, "decay_steps": 300, "batch_size": 8},
-    "oracle": {"options": {"fd_step": 0.05}, "optimizer": "adam", "lr": 0.05, "decay_steps": 300, "batch_size": 16},
-    "pgt": {"options": {"epsilon": 0.02, "n_directions": 1}, "optimizer": "adam", "lr": 0.01, "decay_steps": 300,
-            "batch_size": 16},
-    # SPSA brings its own gain sequence a_k: no decay, SGD(lr=1)
-    "spsa": {"options": {}, "optimizer": "sgd", "lr": 1.0, "decay_steps": None, "batch_size": 16},
-}
-MODEL_DEFAULTS = {"hidden_before": (8,), "hidden_after": (), "u_scale": 0.9, "current_scale_a": 1e-3}
-
-
-def make_trainer(dataset, estimator_name: str, reservoir, *, seed: int = 0, budget: int = 30_000,
-                 batch_size: int | None = None, lr: float | None = None, estimator_options: dict | None = None,
-                 model_options: dict | None = None, current_a: float = 1.8, **trainer_options) -> Trainer:
-    """A Trainer wired with the tuned defaults above; every default can be overridden."""
-    from labpgt.estimators.library import make_estimator
-    from labpgt.models.dense import HybridModel
-    from labpgt.training.optim import make_optimizer
-
-    if estimator_name not in DEFAULTS:
-        raise ValueError(f"unknown estimator {estimator_name!r}; allowed: {', '.join(DEFAULTS)}")
-    d = DEFAULTS[estimator_name]
-    estimator = make_estimator(estimator_name, **{**d["options"], **(estimator_options or {})})
-    model = HybridModel(
-        dataset.n_features, reservoir.n_inputs, reservoir.n_features, dataset.n_classes,
-        current_a=current_a, seed=seed, **{**MODEL_DEFAULTS, **(model_options or {})},
-    )
-    optimizer = make_optimizer(d["optimizer"], lr=d["lr"] if lr is None else lr)
-    decay_steps = trainer_options.pop("decay_steps", d["decay_steps"])
-    if decay_steps:
-        optimizer = Chain(optimizer, InverseTimeDecay(decay_steps))
-    return Trainer(model, reservoir, estimator, dataset, optimizer, seed=seed, budget=budget,
-                   batch_size=batch_size or d["batch_size"], **trainer_options)

@@ -1,0 +1,224 @@
+"""Experiment options: CLI flags or a TOML file, the same names.
+
+Precedence: built-in defaults < the ``--config`` file < flags given on the command line.
+The effective configuration is written to the run file verbatim as TOML, so ``--resume`` and
+``labpgt replay`` rebuild exactly the same trainer. Which estimator takes which option is the
+registry's (labpgt/experiment/registry.py); an option that does not apply is refused, never
+dropped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from labpgt.experiment import registry
+from labpgt.experiment.registry import ESTIMATORS
+from labpgt.models import dense, transformer
+
+MODEL_DEFAULTS = {"dense": dense.DEFAULTS, "transformer": transformer.DEFAULTS}
+
+
+class ConfigError(ValueError):
+    """An experiment option that is unknown or has a value that is not allowed."""
+
+
+@dataclass(frozen=True)
+class Option:
+    type: type
+    default: object
+    help: str
+    choices: tuple | None = None
+    maximum: float | None = None  # sizes that would exhaust memory are refused before anything moves
+
+
+#: every experiment option; each is a CLI flag (--name with - for _) and a TOML key
+OPTIONS: dict[str, Option] = {
+    "station": Option(str, None, "station TOML (default: the embedded simulated ring)"),
+    "dataset": Option(str, "iris", "data set: iris, digits, or a data file (.csv with a header, .npz or .h5/.hdf5 "
+                      "with x and y); a file's data is kept in the run file (up to 10 MB)"),
+    "label": Option(str, None, "CSV data file: the label column (default: the last column)"),
+    "test_fraction": Option(float, None, "data file: share of each class held out for testing (default: 0.2)"),
+    "model": Option(str, "dense", "dense: digital -> ring -> readout on a station; transformer: a transformer "
+                    "with a reservoir layer evaluated in-process", ("dense", "transformer")),
+    "task": Option(str, "digits-seq", "transformer task", ("digits-seq", "narma10")),
+    "reservoir": Option(str, "ring", "transformer reservoir: the simulated ring (direct mode) or an echo-state "
+                        "network", ("ring", "esn")),
+    "estimator": Option(str, "node", "gradient estimator (which apply to which model: labpgt/experiment/registry.py)",
+                        tuple(ESTIMATORS)),
+    "budget": Option(int, 20000, "training measurements to spend", maximum=10**10),
+    "seed": Option(int, 0, "seed of batches, perturbations and the embedded simulated ring"),
+    "out": Option(str, "runs", "run file, or a directory for a new timestamped run file"),
+    "batch_size": Option(int, None, "samples per step (default: the estimator's tuned value)", maximum=100_000),
+    "lr": Option(float, None, "learning rate (default: the estimator's tuned value)"),
+    "epsilon": Option(float, None, "perturbation size (node: knobs, pgt: parameters; default: the estimator's tuned value)"),
+    "directions": Option(int, None, "pgt, node, node-token: perturbation directions per step (default: the "
+                         "estimator's tuned value)", maximum=1000),
+    "one_sided": Option(bool, None, "pgt: one-sided differences (default: two-sided)"),
+    "distribution": Option(str, None, "pgt: perturbation distribution (default: rademacher)", ("gaussian", "rademacher")),
+    "scope": Option(str, None, "pgt: parameters perturbed (default: all)", ("all", "upstream")),
+    "nodes": Option(int, 1, "virtual nodes (measurements) per sample", maximum=256),
+    "bands": Option(int, 10, "readout bands across the analyzer span", maximum=4096),
+    "hidden": Option(int, 8, "width of the digital layer before the ring", maximum=4096),
+    "current_a": Option(float, 1.8, "initial bias current, A"),
+    "current_window_a": Option(float, 0.02, "the trained bias current stays within ± this of current_a, A"),
+    "reference_hz": Option(float, None, "drive reference frequency, Hz (default: found by a probe sweep)"),
+    "eval_every": Option(int, 25, "steps between evaluations on the test split"),
+    "checkpoint_every": Option(int, 25, "steps between checkpoints"),
+    "noise_scale": Option(float, 1.0, "embedded simulated ring: noise multiplier"),
+    "progress": Option(bool, True, "show a progress bar"),
+}
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="experiment TOML; every option below can be set there")
+    parser.add_argument("--resume", metavar="RUN.h5", help="continue an interrupted run as recorded; with --budget N "
+                        "to a new budget (other options that would change the experiment are refused)")
+    for name, opt in OPTIONS.items():
+        flag = "--" + name.replace("_", "-")
+        if opt.type is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=opt.help)
+        else:
+            # options without a fixed default say in their help what they default to
+            suffix = f" (default: {opt.default})" if opt.default is not None else ""
+            parser.add_argument(flag, type=opt.type, default=None, choices=opt.choices, help=opt.help + suffix)
+
+
+def _check_value(name: str, value, source: str):
+    opt = OPTIONS[name]
+    if value is None:
+        return None
+    if opt.type is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if opt.type is bool and not isinstance(value, bool) or (
+            opt.type is not bool and (isinstance(value, bool) or not isinstance(value, opt.type))):
+        raise ConfigError(f"{source}: option {name!r} must be {opt.type.__name__}, got {value!r}")
+    if opt.choices and value not in opt.choices:
+        raise ConfigError(f"{source}: option {name!r} = {value!r} is not allowed; allowed: {', '.join(opt.choices)}")
+    if opt.type is float and not math.isfinite(value):
+        raise ConfigError(f"{source}: option {name!r} must be a finite number, got {value!r}")
+    if opt.type in (int, float) and name not in ("seed", "current_a") and value <= 0:
+        raise ConfigError(f"{source}: option {name!r} must be positive, got {value!r}")
+    if opt.maximum is not None and value > opt.maximum:
+        raise ConfigError(f"{source}: option {name!r} = {value!r} is too large; allowed: 1 to {opt.maximum:g}")
+    return value
+
+
+def parse_config_text(text: str, source: str) -> dict:
+    """Options from an experiment TOML (flat keys, the CLI's names with _)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    if "experiment" in data and set(data) != {"experiment"}:
+        raise ConfigError(f"{source}: give the options either as flat keys or inside one [experiment] table, "
+                          f"not both and no other tables (found: {', '.join(sorted(data))})")
+    data = data.get("experiment", data) if set(data) == {"experiment"} else data
+    unknown = sorted(set(data) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown option(s) {', '.join(map(repr, unknown))}; "
+                          f"allowed: {', '.join(OPTIONS)}")
+    return {k: _check_value(k, v, source) for k, v in data.items()}
+
+
+def defaults() -> dict:
+    return {name: opt.default for name, opt in OPTIONS.items()}
+
+
+def resolve(args: argparse.Namespace) -> dict:
+    """Defaults < config file < flags given; options that do not apply to the experiment are refused."""
+    config = defaults()
+    given = vars(args)
+    if given.get("config"):
+        path = Path(args.config)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read experiment file {path}: {exc.strerror}") from None
+        config.update(parse_config_text(text, str(path)))
+    for name in OPTIONS:
+        value = given.get(name)
+        if value is not None:
+            config[name] = _check_value(name, value, "command line")
+    return check_combination(config)
+
+
+#: options that mean something for one model only (a value other than the default is refused elsewhere)
+MODEL_OPTIONS = {
+    "dense": ("station", "dataset", "label", "test_fraction", "nodes", "bands", "hidden", "current_window_a",
+              "reference_hz"),
+    "transformer": ("task", "reservoir"),
+}
+
+
+def check_applies(config: dict, source: str = "experiment") -> None:
+    """Refuse an option set to something other than its default where it has no effect."""
+    for model, names in MODEL_OPTIONS.items():
+        if model == config["model"]:
+            continue
+        for name in names:
+            if config[name] != OPTIONS[name].default:
+                allowed = ", ".join(MODEL_OPTIONS[config["model"]])
+                raise ConfigError(f"{source}: option {name!r} = {config[name]!r} applies to the {model} model only, "
+                                  f"not to model {config['model']!r} (its own options: {allowed})")
+    if config["model"] == "dense" and config["station"] is not None and config["noise_scale"] != 1.0:
+        raise ConfigError(f"{source}: option 'noise_scale' applies to the embedded simulated ring only, not to the "
+                          f"station {config['station']}")
+
+
+def check_combination(config: dict, source: str = "experiment") -> dict:
+    """Options that are fine alone but not together (the registry knows which estimator takes what)."""
+    if config["model"] == "transformer" and config["station"] is not None:
+        raise ConfigError(f"{source}: the transformer's reservoir is evaluated in-process (the simulated ring in "
+                          f"direct mode, or an echo-state network); it takes no station")
+    check_applies(config, source)
+    defaults_of_model = MODEL_DEFAULTS[config["model"]]
+    limits = registry.ModelLimits(defaults_of_model["u_scale"], defaults_of_model.get("train_current", True))
+    try:
+        registry.check_experiment(config["estimator"], config["model"], config, limits)
+    except registry.RegistryError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return config
+
+
+def config_to_toml(config: dict) -> str:
+    lines = ["# labpgt experiment (effective configuration)"]
+    for name, value in config.items():
+        if value is None:
+            continue
+        lines.append(f"{name} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+#: options that --resume takes: they change how much is trained or what is shown, not the experiment
+RESUME_OPTIONS = ("budget", "progress")
+
+
+def resume_options(args: argparse.Namespace, recorded: dict) -> dict:
+    """The options given with ``--resume`` (flags or a ``--config`` file). Any that would change the
+    recorded experiment is refused, naming it; the same value, ``--budget`` and ``--progress`` are taken."""
+    given, flags = {}, vars(args)
+    if flags.get("config"):
+        path = Path(args.config)
+        try:
+            given.update(parse_config_text(path.read_text(), str(path)))
+        except OSError as exc:
+            raise ConfigError(f"cannot read experiment file {path}: {exc.strerror}") from None
+    for name in OPTIONS:
+        if flags.get(name) is not None:
+            given[name] = _check_value(name, flags[name], "command line")
+    for name, value in given.items():
+        if name not in RESUME_OPTIONS and value != recorded[name]:
+            flag = "--" + name.replace("_", "-")
+            was = f"{name} = {recorded[name]!r}" if recorded[name] is not None else f"{name} not set"
+            raise ConfigError(f"{args.resume}: {flag} {value!r} would change the recorded experiment ({was}); "
+                              f"--resume continues it as recorded; allowed with --resume: "
+                              f"--budget, --progress/--no-progress (start a new run to change {name})")
+    return {name: value for name, value in given.items() if name in RESUME_OPTIONS}

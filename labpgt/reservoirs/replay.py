@@ -1,0 +1,131 @@
+"""A reservoir that answers with a run's recorded measurements, after checking each request.
+
+:class:`ReplayReservoir` answers each ``measure()`` with the recorded features, in recorded
+order, after checking that the request is the one recorded: same step, kind, sample indices,
+virtual nodes, perturbation, and the settings the encoder makes of ``u`` and ``current_a``
+equal to the recorded ones bit for bit. Any difference raises :class:`ReplayDivergence`
+naming the step, sample, node and both values. Rows abandoned by a ``--resume`` (recorded
+after the checkpoint the run continued from) are skipped, so a resumed run replays as the
+uninterrupted run it stands for.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from labpgt.contracts import KINDS, Perturbation, Reservoir
+from labpgt.runfile import RunReader
+
+
+class ReplayDivergence(RuntimeError):
+    """The replayed run asked for something other than what was recorded."""
+
+    def __init__(self, message, *, step=None, sample_index=None, node=None, row=None):
+        super().__init__(message)
+        self.step, self.sample_index, self.node, self.row = step, sample_index, node, row
+
+
+class RecordingExhausted(ReplayDivergence):
+    """The replay asked for more measurements than the recording holds."""
+
+
+def bits_of(a) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float64).view(np.uint64)
+
+
+class SettingsEncoder(Protocol):
+    """What replay needs of a run's encoder: the settings it makes of knobs (KnobEncoder, KnobsOnly)."""
+
+    n_nodes: int
+    n_inputs: int
+
+    def encode(self, u: np.ndarray, current_a: float) -> dict:
+        """{"drive_frequency_hz": [B, V], "drive_power_dbm": [B, V], "current_a": float}"""
+        ...
+
+
+def encoder_settings(encoder: SettingsEncoder, u, current_a):
+    """(frequency_hz [B, V], power_dbm [B, V], current_a float) the encoder makes of ``u``."""
+    s = encoder.encode(u, current_a)
+    freq = np.asarray(s["drive_frequency_hz"], dtype=np.float64)
+    power = np.asarray(s["drive_power_dbm"], dtype=np.float64)
+    return freq, power, float(s["current_a"])
+
+
+class ReplayReservoir(Reservoir):
+    """A Reservoir whose measurements are the recorded ones (see the module docstring).
+
+    reader: a RunReader; encoder: the run's encoder (:class:`SettingsEncoder`);
+    independent_nodes: whether the recorded reservoir's virtual nodes were independent
+    measurements (as the recorded layout says: a ring or a station yes, an echo-state network no).
+    """
+
+    def __init__(self, reader: RunReader, encoder: SettingsEncoder, *, independent_nodes: bool = True):
+        self.encoder = encoder
+        self.independent_nodes = bool(independent_nodes)
+        self.n_nodes = int(encoder.n_nodes)
+        self.n_inputs = int(encoder.n_inputs)
+        self.features_per_node = reader.features_per_measurement
+        self.n_features = self.n_nodes * self.features_per_node
+        self.measurements = 0
+        rows = reader.effective_rows("measurements")
+        m = reader.measurements
+        # the scalar columns are ~100 bytes a row: hold them (and the features) in memory
+        cols = ("step", "kind", "sample_index", "node", "perturbation_direction", "perturbation_sign",
+                "frequency_hz", "power_dbm", "current_a")
+        self._rec = {c: m.column(c)[rows] for c in cols}
+        self._features = m.column("features")[rows]
+        self._rows = rows
+        self.position = 0  # next recorded row (index into the effective rows)
+
+    @property
+    def remaining(self) -> int:
+        return len(self._rows) - self.position
+
+    def measure(self, u, *, current_a, kind, step, sample_index, perturbation=Perturbation()) -> np.ndarray:
+        u = np.asarray(u, dtype=np.float64)
+        sample_index = np.asarray(sample_index)
+        b, v = len(u), self.n_nodes
+        need = b * v
+        lo = self.position
+        if lo + need > len(self._rows):
+            raise RecordingExhausted(
+                f"replay asks for {need} measurements at step {step} ({kind}), but the recording holds only "
+                f"{self.remaining} more (of {len(self._rows)})", step=step)
+        rec = {c: a[lo:lo + need] for c, a in self._rec.items()}
+        freq, power, cur = encoder_settings(self.encoder, u, current_a)
+        req = {
+            "step": np.full(need, step, dtype=np.int64),
+            "kind": np.full(need, KINDS.index(kind), dtype=np.int8),
+            "sample_index": np.repeat(sample_index.astype(np.int64), v),
+            "node": np.tile(np.arange(v), b),
+            "perturbation_direction": np.full(need, perturbation.direction),
+            "perturbation_sign": np.full(need, perturbation.sign),
+            "frequency_hz": freq.reshape(need),
+            "power_dbm": power.reshape(need),
+            "current_a": np.full(need, cur, dtype=np.float64),
+        }
+        for name, want in req.items():
+            got = rec[name]
+            bad = (bits_of(got) != bits_of(want)) if got.dtype.kind == "f" else (got != want)
+            if bad.any():
+                j = int(np.flatnonzero(bad)[0])
+                self._diverge(name, j, lo, rec, req, step, kind)
+        self.position = lo + need
+        self.measurements += need
+        return self._features[lo:lo + need].reshape(b, v * self.features_per_node)
+
+    def _diverge(self, name, j, lo, rec, req, step, kind):
+        def show(col, x):
+            if col == "kind":
+                return repr(KINDS[int(x)])
+            if isinstance(x, (float, np.floating)):
+                return f"{float(x)!r} (0x{np.float64(x).view(np.uint64):016x})"
+            return repr(int(x))
+        row = int(self._rows[lo + j])
+        raise ReplayDivergence(
+            f"replay diverges at step {int(rec['step'][j])} (requested step {step}, {kind}), sample "
+            f"{int(rec['sample_index'][j])}, node {int(rec['node'][j])} (recorded row {row}): {name} recorded "
+            f"{show(name, rec[name][j])}, requested {show(name, req[name][j])}",
+            step=int(rec["step"][j]), sample_index=int(rec["sample_index"][j]), node=int(rec["node"][j]), row=row)
