@@ -99,8 +99,8 @@ def command_for(config: str, seed: int, budget: int) -> str:
 
 def run_one(job: dict) -> dict:
     from labpgt.data.datasets import load
+    from labpgt.experiment.builder import make_trainer
     from labpgt.reservoirs.stand_ins import make_stand_in
-    from labpgt.training.trainer import make_trainer
 
     t0 = time.perf_counter()
     settings = CONFIGS[job["config"]][0]

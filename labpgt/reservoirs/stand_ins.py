@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from labpgt.contracts import Perturbation
+from labpgt.contracts import NoiselessModel, Perturbation, Reservoir
 from labpgt.reservoirs.encoding import KNOBS_PER_NODE, check_knobs
 
 STAND_INS = ("ring", "noiseless", "random", "none")
 
 
-class PassThroughReservoir:
+class PassThroughReservoir(Reservoir, NoiselessModel):
     """Features = the knobs (normalised units), ``n_nodes`` x 2 per sample; noiseless.
 
     ``current_a`` is accepted and ignored: nothing here depends on it, so a trained current
@@ -56,12 +56,10 @@ def make_stand_in(kind: str, *, seed: int, n_nodes: int, readout: dict | None = 
     """
     from dataclasses import replace
 
-    from sim.ring import RingParams
-
-    from labpgt.reservoirs.direct import DirectRingReservoir, ToyReservoir
+    from labpgt.reservoirs.direct import DirectRingReservoir, ToyReservoir, simulated_ring_params
 
     readout = dict(readout or {})
-    params = ring_params if ring_params is not None else RingParams(drift_enabled=False)
+    params = ring_params if ring_params is not None else simulated_ring_params(drift=False)
     if kind == "ring":
         return DirectRingReservoir(params, seed=seed, n_nodes=n_nodes, readout=readout)
     if kind == "noiseless":
