@@ -34,6 +34,8 @@ Variants that lost (hidden 64; Adam lr 0.1), scripts/results/bench_digits_ring_v
     python scripts/bench_digits.py --configs twin-v4-h64-b32 twin-v4-h32-b32-lr0.1 --arms ring
 Quick look (1 seed, 50k):
     python scripts/bench_digits.py --seeds 0 --budget 50000
+The ring's map from knobs to features (noise against spread, flat and steep regions):
+    python scripts/bench_digits.py --ring-map
 Tables again from a JSON file:
     python scripts/bench_digits.py --from-json scripts/results/bench_digits.json
 """
@@ -179,6 +181,38 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def ring_map_stats(n_points: int = 200, repeats: int = 10, seed: int = 0) -> dict:
+    """How the ring's features depend on one node's knobs: noise against spread, and how flat or steep.
+
+    Random knob points in [-0.9, 0.9]^2 (1 node, the station's window, 10 bands): the measurement
+    noise per band (std over ``repeats`` measurements), the spread of the noiseless features over
+    the points, and the norm of the noiseless Jacobian per knob (central differences, step 0.01).
+    """
+    from labpgt.reservoirs.stand_ins import make_stand_in
+
+    readout = {**STATION_READOUT, "n_bands": 10}
+    ring = make_stand_in("ring", seed=seed, n_nodes=1, readout=readout)
+    clean = make_stand_in("noiseless", seed=seed, n_nodes=1, readout=readout)
+    u = np.random.default_rng(seed).uniform(-0.9, 0.9, (n_points, 2))
+
+    def features(res, knobs):
+        return res.measure(knobs, current_a=1.8, kind="train", step=0, sample_index=np.arange(len(knobs)))
+
+    spread = features(clean, u).std(axis=0)
+    noise = np.median(np.stack([features(ring, u) for _ in range(repeats)]).std(axis=0, ddof=1), axis=0)
+    out = {"feature_spread_per_band": spread.tolist(), "noise_std_per_band": noise.tolist(),
+           "signal_to_noise_per_band": (spread / noise).tolist()}
+    step = 0.01
+    for k, name in enumerate(("detuning", "power")):
+        up, down = u.copy(), u.copy()
+        up[:, k] += step
+        down[:, k] -= step
+        norms = np.linalg.norm((features(clean, up) - features(clean, down)) / (2 * step), axis=1)
+        out[f"jacobian_norm_{name}_percentiles_10_50_90_99"] = np.percentile(norms, [10, 50, 90, 99]).tolist()
+        out[f"jacobian_flat_share_{name}"] = float(np.mean(norms < 0.05))
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", default=["twin-v4-h32-b32"], choices=list(CONFIGS))
@@ -191,7 +225,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="scripts/results/bench_digits.json")
     parser.add_argument("--from-json", nargs="+", help="print the tables of earlier runs (.json, or .jsonl as "
                         "written while running) and exit")
+    parser.add_argument("--ring-map", action="store_true",
+                        help="print how the ring's features depend on the knobs (noise, flatness) and exit")
     args = parser.parse_args(argv)
+
+    if args.ring_map:
+        print(json.dumps(ring_map_stats(), indent=1))
+        return 0
 
     if args.from_json:
         runs = []
