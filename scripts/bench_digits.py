@@ -25,13 +25,17 @@ Reported per configuration and arm: median (min-max) over seeds of the final tes
 of ``--final-repeats`` evaluations of the final parameters), accuracy at fixed budgets, and the
 median measurements to the first evaluation >= 0.90.
 
-Winning configuration, 5 seeds, all four arms (docs/benchmarks.md, "Digits through the ring"):
-    python scripts/bench_digits.py --configs twin-v4-h32-b32 --arms ring \
-        --out scripts/results/bench_digits_ring.json
+Winning configuration, 5 seeds (docs/benchmarks.md, "Digits through the ring"), and its ablation:
+    python scripts/bench_digits.py --configs twin-v4-h32-b32-lr0.03 --arms ring \
+        --out scripts/results/bench_digits_ring_lr003.json
+    python scripts/bench_digits.py --configs twin-v4-h32-b32-lr0.03 --arms none random noiseless --seeds 0 1 2 \
+        --out scripts/results/bench_digits_ablation_lr003.json
+The same at the twin's default lr 0.05, and variants that lost (hidden 64; lr 0.1):
+    python scripts/bench_digits.py --configs twin-v4-h32-b32 --arms ring --out scripts/results/bench_digits_ring.json
     python scripts/bench_digits.py --configs twin-v4-h32-b32 --arms none random noiseless --seeds 0 1 2 \
         --out scripts/results/bench_digits_ablation.json
-Variants that lost (hidden 64; Adam lr 0.1), scripts/results/bench_digits_ring_variants.json:
-    python scripts/bench_digits.py --configs twin-v4-h64-b32 twin-v4-h32-b32-lr0.1 --arms ring
+    python scripts/bench_digits.py --configs twin-v4-h64-b32 twin-v4-h32-b32-lr0.1 --arms ring \
+        --out scripts/results/bench_digits_ring_variants.json
 Quick look (1 seed, 50k):
     python scripts/bench_digits.py --seeds 0 --budget 50000
 The ring's map from knobs to features (noise against spread, flat and steep regions):
@@ -218,7 +222,7 @@ def ring_map_stats(n_points: int = 200, repeats: int = 10, seed: int = 0) -> dic
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", nargs="+", default=["twin-v4-h32-b32"], choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=["twin-v4-h32-b32-lr0.03"], choices=list(CONFIGS))
     parser.add_argument("--arms", nargs="+", default=["ring"], choices=ARMS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--budget", type=int, default=200_000, help="training measurements per run")
