@@ -172,7 +172,7 @@ class DirectRingReservoir:
             "kind": kind,
             "step": int(step),
             "sample_index": np.repeat(np.asarray(sample_index), self.n_nodes),
-            "node": np.tile(np.arange(self.n_nodes), b),
+            "node": np.tile(np.arange(self.n_nodes), b) + perturbation.block * self.n_nodes,  # deep.py: block_of_node
             "perturbation_direction": perturbation.direction,
             "perturbation_sign": perturbation.sign,
             "frequency_hz": settings["drive_frequency_hz"].ravel(),
