@@ -425,7 +425,7 @@ def make_deep_estimator(name: str, **options):
                      f"{', '.join(DEEP_ESTIMATORS)}")
 
 
-def make_deep_trainer(dataset, estimator_name: str, reservoir, *, n_blocks: int = 2, width: int = 16,
+def make_deep_trainer(dataset, estimator_name: str, reservoir, *, n_blocks: int = 2, width: int = 32,
                       seed: int = 0, budget: int = 30_000, batch_size: int | None = None, lr: float | None = None,
                       estimator_options: dict | None = None, model_options: dict | None = None,
                       current_a: float = 1.8, **trainer_options) -> DeepTrainer:

@@ -48,7 +48,7 @@ OPTIONS: dict[str, Option] = {
     "reservoir": Option(str, "ring", "transformer reservoir: the simulated ring (direct mode) or an echo-state "
                         "network", ("ring", "esn")),
     "estimator": Option(str, "node", "gradient estimator (backprop: transformer baseline only)",
-                        ("node", "pgt", "spsa", "oracle", "twin", "backprop", "node-token")),
+                        ("node", "pgt", "spsa", "oracle", "twin", "backprop", "node-token", "phyll")),
     "budget": Option(int, 20000, "training measurements to spend"),
     "seed": Option(int, 0, "seed of batches, perturbations and the embedded simulated ring"),
     "out": Option(str, "runs", "run file, or a directory for a new timestamped run file"),
@@ -69,6 +69,15 @@ OPTIONS: dict[str, Option] = {
     "checkpoint_every": Option(int, 25, "steps between checkpoints"),
     "noise_scale": Option(float, 1.0, "embedded simulated ring: noise multiplier"),
     "progress": Option(bool, True, "show a progress bar"),
+    # deep physical networks and PhyLL (labpgt/deep.py, labpgt/phyll.py)
+    "blocks": Option(int, 1, "passes through the ring per forward pass: a deep physical network of this many "
+                     "blocks (dense model; node, pgt, phyll); 1 = the single-pass network"),
+    "width": Option(int, None, "deep network: outputs of each block's digital linear layer (default: 32)"),
+    # a scheduled step change of the embedded simulated ring (sim/ring.py RingParams.step_*)
+    "ring_step_at_s": Option(float, None, "embedded simulated ring: virtual time (s) of a step change of its "
+                             "temperature and loop gain (default: none)"),
+    "ring_step_kelvin": Option(float, 1.0, "embedded simulated ring: the step's temperature change, K"),
+    "ring_step_gain_db": Option(float, 0.0, "embedded simulated ring: the step's amplifier gain change, dB"),
 }
 
 
@@ -98,7 +107,8 @@ def _check_value(name: str, value, source: str):
         raise ConfigError(f"{source}: option {name!r} = {value!r} is not allowed; allowed: {', '.join(opt.choices)}")
     if opt.type is float and not math.isfinite(value):
         raise ConfigError(f"{source}: option {name!r} must be a finite number, got {value!r}")
-    if opt.type in (int, float) and name not in ("seed", "current_a") and value <= 0:
+    if opt.type in (int, float) and name not in ("seed", "current_a", "ring_step_kelvin", "ring_step_gain_db") \
+            and value <= 0:
         raise ConfigError(f"{source}: option {name!r} must be positive, got {value!r}")
     return value
 
@@ -148,10 +158,33 @@ def check_combination(config: dict, source: str = "experiment") -> dict:
     if config["model"] == "dense" and config["estimator"] == "node-token":
         raise ConfigError(f"{source}: estimator 'node-token' credits each token of a sequence separately and exists "
                           f"only for the transformer; allowed for the dense model: node, pgt, spsa, oracle, twin")
+    _check_deep_combination(config, source)
     if config["model"] == "transformer" and config["estimator"] == "twin":
         raise ConfigError(f"{source}: estimator 'twin' is for the dense model; allowed for the transformer: "
                           f"node, node-token, pgt, spsa, oracle, backprop")
     return config
+
+
+def _check_deep_combination(config: dict, source: str) -> None:
+    """Deep physical networks (--blocks > 1) and phyll: what they take."""
+    from labpgt.deep import DEEP_ESTIMATORS
+
+    deep = config["blocks"] > 1 or config["estimator"] == "phyll"
+    if config["model"] == "transformer" and deep:
+        raise ConfigError(f"{source}: blocks > 1 and estimator 'phyll' are for the dense model (deep physical "
+                          f"networks through the ring); the transformer takes blocks = 1")
+    if deep and config["estimator"] not in DEEP_ESTIMATORS:
+        raise ConfigError(f"{source}: estimator {config['estimator']!r} does not train a deep physical network "
+                          f"(blocks = {config['blocks']}); allowed: {', '.join(DEEP_ESTIMATORS)}")
+    if deep and (config["one_sided"] or config["scope"] not in (None, "all")):
+        raise ConfigError(f"{source}: the deep network's pgt is two-sided over all trainable parameters; "
+                          f"one_sided and scope are not allowed with blocks = {config['blocks']}")
+    if not deep and config["width"] is not None:
+        raise ConfigError(f"{source}: width sets the blocks of a deep physical network; allowed only with "
+                          f"blocks > 1 or estimator 'phyll'")
+    if config["ring_step_at_s"] is not None and config["station"] is not None:
+        raise ConfigError(f"{source}: ring_step_at_s schedules a step change of the embedded simulated ring; "
+                          f"a station's ring cannot be told to jump")
 
 
 def config_to_toml(config: dict) -> str:
@@ -204,13 +237,18 @@ def build_trainer(config: dict, reservoir, recorder=None, progress=None, current
     from labpgt.trainer import make_trainer
 
     dataset = load(config["dataset"])
-    trainer = make_trainer(
-        dataset, config["estimator"], reservoir, seed=config["seed"], budget=config["budget"],
-        batch_size=config["batch_size"], lr=config["lr"], estimator_options=estimator_options(config),
-        model_options={"hidden_before": (config["hidden"],)}, current_a=config["current_a"],
-        eval_every=config["eval_every"], checkpoint_every=config["checkpoint_every"],
-        recorder=recorder, progress=progress,
-    )
+    common = dict(seed=config["seed"], budget=config["budget"], batch_size=config["batch_size"], lr=config["lr"],
+                  estimator_options=estimator_options(config), current_a=config["current_a"],
+                  eval_every=config["eval_every"], checkpoint_every=config["checkpoint_every"],
+                  recorder=recorder, progress=progress)
+    if config["blocks"] > 1 or config["estimator"] == "phyll":
+        from labpgt.deep import make_deep_trainer
+
+        trainer = make_deep_trainer(dataset, config["estimator"], reservoir, n_blocks=config["blocks"],
+                                    width=config["width"] or 32, **common)
+    else:
+        trainer = make_trainer(dataset, config["estimator"], reservoir,
+                               model_options={"hidden_before": (config["hidden"],)}, **common)
     one_batch = trainer.batch_size * config["nodes"]  # the least any estimator's step measures
     if config["budget"] < one_batch:
         raise ConfigError(f"budget {config['budget']} is smaller than one batch through the ring "
@@ -365,7 +403,10 @@ def _new_run_path(out: str, config: dict) -> Path:
 def _ring_params(config: dict):
     from sim.ring import RingParams
 
-    return RingParams(noise_scale=config["noise_scale"])
+    if config["ring_step_at_s"] is None:
+        return RingParams(noise_scale=config["noise_scale"])
+    return RingParams(noise_scale=config["noise_scale"], step_at_s=config["ring_step_at_s"],
+                      step_temperature_k=config["ring_step_kelvin"], step_gain_db=config["ring_step_gain_db"])
 
 
 def run_training(args, argv=None) -> int:
