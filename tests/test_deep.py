@@ -182,13 +182,13 @@ def test_phyll_two_blocks_records_replays_and_resumes_bit_for_bit(tmp_path, monk
         evaluations = r.evaluations()
     block, _ = block_of_node(node, 1)
     train = kind == 0
-    # every training step: 16 samples x (positive, negative) x 2 blocks, block by block
+    # every training step: 8 samples (phyll's batch) x (positive, negative) x 2 blocks, block by block
     assert steps["measurements"][-1] == 640 and train.sum() == 640
     assert np.bincount(block[train]).tolist() == [320, 320]
     assert sorted(set(sign[train].tolist())) == [-1, 1]
-    first_step = np.flatnonzero(train)[:64]
-    assert block[first_step].tolist() == [0] * 32 + [1] * 32
-    assert sign[first_step].tolist() == ([1] * 16 + [-1] * 16) * 2
+    first_step = np.flatnonzero(train)[:32]
+    assert block[first_step].tolist() == [0] * 16 + [1] * 16
+    assert sign[first_step].tolist() == ([1] * 8 + [-1] * 8) * 2
     # evaluation: one pass per candidate label (3) and block (2) for each of Iris's 30 test samples
     evals = ~train
     assert evals.sum() == 3 * 2 * 30 * len(evaluations["step"])
