@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .estimators import Estimate, _rademacher
+from .estimators import Estimate
 from .interfaces import Perturbation
 from .model import Dense, FlatParameters, ParamSlot, softmax_cross_entropy
 from .trainer import Trainer
@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 
 HEADS = ("softmax", "goodness")
 _RMS_FLOOR = 1e-12  # keeps the normalisation finite for an all-zero block output
+
+
+def _signs(rng: np.random.Generator, shape) -> np.ndarray:
+    """Rademacher +/-1 draws."""
+    return rng.integers(0, 2, size=shape) * 2.0 - 1.0
 
 
 def block_of_node(node: np.ndarray, nodes_per_pass: int) -> tuple[np.ndarray, np.ndarray]:
@@ -305,8 +310,8 @@ class DeepNodePerturbation:
         grad_current = 0.0
         clean = [np.zeros((batch, model.n_features)) for _ in range(blocks)]
         for j in range(self.n_directions):
-            delta = [_rademacher(rng, (batch, model.n_knobs)) for _ in range(blocks)]
-            delta_i = float(_rademacher(rng, ())) if model.train_current else 0.0
+            delta = [_signs(rng, (batch, model.n_knobs)) for _ in range(blocks)]
+            delta_i = float(_signs(rng, ())) if model.train_current else 0.0
             kicks = [self.epsilon * d for d in delta]
             tops, traces = model.forward_passes(
                 reservoir, [x, x], [Perturbation(j, +1), Perturbation(j, -1)], kind="train", step=step,
@@ -360,7 +365,7 @@ class DeepParameterPerturbation:
         grad = np.zeros(model.size)
         losses = []
         for j in range(self.n_directions):
-            delta = rng.standard_normal(model.size) if self.distribution == "gaussian" else _rademacher(rng, model.size)
+            delta = rng.standard_normal(model.size) if self.distribution == "gaussian" else _signs(rng, model.size)
             delta *= mask
             kick = self.epsilon * scale * delta
             sides = []

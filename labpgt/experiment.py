@@ -76,7 +76,7 @@ OPTIONS: dict[str, Option] = {
     # a scheduled step change of the embedded simulated ring (sim/ring.py RingParams.step_*)
     "ring_step_at_s": Option(float, None, "embedded simulated ring: virtual time (s) of a step change of its "
                              "temperature and loop gain (default: none)"),
-    "ring_step_kelvin": Option(float, 1.0, "embedded simulated ring: the step's temperature change, K"),
+    "ring_step_kelvin": Option(float, 2.0, "embedded simulated ring: the step's temperature change, K"),
     "ring_step_gain_db": Option(float, 0.0, "embedded simulated ring: the step's amplifier gain change, dB"),
 }
 

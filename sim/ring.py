@@ -118,7 +118,7 @@ class RingParams:
     drift_grid_s: float = 120.0  # walk sampled on this grid and linearly interpolated (smooth over seconds)
     # --- a scheduled step change (added here, for adaptation tests; None = never) ---
     step_at_s: float | None = None  # virtual time from which the offsets below hold
-    step_temperature_k: float = 1.0  # temperature jump, K (moves Ms, hence the comb, by a few MHz/K)
+    step_temperature_k: float = 2.0  # temperature jump, K (moves Ms, hence the comb, by a few MHz/K)
     step_gain_db: float = 0.0  # amplifier gain jump, dB
 
 

@@ -245,3 +245,13 @@ def test_a_scheduled_ring_step_changes_nothing_before_it_and_moves_the_line_afte
     line_before, line_after = stepped.free_running(field, 9.99), stepped.free_running(field, 10.0)
     assert line_after[0] < line_before[0] - 1e6  # Ms falls with temperature: the line moves down by MHz
     assert stepped.step_change(10.0) == (2.0, -0.5) and stepped.step_change(9.99) == (0.0, 0.0)
+
+
+def test_ring_step_options_reach_the_embedded_rings_parameters():
+    from labpgt.experiment import OPTIONS, _ring_params
+
+    config = {name: opt.default for name, opt in OPTIONS.items()}
+    plain = _ring_params(config)
+    assert plain.step_at_s is None
+    stepped = _ring_params({**config, "ring_step_at_s": 30.0, "ring_step_kelvin": -1.5, "ring_step_gain_db": -0.5})
+    assert (stepped.step_at_s, stepped.step_temperature_k, stepped.step_gain_db) == (30.0, -1.5, -0.5)
