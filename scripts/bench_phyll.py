@@ -65,13 +65,13 @@ ABLATIONS = ("phyll-noring", "node-k2-noring", "phyll-k1", "phyll-k3")
 METHODS = MAIN_METHODS + ABLATIONS
 DEFAULT_METHODS = MAIN_METHODS + ("phyll-noring", "node-k2-noring")
 DATASETS = ("iris", "wine", "digits")
-BUDGETS = {"iris": 20_000, "wine": 20_000, "digits": 60_000}
+BUDGETS = {"iris": 10_000, "wine": 10_000, "digits": 40_000}
 # the twin refits its model every step (~10 ms a step on a loaded 2-core machine, 100x the others):
 # smaller budgets and fewer seeds for it (it reaches its plateau well within them on Iris and wine)
-TWIN_BUDGETS = {"iris": 6_000, "wine": 6_000, "digits": 20_000}
+TWIN_BUDGETS = {"iris": 4_000, "wine": 4_000, "digits": 10_000}
 # adaptation: (measurements before the step, evaluation spacing, measurements after the step)
-ADAPT_REPEATS = 3  # evaluations averaged at each point of the adaptation test (Iris: 30 test samples)
-ADAPTATION = {"iris": (5_000, 250, 5_000), "wine": (5_000, 250, 5_000), "digits": (30_000, 1_000, 30_000)}
+ADAPT_REPEATS = 2  # evaluations averaged at each point of the adaptation test (Iris: 30 test samples)
+ADAPTATION = {"iris": (4_000, 250, 4_000), "wine": (4_000, 250, 4_000), "digits": (30_000, 1_000, 30_000)}
 
 
 # --------------------------------------------------------------------------- data and reservoirs
@@ -309,13 +309,13 @@ def per_test_sample(method: str, n_classes: int) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--twin-seeds", type=int, default=3, help="seeds of the (slow) twin")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--twin-seeds", type=int, default=2, help="seeds of the (slow) twin")
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     ap.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS)
     ap.add_argument("--budget-for", nargs=2, action="append", default=[], metavar=("DATASET", "N"),
                     help="override a data set's training budget")
-    ap.add_argument("--evals-per-decade", type=int, default=8)
+    ap.add_argument("--evals-per-decade", type=int, default=6)
     ap.add_argument("--adaptation", nargs="*", default=["iris"], choices=DATASETS,
                     help="data sets of the step-change test (none: skip it)")
     ap.add_argument("--adaptation-methods", nargs="+", default=list(MAIN_METHODS), choices=METHODS)
