@@ -27,9 +27,10 @@ median final accuracy (best among phyll, node, twin, pgt, node-k2), on a geometr
 schedule (``--evals-per-decade``; "> budget" if the median run never reaches it).
 
 Adaptation (``--adaptation``): after ``step_at`` training measurements the ring's temperature
-jumps by ``--step-kelvin`` (RingParams.step_at_s set to the reservoir's clock at that moment, so
-every method meets the step after the same number of training measurements). The test split
-is evaluated every ``adapt_every`` training measurements (and right after the step); the
+jumps by ``--step-kelvin`` (RingParams.step_at_s set to 0 at that moment: the jump holds from then
+on, so every method meets it after the same number of training measurements). The test split
+is evaluated (mean of ADAPT_REPEATS evaluations) every ``adapt_every`` training measurements and
+right after the step, before any training on it; the
 accuracy before the change is the mean of the last 4 evaluations before it; reported: the
 accuracy right after the step and the training measurements after the step until the first
 evaluation within 2 points of the accuracy before it, held for 2 evaluations.
