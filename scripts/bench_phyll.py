@@ -40,11 +40,13 @@ Seeds and budgets (defaults): 3 seeds (the twin 2), 10k training measurements on
 issue asks for 5 seeds: ``--seeds 5 --twin-seeds 5`` (and ``--budget-for``) run them; the defaults
 are what a 2-core machine shared at a load average of ~20 could finish in an hour under nice.
 
-The tables in docs/benchmarks.md (two processes side by side, each under nice):
-    nice python scripts/bench_phyll.py --datasets iris wine --out scripts/results/bench_phyll_iris_wine.json
-    nice python scripts/bench_phyll.py --datasets digits --adaptation --out scripts/results/bench_phyll_digits.json
-    python scripts/plot_bench_phyll.py scripts/results/bench_phyll_iris_wine.json \
-        scripts/results/bench_phyll_digits.json --out docs/phyll
+The tables in docs/benchmarks.md (two processes side by side, each under nice; ~21 min wall):
+    nice python scripts/bench_phyll.py --datasets iris wine --seeds 5 --twin-seeds 3 \
+        --out scripts/results/bench_phyll_iris_wine_5seeds.json
+    nice python scripts/bench_phyll.py --datasets digits --adaptation --seeds 5 --twin-seeds 3 \
+        --out scripts/results/bench_phyll_digits_5seeds.json
+    python scripts/plot_bench_phyll.py scripts/results/bench_phyll_iris_wine_5seeds.json \
+        scripts/results/bench_phyll_digits_5seeds.json --out docs/phyll
 """
 from __future__ import annotations
 
