@@ -179,6 +179,10 @@ def _check_deep_combination(config: dict, source: str) -> None:
     if deep and (config["one_sided"] or config["scope"] not in (None, "all")):
         raise ConfigError(f"{source}: the deep network's pgt is two-sided over all trainable parameters; "
                           f"one_sided and scope are not allowed with blocks = {config['blocks']}")
+    given = [name for name in ("epsilon", "directions", "one_sided", "distribution", "scope")
+             if config[name] is not None]
+    if config["estimator"] == "phyll" and given:
+        raise ConfigError(f"{source}: estimator 'phyll' perturbs nothing; {', '.join(given)} not allowed with it")
     if not deep and config["width"] is not None:
         raise ConfigError(f"{source}: width sets the blocks of a deep physical network; allowed only with "
                           f"blocks > 1 or estimator 'phyll'")

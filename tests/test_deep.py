@@ -223,6 +223,7 @@ def test_node_through_two_blocks_records_and_replays(tmp_path):
     (["--estimator", "phyll", "--model", "transformer"], ["transformer takes blocks = 1"]),
     (["--width", "8"], ["width", "blocks > 1"]),
     (["--blocks", "2", "--estimator", "pgt", "--one-sided"], ["one_sided"]),
+    (["--estimator", "phyll", "--epsilon", "0.05"], ["'phyll' perturbs nothing", "epsilon"]),
 ])
 def test_deep_options_that_do_not_fit_are_refused(argv, words, capsys, tmp_path):
     assert main(["train", *argv, "--budget", "64", "--out", str(tmp_path / "x.h5"), "--no-progress"]) == 2
