@@ -36,10 +36,16 @@ FLAG_SIMULATED = 16  # measured on a simulated ring (embedded station or in-proc
 
 @dataclass(frozen=True)
 class Perturbation:
-    """Which perturbation a measurement belongs to: direction id within the step and sign (+1/-1, 0 = clean)."""
+    """Which perturbation a measurement belongs to: direction id within the step and sign (+1/-1, 0 = clean).
+
+    block: which pass through the ring within one forward pass of a deep physical network
+    (labpgt/models/deep.py; 0 for the single-pass models). The run file keeps it in the ``node``
+    column as ``block * nodes_per_pass + virtual node`` (labpgt/models/deep.py: ``block_of_node``).
+    """
 
     direction: int = -1
     sign: int = 0
+    block: int = 0
 
 
 @runtime_checkable

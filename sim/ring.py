@@ -123,6 +123,10 @@ class RingParams:
     temp_walk_k_per_sqrt_h: float = 0.5
     gain_walk_db_per_sqrt_h: float = 0.2
     drift_grid_s: float = 120.0  # walk sampled on this grid and linearly interpolated (smooth over seconds)
+    # --- a scheduled step change (added here, for adaptation tests; None = never) ---
+    step_at_s: float | None = None  # virtual time from which the offsets below hold
+    step_temperature_k: float = 2.0  # temperature jump, K (moves Ms, hence the comb, by a few MHz/K)
+    step_gain_db: float = 0.0  # amplifier gain jump, dB
 
 
 @dataclass
@@ -281,9 +285,19 @@ class Ring:
         t1, g1 = self._walk_value(j + 1)
         return t0 + a * (t1 - t0), g0 + a * (g1 - g0)
 
+    def step_change(self, t_s: float) -> tuple[float, float]:
+        """(temperature offset K, gain offset dB) of the scheduled step change at t_s ((0, 0) before it)."""
+        p = self.params
+        if p.step_at_s is None or not t_s >= p.step_at_s:
+            return 0.0, 0.0
+        return p.step_temperature_k, p.step_gain_db
+
     def _ms_gain(self, t_s: float) -> tuple[float, float]:
         dT, dg = self.drift(t_s)
         p = self.params
+        if p.step_at_s is not None:  # (untouched arithmetic when no step is scheduled)
+            step_k, step_db = self.step_change(t_s)
+            dT, dg = dT + step_k, dg + step_db
         return p.ms_4pi_gauss + p.ms_temp_coeff_gauss_per_k * dT, dg
 
     # ------------------------------------------------------------------ dispersion

@@ -102,7 +102,7 @@ def test_bad_data_stops_before_any_run_file(tmp_path, capsys, monkeypatch):
                            "decimal numbers (NaN and infinity are not)")
     assert not list(tmp_path.glob("runs/*.h5"))
     assert main(["train", "--model", "transformer", "--dataset", "bad.csv", "--no-progress"]) == 2
-    assert "option 'dataset' = 'bad.csv' applies to the dense model only" in capsys.readouterr().err
+    assert "option 'dataset' = 'bad.csv' applies to the dense and deep models only" in capsys.readouterr().err
 
 
 def test_a_large_data_set_is_kept_as_path_and_hash_and_a_changed_file_is_refused(tmp_path, capsys, monkeypatch):

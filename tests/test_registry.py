@@ -34,18 +34,19 @@ def cli_args(model: str, name: str) -> list[str]:
         args += ["--budget", "48"]
     if spec.lr_applies:
         args += ["--lr", "0.013"]
-    for setting in spec.settings:
+    for setting in spec.settings_for(model):
         args += FLAGS[setting.option]
     return args
 
 
-def expected_options(name: str) -> dict:
-    return {s.keyword: s.convert(ASKED[s.option]) for s in registry.ESTIMATORS[name].settings}
+def expected_options(name: str, model: str) -> dict:
+    return {s.keyword: s.convert(ASKED[s.option]) for s in registry.ESTIMATORS[name].settings_for(model)}
 
 
 def test_the_registry_is_the_one_list():
-    assert registry.MODELS == ("dense", "transformer")
+    assert registry.MODELS == ("dense", "transformer", "deep")
     assert set(registry.estimators_for("dense")) == {"node", "pgt", "spsa", "oracle", "twin"}
+    assert set(registry.estimators_for("deep")) == {"node", "pgt", "phyll"}
     assert set(registry.estimators_for("transformer")) == {"node", "pgt", "spsa", "oracle", "backprop", "node-token"}
     # every estimator option of the CLI maps onto a constructor keyword of some estimator
     assert set(registry.ESTIMATOR_OPTIONS) == set(ASKED)
@@ -58,7 +59,7 @@ def test_every_combination_uses_and_records_every_option_asked(model, name, tmp_
     with RunReader(out) as reader:
         recorded = json.loads(reader.metadata["estimator_options"])
         experiment = reader.metadata["experiment_toml"]
-    for keyword, value in expected_options(name).items():
+    for keyword, value in expected_options(name, model).items():
         assert recorded[keyword] == value, (keyword, recorded)
     assert "batch_size = 4" in experiment
     # the same options rebuild the same estimator (what replay and --resume do)
@@ -81,7 +82,7 @@ def test_the_cases_that_were_silently_wrong_now_do_what_was_asked(tmp_path):
 @pytest.mark.parametrize("model, name", COMBINATIONS)
 def test_options_that_do_not_apply_are_refused_naming_what_does(model, name):
     spec = registry.ESTIMATORS[name]
-    taken = {s.option for s in spec.settings}
+    taken = {s.option for s in spec.settings_for(model)}
     base = ["--model", model, "--estimator", name] + (["--reservoir", "esn"] if model == "transformer" else [])
     for option in set(ASKED) - taken:
         with pytest.raises(ConfigError, match=f"option '{option}' does not apply to estimator '{name}'"):
@@ -92,7 +93,7 @@ def test_options_that_do_not_apply_are_refused_naming_what_does(model, name):
 
 
 def test_model_options_that_do_not_apply_are_refused():
-    with pytest.raises(ConfigError, match="'nodes' = 3 applies to the dense model only"):
+    with pytest.raises(ConfigError, match="'nodes' = 3 applies to the dense and deep models only"):
         resolve(parse("--model", "transformer", "--nodes", "3"))
     with pytest.raises(ConfigError, match="'task' = 'narma10' applies to the transformer model only"):
         resolve(parse("--task", "narma10"))

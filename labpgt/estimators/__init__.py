@@ -4,12 +4,14 @@ They are built from their names by the experiment registry (labpgt/experiment/re
 which also holds their options and tuned defaults per model.
 """
 from labpgt.estimators.backprop import Backprop
+from labpgt.estimators.deep import DeepNodePerturbation, DeepParameterPerturbation
 from labpgt.estimators.node import NodePerturbation
 from labpgt.estimators.node_token import TokenNodePerturbation
 from labpgt.estimators.oracle import Oracle
 from labpgt.estimators.pgt import ParameterPerturbation
+from labpgt.estimators.phyll import PhysicalLocalLearning
 from labpgt.estimators.spsa import SPSA
 from labpgt.estimators.twin import DigitalTwin
 
-__all__ = ["Backprop", "DigitalTwin", "NodePerturbation", "Oracle", "ParameterPerturbation", "SPSA",
-           "TokenNodePerturbation"]
+__all__ = ["Backprop", "DeepNodePerturbation", "DeepParameterPerturbation", "DigitalTwin", "NodePerturbation",
+           "Oracle", "ParameterPerturbation", "PhysicalLocalLearning", "SPSA", "TokenNodePerturbation"]

@@ -17,7 +17,7 @@ from labpgt.contracts import FLAG_SIMULATED, NoiselessModel, Reservoir
 from labpgt.data.datasets import open_dataset
 from labpgt.data.tasks import load_task
 from labpgt.experiment import registry
-from labpgt.models import dense, transformer
+from labpgt.models import deep, dense, transformer
 from labpgt.runfile.recording import Recording
 from labpgt.training.optim import Chain, InverseTimeDecay, ScaleGroups, make_optimizer
 from labpgt.training.trainer import Trainer
@@ -52,13 +52,15 @@ def make_trainer(dataset, estimator: str, reservoir: Reservoir, *, model: str = 
         reservoir_model = reservoir
     spec = registry.spec_for(estimator, model)
     options = {**registry.estimator_options(spec, model, experiment), **(estimator_options or {})}
-    est = registry.build_estimator(spec, options, reservoir_model=reservoir_model)
-    net = _model(model, dataset, reservoir, seed=seed, current_a=current_a, options=model_options)
+    est = registry.build_estimator(spec, options, model=model, reservoir_model=reservoir_model)
+    net = _model(model, dataset, reservoir, seed=seed, current_a=current_a,
+                 options={**tuned.model_options, **(model_options or {})})
     est.check_model(net)  # e.g. a kick that would leave [-1, 1]: refused before anything is measured
     optimizer = _optimizer(tuned, net,
                            tuned.decay_steps if decay_steps is _TUNED else decay_steps,
                            tuned.before_lr_ratio if before_lr_ratio is _TUNED else before_lr_ratio)
-    return Trainer(net, reservoir, est, dataset, optimizer, seed=seed, budget=budget, batch_size=tuned.batch_size,
+    trainer = deep.DeepTrainer if model == "deep" else Trainer  # the deep model's evaluation takes K passes
+    return trainer(net, reservoir, est, dataset, optimizer, seed=seed, budget=budget, batch_size=tuned.batch_size,
                    **trainer_options)
 
 
@@ -66,6 +68,9 @@ def _model(kind: str, dataset, reservoir: Reservoir, *, seed: int, current_a: fl
     if kind == "dense":
         return dense.HybridModel(dataset.n_features, reservoir.n_inputs, reservoir.n_features, dataset.n_classes,
                                  current_a=current_a, seed=seed, **{**dense.DEFAULTS, **(options or {})})
+    if kind == "deep":
+        return deep.DeepPhysicalModel(dataset.n_features, reservoir.n_inputs, reservoir.n_features, dataset.n_classes,
+                                      current_a=current_a, seed=seed, **{**deep.DEFAULTS, **(options or {})})
     tokens = dataset.n_tokens
     return transformer.TransformerModel(
         tokens, dataset.token_features, reservoir.n_inputs // tokens, reservoir.n_features // tokens,
@@ -136,9 +141,12 @@ def build_trainer(config: dict, reservoir: Reservoir, *, reservoir_model: Noisel
                   recorder=recorder, progress=progress)
     if config["model"] == "transformer":
         return make_trainer(load_task(config["task"]), config["estimator"], reservoir, model="transformer", **common)
+    if config["model"] == "deep":
+        model_options = {"n_blocks": config["blocks"], "width": config["width"] or deep.DEFAULTS["width"]}
+    else:
+        model_options = {"hidden_before": (config["hidden"],)}
     trainer = make_trainer(dataset if dataset is not None else dataset_of_config(config), config["estimator"],
-                           reservoir, model="dense",
-                           model_options={"hidden_before": (config["hidden"],)}, **common)
+                           reservoir, model=config["model"], model_options=model_options, **common)
     one_batch = trainer.batch_size * config["nodes"]  # the least any estimator's step measures
     if config["budget"] < one_batch:
         from labpgt.experiment.options import ConfigError

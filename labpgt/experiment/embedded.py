@@ -10,7 +10,7 @@ from instruments.station import Station
 
 @contextlib.contextmanager
 def open_station(station_path: str | Path | None, *, seed: int = 0, flavour: str = "keysight",
-                 noise_scale: float | None = None,
+                 noise_scale: float | None = None, ring_step: dict | None = None,
                  station_text: str | None = None) -> Iterator[tuple[Station, object | None]]:
     """Yield ``(station, sim_server)``; a connected station whose exit leaves the rig safe.
 
@@ -18,7 +18,8 @@ def open_station(station_path: str | Path | None, *, seed: int = 0, flavour: str
     servers as ``labpgt sim serve``, reached through the same drivers, so nothing but the
     station file differs from a bench run. ``sim_server`` is None for a station file.
     ``station_text`` (a station recorded in a run file) takes the place of the file.
-    ``noise_scale``: the embedded simulated ring's noise multiplier (None: its default).
+    ``noise_scale``: the embedded simulated ring's noise multiplier (None: its default);
+    ``ring_step``: a scheduled step change of it (labpgt/reservoirs/direct.py ``simulated_ring_params``).
     """
     if station_text is not None:
         station = Station.from_text(station_text, source_name=f"{station_path or 'recorded station'}")
@@ -35,7 +36,9 @@ def open_station(station_path: str | Path | None, *, seed: int = 0, flavour: str
 
     from labpgt.reservoirs.direct import simulated_ring_params
 
-    ring_params = simulated_ring_params(noise_scale) if noise_scale is not None else None
+    ring_params = None
+    if noise_scale is not None or ring_step is not None:
+        ring_params = simulated_ring_params(1.0 if noise_scale is None else noise_scale, step=ring_step)
     with SimServer(seed=seed, flavour=flavour, ring_params=ring_params) as server:
         station = Station.from_text(server.station_toml(), source_name="<embedded simulated station>")
         with station:

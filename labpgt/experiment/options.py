@@ -21,9 +21,9 @@ except ModuleNotFoundError:  # Python 3.10
 
 from labpgt.experiment import registry
 from labpgt.experiment.registry import ESTIMATORS
-from labpgt.models import dense, transformer
+from labpgt.models import deep, dense, transformer
 
-MODEL_DEFAULTS = {"dense": dense.DEFAULTS, "transformer": transformer.DEFAULTS}
+MODEL_DEFAULTS = {"dense": dense.DEFAULTS, "transformer": transformer.DEFAULTS, "deep": deep.DEFAULTS}
 
 
 class ConfigError(ValueError):
@@ -47,7 +47,8 @@ OPTIONS: dict[str, Option] = {
     "label": Option(str, None, "CSV data file: the label column (default: the last column)"),
     "test_fraction": Option(float, None, "data file: share of each class held out for testing (default: 0.2)"),
     "model": Option(str, "dense", "dense: digital -> ring -> readout on a station; transformer: a transformer "
-                    "with a reservoir layer evaluated in-process", ("dense", "transformer")),
+                    "with a reservoir layer evaluated in-process; deep: --blocks passes through the station's ring "
+                    "(chosen by --blocks > 1 too)", ("dense", "transformer", "deep")),
     "task": Option(str, "digits-seq", "transformer task", ("digits-seq", "narma10")),
     "reservoir": Option(str, "ring", "transformer reservoir: the simulated ring (direct mode) or an echo-state "
                         "network", ("ring", "esn")),
@@ -74,7 +75,19 @@ OPTIONS: dict[str, Option] = {
     "checkpoint_every": Option(int, 25, "steps between checkpoints"),
     "noise_scale": Option(float, 1.0, "embedded simulated ring: noise multiplier"),
     "progress": Option(bool, True, "show a progress bar"),
+    # deep physical networks (labpgt/models/deep.py) and a scheduled step of the embedded simulated ring
+    "blocks": Option(int, 1, "passes through the ring per forward pass: > 1 builds a deep physical network of this "
+                     "many blocks (the deep model; node, pgt, phyll)", maximum=64),
+    "width": Option(int, None, "deep model: outputs of each block's digital linear layer (default: 32)",
+                    maximum=4096),
+    "ring_step_at_s": Option(float, None, "embedded simulated ring: virtual time (s) of a step change of its "
+                             "temperature and loop gain (default: none)"),
+    "ring_step_kelvin": Option(float, 2.0, "embedded simulated ring: the step's temperature change, K"),
+    "ring_step_gain_db": Option(float, 0.0, "embedded simulated ring: the step's amplifier gain change, dB"),
 }
+
+#: options whose value may be zero or negative
+SIGNED = ("seed", "current_a", "ring_step_kelvin", "ring_step_gain_db")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,7 +118,7 @@ def _check_value(name: str, value, source: str):
         raise ConfigError(f"{source}: option {name!r} = {value!r} is not allowed; allowed: {', '.join(opt.choices)}")
     if opt.type is float and not math.isfinite(value):
         raise ConfigError(f"{source}: option {name!r} must be a finite number, got {value!r}")
-    if opt.type in (int, float) and name not in ("seed", "current_a") and value <= 0:
+    if opt.type in (int, float) and name not in SIGNED and value <= 0:
         raise ConfigError(f"{source}: option {name!r} must be positive, got {value!r}")
     if opt.maximum is not None and value > opt.maximum:
         raise ConfigError(f"{source}: option {name!r} = {value!r} is too large; allowed: 1 to {opt.maximum:g}")
@@ -151,31 +164,44 @@ def resolve(args: argparse.Namespace) -> dict:
     return check_combination(config)
 
 
-#: options that mean something for one model only (a value other than the default is refused elsewhere)
+_STATION_OPTIONS = ("station", "dataset", "label", "test_fraction", "nodes", "bands", "current_window_a",
+                    "reference_hz", "ring_step_at_s", "ring_step_kelvin", "ring_step_gain_db")
+#: options that mean something for some models only (a value other than the default is refused elsewhere)
 MODEL_OPTIONS = {
-    "dense": ("station", "dataset", "label", "test_fraction", "nodes", "bands", "hidden", "current_window_a",
-              "reference_hz"),
+    "dense": (*_STATION_OPTIONS, "hidden"),
     "transformer": ("task", "reservoir"),
+    "deep": (*_STATION_OPTIONS, "blocks", "width"),
 }
 
 
 def check_applies(config: dict, source: str = "experiment") -> None:
     """Refuse an option set to something other than its default where it has no effect."""
-    for model, names in MODEL_OPTIONS.items():
-        if model == config["model"]:
+    own = MODEL_OPTIONS[config["model"]]
+    for name in OPTIONS:
+        if name in own or config[name] == OPTIONS[name].default:
             continue
-        for name in names:
+        models = [model for model, names in MODEL_OPTIONS.items() if name in names]
+        if models:
+            raise ConfigError(f"{source}: option {name!r} = {config[name]!r} applies to the {' and '.join(models)} "
+                              f"model{'s' if len(models) > 1 else ''} only, not to model {config['model']!r} (its own options: {', '.join(own)})")
+    if config["model"] != "transformer" and config["station"] is not None:
+        for name in ("noise_scale", "ring_step_at_s"):
             if config[name] != OPTIONS[name].default:
-                allowed = ", ".join(MODEL_OPTIONS[config["model"]])
-                raise ConfigError(f"{source}: option {name!r} = {config[name]!r} applies to the {model} model only, "
-                                  f"not to model {config['model']!r} (its own options: {allowed})")
-    if config["model"] == "dense" and config["station"] is not None and config["noise_scale"] != 1.0:
-        raise ConfigError(f"{source}: option 'noise_scale' applies to the embedded simulated ring only, not to the "
-                          f"station {config['station']}")
+                raise ConfigError(f"{source}: option {name!r} applies to the embedded simulated ring only, not to "
+                                  f"the station {config['station']}")
+    if config["ring_step_at_s"] is None:
+        for name in ("ring_step_kelvin", "ring_step_gain_db"):
+            if config[name] != OPTIONS[name].default:
+                raise ConfigError(f"{source}: option {name!r} sizes the step that ring_step_at_s schedules; "
+                                  f"set ring_step_at_s too")
 
 
 def check_combination(config: dict, source: str = "experiment") -> dict:
-    """Options that are fine alone but not together (the registry knows which estimator takes what)."""
+    """Options that are fine alone but not together (the registry knows which estimator takes what).
+
+    ``--blocks`` > 1 on the dense model selects the deep model (recorded as ``model = "deep"``)."""
+    if config["model"] == "dense" and config["blocks"] > 1:
+        config = {**config, "model": "deep"}
     if config["model"] == "transformer" and config["station"] is not None:
         raise ConfigError(f"{source}: the transformer's reservoir is evaluated in-process (the simulated ring in "
                           f"direct mode, or an echo-state network); it takes no station")

@@ -26,18 +26,26 @@ Transformer (digits-seq through both reservoirs; scripts/bench_transformer.py):
   evaluations per sample and token) plateau higher on the ring than one at the same budget
   (4M, 3 seeds: 0.897 vs 0.886 median).
 
+Deep physical network (``deep``: K passes through the ring, labpgt/models/deep.py; Iris through
+the ring, scripts/bench_phyll.py, docs/benchmarks.md "Deep physical networks and PhyLL"): node
+and pgt keep the dense model's settings through their deep classes; phyll: lr 0.01 / 0.03 / 0.1 x
+batch 8 / 16 / 32 on Iris (5k, 3 seeds), 0.02 / 0.05 / 0.1 x 8 / 32 on digits (40k, 2 seeds):
+batch 8 with lr 0.05 (digits 0.935) to 0.1 (Iris 0.93) best.
+
 SPSA brings its own gain sequence (its learning rate): plain SGD at lr 1, no decay, and ``lr``
 is refused for it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from labpgt.estimators import (SPSA, Backprop, DigitalTwin, NodePerturbation, Oracle, ParameterPerturbation,
+from labpgt.estimators import (SPSA, Backprop, DeepNodePerturbation, DeepParameterPerturbation, DigitalTwin,
+                               NodePerturbation, Oracle, ParameterPerturbation, PhysicalLocalLearning,
                                TokenNodePerturbation)
 
-MODELS = ("dense", "transformer")
+#: deep: the dense experiment through K ring blocks (labpgt/models/deep.py), chosen by --blocks > 1 or --model deep
+MODELS = ("dense", "transformer", "deep")
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,8 @@ class Tuning:
     decay_steps: int | None  # InverseTimeDecay after the optimizer (None: no decay)
     batch_size: int
     before_lr_ratio: float = 1.0  # the step of the layers before the reservoir relative to the readout's
+    #: the model as this estimator trains it (the builder's model options; e.g. phyll: the goodness head)
+    model_options: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,14 @@ class Setting:
     option: str  # experiment option name, e.g. "directions"
     keyword: str  # the estimator's constructor keyword, e.g. "n_directions"
     convert: Callable = staticmethod(lambda value: value)  # option value -> constructor value
+
+
+@dataclass(frozen=True)
+class Variant:
+    """An estimator's class for one model where it differs from the spec's (and then the settings it takes)."""
+
+    factory: Callable
+    settings: tuple[Setting, ...]
 
 
 @dataclass(frozen=True)
@@ -72,10 +90,19 @@ class EstimatorSpec:
     #: (a NoiselessModel of the reservoir: simulated reservoirs only)
     needs: frozenset = field(default_factory=frozenset)
     lr_applies: bool = True  # False: the estimator's own gains are its learning rate
+    #: model -> its own class and settings (e.g. node on the deep model); the others use factory and settings
+    variants: dict[str, Variant] = field(default_factory=dict)
+
+    def factory_for(self, model: str) -> Callable:
+        return self.variants[model].factory if model in self.variants else self.factory
+
+    def settings_for(self, model: str) -> tuple[Setting, ...]:
+        return self.variants[model].settings if model in self.variants else self.settings
 
 
 _EPSILON = Setting("epsilon", "epsilon")
 _DIRECTIONS = Setting("directions", "n_directions")
+_DISTRIBUTION = Setting("distribution", "distribution")
 
 ESTIMATORS: dict[str, EstimatorSpec] = {spec.name: spec for spec in (
     EstimatorSpec(
@@ -83,16 +110,21 @@ ESTIMATORS: dict[str, EstimatorSpec] = {spec.name: spec for spec in (
         tuning={
             "dense": Tuning({"epsilon": 0.05}, "adam", 0.05, 300, 32),
             "transformer": Tuning({"epsilon": 0.1}, "adam", 0.01, 2000, 64, before_lr_ratio=0.1),
+            "deep": Tuning({"epsilon": 0.05}, "adam", 0.05, 300, 32),
         },
-        settings=(_EPSILON, _DIRECTIONS)),
+        settings=(_EPSILON, _DIRECTIONS),
+        variants={"deep": Variant(DeepNodePerturbation, (_EPSILON, _DIRECTIONS))}),
     EstimatorSpec(
         "pgt", ParameterPerturbation, "parameter-space perturbation (PGT as published)",
         tuning={
             "dense": Tuning({"epsilon": 0.02, "n_directions": 1}, "adam", 0.01, 300, 16),
             "transformer": Tuning({"epsilon": 0.02, "n_directions": 1}, "adam", 0.003, 2000, 64),
+            "deep": Tuning({"epsilon": 0.02, "n_directions": 1}, "adam", 0.01, 300, 16),
         },
         settings=(_EPSILON, _DIRECTIONS, Setting("one_sided", "two_sided", staticmethod(lambda one: not one)),
-                  Setting("distribution", "distribution"), Setting("scope", "scope"))),
+                  _DISTRIBUTION, Setting("scope", "scope")),
+        # the deep network's pgt: two-sided over every trainable parameter
+        variants={"deep": Variant(DeepParameterPerturbation, (_EPSILON, _DIRECTIONS, _DISTRIBUTION))}),
     EstimatorSpec(
         "spsa", SPSA, "Spall's SPSA with calibrated gains",
         tuning={
@@ -119,10 +151,16 @@ ESTIMATORS: dict[str, EstimatorSpec] = {spec.name: spec for spec in (
         tuning={"transformer": Tuning({"epsilon": 0.1, "n_directions": 2}, "adam", 0.01, 2000, 64,
                                       before_lr_ratio=0.3)},
         settings=(_EPSILON, _DIRECTIONS)),
+    EstimatorSpec(
+        "phyll", PhysicalLocalLearning, "physical local learning: each ring block trained on its own contrastive "
+        "goodness, no backward pass through the ring (deep model: --blocks > 1 or --model deep)",
+        tuning={"deep": Tuning({}, "adam", 0.05, 300, 8, model_options={
+            "head": "goodness", "train_current": False, "train_knob_maps": False})}),
 )}
 
 #: every experiment option that sets an estimator option, and the estimators that take it
-ESTIMATOR_OPTIONS = sorted({s.option for spec in ESTIMATORS.values() for s in spec.settings})
+ESTIMATOR_OPTIONS = sorted({s.option for spec in ESTIMATORS.values() for model in spec.tuning
+                            for s in spec.settings_for(model)})
 
 
 class RegistryError(ValueError):
@@ -138,7 +176,9 @@ def spec_for(name: str, model: str) -> EstimatorSpec:
         raise RegistryError(f"unknown estimator {name!r}; allowed: {', '.join(ESTIMATORS)}")
     spec = ESTIMATORS[name]
     if model not in spec.tuning:
-        raise RegistryError(f"estimator {name!r} ({spec.summary}) exists only for the {' and '.join(spec.tuning)} "
+        models = list(spec.tuning)
+        only = " and ".join([", ".join(models[:-1]), models[-1]] if len(models) > 1 else models)
+        raise RegistryError(f"estimator {name!r} ({spec.summary}) exists only for the {only} "
                             f"model; allowed for the {model} model: {', '.join(estimators_for(model))}")
     return spec
 
@@ -148,29 +188,31 @@ def estimator_options(spec: EstimatorSpec, model: str, config: dict) -> dict:
 
     An option set (not None) that the estimator does not take is refused, naming what it takes.
     """
-    taken = {s.option: s for s in spec.settings}
+    settings = spec.settings_for(model)
+    taken = {s.option: s for s in settings}
     options = dict(spec.tuning[model].options)
     for name in ESTIMATOR_OPTIONS:
         value = config.get(name)
         if value is None:
             continue
         if name not in taken:
-            allowed = ", ".join(f"--{s.option.replace('_', '-')}" for s in spec.settings) or "none"
-            raise RegistryError(f"option {name!r} does not apply to estimator {spec.name!r}; its options: {allowed}")
+            allowed = ", ".join(f"--{s.option.replace('_', '-')}" for s in settings) or "none"
+            on = f" on the {model} model" if spec.variants else ""
+            raise RegistryError(f"option {name!r} does not apply to estimator {spec.name!r}{on}; its options: {allowed}")
         options[taken[name].keyword] = taken[name].convert(value)
     return options
 
 
-def build_estimator(spec: EstimatorSpec, options: dict, **provided):
-    """The estimator of ``spec`` with constructor ``options``; ``provided``: what its ``needs`` name
-    (e.g. reservoir_model), checked here, once, when the experiment is built."""
+def build_estimator(spec: EstimatorSpec, options: dict, *, model: str = "dense", **provided):
+    """The estimator of ``spec`` for ``model`` with constructor ``options``; ``provided``: what its ``needs``
+    name (e.g. reservoir_model), checked here, once, when the experiment is built."""
     missing = [need for need in sorted(spec.needs) if provided.get(need) is None]
     if missing:
         raise RegistryError(f"estimator {spec.name!r} needs a noiseless model of the reservoir, which only a "
                             f"simulated reservoir has (the embedded station or an in-process reservoir); this "
                             f"experiment has none (a real station cannot be an oracle)")
     try:
-        return spec.factory(**options, **{need: provided[need] for need in spec.needs})
+        return spec.factory_for(model)(**options, **{need: provided[need] for need in spec.needs})
     except (TypeError, ValueError) as exc:
         raise RegistryError(f"estimator {spec.name!r}: {exc}") from None
 
@@ -190,7 +232,7 @@ def check_experiment(name: str, model: str, config: dict, limits: ModelLimits) -
     tuning(name, model, config)
     options = estimator_options(spec, model, config)
     try:
-        estimator = spec.factory(**options, **{need: None for need in spec.needs})
+        estimator = spec.factory_for(model)(**options, **{need: None for need in spec.needs})
         estimator.check_model(limits)
     except (TypeError, ValueError) as exc:
         raise RegistryError(f"estimator {name!r}: {exc}") from None
@@ -205,12 +247,12 @@ def tuning(name: str, model: str, config: dict) -> Tuning:
     if lr is not None and not spec.lr_applies:
         raise RegistryError(f"option 'lr' does not apply to estimator {name!r}: its gain sequence is its learning "
                             f"rate (set its gains instead)")
-    return Tuning(t.options, t.optimizer, t.lr if lr is None else lr, t.decay_steps,
-                  t.batch_size if config.get("batch_size") is None else config["batch_size"], t.before_lr_ratio)
+    return replace(t, lr=t.lr if lr is None else lr,
+                   batch_size=t.batch_size if config.get("batch_size") is None else config["batch_size"])
 
 
 def make_estimator(name: str, *, model: str = "dense", reservoir_model=None, **options):
     """The estimator ``name`` with constructor ``options`` (its class defaults otherwise, not the tuned ones);
     ``reservoir_model`` for the estimators that need one. For tests and benchmarks; experiments go
     through the builder."""
-    return build_estimator(spec_for(name, model), options, reservoir_model=reservoir_model)
+    return build_estimator(spec_for(name, model), options, model=model, reservoir_model=reservoir_model)

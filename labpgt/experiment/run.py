@@ -71,7 +71,7 @@ def run_training(args, argv=None) -> int:
     resumed = read_resumed(args) if args.resume else None
     config = resumed.config if resumed else resolve(args)
     # the dense model's data, read and checked before any instrument moves (a resumed run's from its file)
-    dataset = resumed.dataset if resumed else dataset_of_config(config) if config["model"] == "dense" else None
+    dataset = resumed.dataset if resumed else dataset_of_config(config) if config["model"] != "transformer" else None
     run_path = Path(args.resume) if resumed else new_run_path(config["out"], config)
     if vars(args).get("watch"):
         from labpgt.watch.cli import watch_beside  # a page of the run, served by its own process
@@ -145,6 +145,7 @@ def _station_rig(config: dict, resumed: Resumed | None) -> Iterator[Rig]:
     station_arg = None if embedded else config["station"]
     recorded_station = resumed.station_text if (resumed and not embedded) else None
     with open_station(station_arg, seed=config["seed"], noise_scale=config["noise_scale"] if embedded else None,
+                      ring_step=ring_step(config) if embedded else None,
                       station_text=recorded_station) as (station, sim):
         probe = None
         if resumed is None:
@@ -214,9 +215,18 @@ def noiseless_twin(config: dict, encoder, readout):
     """The embedded ring's physics, noise off: the oracle's model (simulated stations only)."""
     from labpgt.reservoirs.direct import DirectRingReservoir, simulated_ring_params
 
-    return DirectRingReservoir(simulated_ring_params(config["noise_scale"]), seed=config["seed"],
+    params = simulated_ring_params(config["noise_scale"], step=ring_step(config))
+    return DirectRingReservoir(params, seed=config["seed"],
                                n_nodes=encoder.n_nodes, encoding=encoder, readout=readout,
                                current_a=config["current_a"])
+
+
+def ring_step(config: dict) -> dict | None:
+    """The embedded simulated ring's scheduled step change (--ring-step-at-s ...), or None."""
+    if config["ring_step_at_s"] is None:
+        return None
+    return {"at_s": config["ring_step_at_s"], "kelvin": config["ring_step_kelvin"],
+            "gain_db": config["ring_step_gain_db"]}
 
 
 def restore_world(sim, state) -> None:
@@ -251,7 +261,7 @@ def read_resumed(args) -> Resumed:
         return Resumed(config=config, state=state, layout=json.loads(reader.metadata["physical_layer"]),
                        station_text=reader.metadata["station_toml"],
                        embedded=reader.metadata.get("embedded_simulator", False),
-                       dataset=dataset_of_run(reader, config) if config["model"] == "dense" else None)
+                       dataset=dataset_of_run(reader, config) if config["model"] != "transformer" else None)
 
 
 def recorded_config(reader: RunReader, path) -> dict:
@@ -282,7 +292,8 @@ def new_run_path(out: str, config: dict) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     what = (f"transformer-{config['task']}-{config['reservoir']}" if config["model"] == "transformer"
-            else Path(config["dataset"]).stem)  # a data file's name, without its folders
+            else Path(config["dataset"]).stem  # a data file's name, without its folders
+            + (f"-deep{config['blocks']}" if config["model"] == "deep" else ""))
     return path / f"{stamp}-{what}-{config['estimator']}-s{config['seed']}.h5"
 
 
@@ -325,7 +336,7 @@ def run_replay(path) -> int:
     with RunReader(path) as reader:
         metadata = dict(reader.metadata)
         config = recorded_config(reader, path)
-        dataset = dataset_of_run(reader, config) if config["model"] == "dense" else None
+        dataset = dataset_of_run(reader, config) if config["model"] != "transformer" else None
     layout = json.loads(metadata["physical_layer"])
     spec = registry.spec_for(config["estimator"], config["model"])
     reservoir_model = None

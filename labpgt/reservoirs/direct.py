@@ -23,14 +23,16 @@ from labpgt.contracts import NoiselessModel, NullRecorder, Perturbation, Recorde
 from labpgt.reservoirs.encoding import BandReadout, KnobEncoder, check_knobs
 
 
-def simulated_ring_params(noise_scale: float = 1.0, drift: bool | None = None):
+def simulated_ring_params(noise_scale: float = 1.0, drift: bool | None = None, step: dict | None = None):
     """The simulated ring's parameters (``sim.ring.RingParams``) with a noise multiplier; ``drift`` on or off
-    (None: the simulator's default, as the embedded station has it)."""
+    (None: the simulator's default, as the embedded station has it); ``step``: a scheduled step change
+    (``{"at_s", "kelvin", "gain_db"}``; None: none, and the ring's arithmetic is untouched)."""
     from sim.ring import RingParams  # the simulator is only needed for the simulated reservoirs
 
-    if drift is None:
-        return RingParams(noise_scale=noise_scale)
-    return RingParams(noise_scale=noise_scale, drift_enabled=drift)
+    options = {} if drift is None else {"drift_enabled": drift}
+    if step is not None:
+        options.update(step_at_s=step["at_s"], step_temperature_k=step["kelvin"], step_gain_db=step["gain_db"])
+    return RingParams(noise_scale=noise_scale, **options)
 
 
 class ToyReservoir(Reservoir, NoiselessModel):
@@ -181,7 +183,7 @@ class DirectRingReservoir(Reservoir, NoiselessModel):
             "kind": kind,
             "step": int(step),
             "sample_index": np.repeat(np.asarray(sample_index), self.n_nodes),
-            "node": np.tile(np.arange(self.n_nodes), b),
+            "node": np.tile(np.arange(self.n_nodes), b) + perturbation.block * self.n_nodes,  # models/deep.py: block_of_node
             "perturbation_direction": perturbation.direction,
             "perturbation_sign": perturbation.sign,
             "frequency_hz": settings["drive_frequency_hz"].ravel(),

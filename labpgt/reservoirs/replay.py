@@ -99,7 +99,7 @@ class ReplayReservoir(Reservoir):
             "step": np.full(need, step, dtype=np.int64),
             "kind": np.full(need, KINDS.index(kind), dtype=np.int8),
             "sample_index": np.repeat(sample_index.astype(np.int64), v),
-            "node": np.tile(np.arange(v), b),
+            "node": np.tile(np.arange(v), b) + perturbation.block * v,  # models/deep.py: block_of_node
             "perturbation_direction": np.full(need, perturbation.direction),
             "perturbation_sign": np.full(need, perturbation.sign),
             "frequency_hz": freq.reshape(need),

@@ -177,7 +177,7 @@ class StationReservoir(Reservoir):
         rows = {
             "time_s": times[:done],
             "sample_index": np.repeat(np.asarray(sample_index, dtype=np.int64), nodes)[:done],
-            "node": np.tile(np.arange(nodes), batch)[:done],
+            "node": (np.tile(np.arange(nodes), batch) + perturbation.block * nodes)[:done],  # models/deep.py: block_of_node
             "frequency_hz": freq_hz.ravel()[:done],
             "power_dbm": power_dbm.ravel()[:done],
             "trace_dbm": traces[:done],

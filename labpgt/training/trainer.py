@@ -149,19 +149,7 @@ class Trainer:
         """Loss and accuracy on the test split, measured (kind "eval", counted separately)."""
         x, y = self.dataset.x_test, self.dataset.y_test
         start = self.reservoir.measurements
-        features = []
-        for lo in range(0, len(y), self.eval_batch_size):
-            # no early exit on stop_requested here: a half-done evaluation would leave the
-            # simulated world's noise stream where an uninterrupted run never is, and a
-            # resumed run would no longer end bit-identical
-            u, _ = self.model.encode(x[lo : lo + self.eval_batch_size])
-            features.append(
-                self.reservoir.measure(
-                    u, current_a=self.model.current_a(), kind="eval", step=self.step,
-                    sample_index=np.arange(lo, lo + len(u)),
-                )
-            )
-        loss, accuracy = self.model.loss_and_accuracy(np.concatenate(features), y)
+        loss, accuracy = self.test_loss_and_accuracy(x, y)
         self.eval_measurements += self.reservoir.measurements - start
         record = {
             "kind": "eval",
@@ -179,6 +167,25 @@ class Trainer:
         if self.progress:
             self.progress(record)
         return record
+
+    def test_loss_and_accuracy(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        """Measure the test split through the reservoir (kind "eval"): (mean loss, accuracy).
+
+        Models that pass through the ring more than once override this (labpgt/models/deep.py).
+        """
+        features = []
+        for lo in range(0, len(y), self.eval_batch_size):
+            # no early exit on stop_requested here: a half-done evaluation would leave the
+            # simulated world's noise stream where an uninterrupted run never is, and a
+            # resumed run would no longer end bit-identical
+            u, _ = self.model.encode(x[lo : lo + self.eval_batch_size])
+            features.append(
+                self.reservoir.measure(
+                    u, current_a=self.model.current_a(), kind="eval", step=self.step,
+                    sample_index=np.arange(lo, lo + len(u)),
+                )
+            )
+        return self.model.loss_and_accuracy(np.concatenate(features), y)
 
     def checkpoint(self) -> None:
         self.recorder.checkpoint(self.state_dict())
