@@ -69,6 +69,11 @@ OPTIONS: dict[str, Option] = {
     "current_a": Option(float, 1.8, "initial bias current, A"),
     "current_window_a": Option(float, 0.02, "the trained bias current stays within ± this of current_a, A"),
     "reference_hz": Option(float, None, "drive reference frequency, Hz (default: found by a probe sweep)"),
+    "reference_from": Option(str, None, "a sweep map (labpgt sweep ...): take the operating point (bias current and "
+                             "the ring's line) from it instead of a probe sweep"),
+    "probe_center_hz": Option(float, None, "probe sweep centre, Hz (default: from the current through the nominal "
+                              "tuning, 2.07 GHz at 1.8 A and 0.6 GHz/A, inside the analyzer's limits)"),
+    "probe_span_hz": Option(float, None, "probe sweep span, Hz (default: 200 MHz)"),
     "eval_every": Option(int, 25, "steps between evaluations on the test split"),
     "checkpoint_every": Option(int, 25, "steps between checkpoints"),
     "noise_scale": Option(float, 1.0, "embedded simulated ring: noise multiplier"),
@@ -80,6 +85,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="experiment TOML; every option below can be set there")
     parser.add_argument("--resume", metavar="RUN.h5", help="continue an interrupted run as recorded; with --budget N "
                         "to a new budget (other options that would change the experiment are refused)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and the instrument-time estimate "
+                        "(measurements x the station's time per measurement); nothing is moved")
     for name, opt in OPTIONS.items():
         flag = "--" + name.replace("_", "-")
         if opt.type is bool:
@@ -150,7 +157,7 @@ def resolve(args: argparse.Namespace) -> dict:
 #: options that mean something for one model only (a value other than the default is refused elsewhere)
 MODEL_OPTIONS = {
     "dense": ("station", "dataset", "label", "test_fraction", "nodes", "bands", "hidden", "current_window_a",
-              "reference_hz"),
+              "reference_hz", "reference_from", "probe_center_hz", "probe_span_hz"),
     "transformer": ("task", "reservoir"),
 }
 
@@ -165,6 +172,11 @@ def check_applies(config: dict, source: str = "experiment") -> None:
                 allowed = ", ".join(MODEL_OPTIONS[config["model"]])
                 raise ConfigError(f"{source}: option {name!r} = {config[name]!r} applies to the {model} model only, "
                                   f"not to model {config['model']!r} (its own options: {allowed})")
+    if config["model"] == "dense" and config["reference_from"] is not None and (
+            config["reference_hz"] is not None or config["probe_center_hz"] is not None
+            or config["probe_span_hz"] is not None):
+        raise ConfigError(f"{source}: reference_from takes the line from the map; it cannot be combined with "
+                          f"reference_hz, probe_center_hz or probe_span_hz")
     if config["model"] == "dense" and config["station"] is not None and config["noise_scale"] != 1.0:
         raise ConfigError(f"{source}: option 'noise_scale' applies to the embedded simulated ring only, not to the "
                           f"station {config['station']}")
