@@ -92,8 +92,8 @@ def probe_sweep(station, current_a: float, span_hz: float = PROBE_SPAN_HZ, cente
     verdict = find_line(freqs, trace)
     if not verdict.plausible:
         raise RuntimeError(
-            f"no plausible free-running line within {center_hz / 1e9:.4f} GHz ± {span_hz / 2e6:.0f} MHz at "
-            f"{current_a} A (RF off); best candidate: {verdict.describe()}; the ring is below threshold or "
+            f"no free-running line within {center_hz / 1e9:.4f} GHz ± {span_hz / 2e6:.0f} MHz at {current_a} A "
+            f"(RF off) passes the plausibility test; best candidate: {verdict.describe()}; the ring is below threshold or "
             f"elsewhere: map it (labpgt sweep current) and train with --reference-from MAP.h5, or set "
             f"--probe-center-hz / --probe-span-hz")
     line = verdict.peak

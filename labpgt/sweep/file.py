@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import h5py
@@ -128,8 +128,8 @@ class SweepFile:
 
     def write(self, index: tuple[int, ...], trace_dbm: np.ndarray, reading: TraceReading, time_s: float) -> None:
         self.f["trace_dbm"][index] = trace_dbm
-        for item in fields(reading):
-            self.f[item.name][index] = getattr(reading, item.name)
+        for name, value in asdict(reading).items():
+            self.f[name][index] = value
         self.f["time_s"][index] = time_s
         self.f["measured"][index] = 1  # last: a point counts once everything of it is written
         self.f.flush()
