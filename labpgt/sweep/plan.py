@@ -72,20 +72,25 @@ class SweepPlan:
     def check(self, limits: dict[str, dict[str, tuple[float, float]]]) -> None:
         """Every setting inside the station's limits (``limits[role][quantity] = (min, max)``), or a
         PlanError naming the first value outside and what is allowed. Nothing is clamped."""
-        def inside(role, quantity, value, what):
+        def inside(role, quantity, values, what):
             bounds = limits.get(role, {}).get(quantity)
-            if bounds is not None and not bounds[0] <= value <= bounds[1]:
-                raise PlanError(f"{what} {value:g} is outside the {role}'s limits [{bounds[0]:g}, {bounds[1]:g}]")
+            if bounds is None or not values:
+                return
+            low, high = min(values), max(values)
+            for value in (low, high):
+                if not bounds[0] <= value <= bounds[1]:
+                    span = f" (the plan spans {low:g} to {high:g})" if low != high else ""
+                    raise PlanError(f"{what} {value:g} is outside the {role}'s limits [{bounds[0]:g}, {bounds[1]:g}]"
+                                    f"{span}; nothing was moved")
 
         w = self.window
-        inside("spectrum_analyzer", "frequency_hz", w.center_hz - w.span_hz / 2, "analyzer start (Hz)")
-        inside("spectrum_analyzer", "frequency_hz", w.center_hz + w.span_hz / 2, "analyzer stop (Hz)")
-        inside("spectrum_analyzer", "reference_level_dbm", w.reference_level_dbm, "analyzer reference level (dBm)")
-        for p in self.points:
-            inside("current_source", "current_a", p.current_a, "bias current (A)")
-            if p.rf_on:
-                inside("signal_generator", "frequency_hz", p.drive_frequency_hz, "drive frequency (Hz)")
-                inside("signal_generator", "power_dbm", p.drive_power_dbm, "drive power (dBm)")
+        inside("spectrum_analyzer", "frequency_hz", [w.center_hz - w.span_hz / 2], "analyzer start (Hz)")
+        inside("spectrum_analyzer", "frequency_hz", [w.center_hz + w.span_hz / 2], "analyzer stop (Hz)")
+        inside("spectrum_analyzer", "reference_level_dbm", [w.reference_level_dbm], "analyzer reference level (dBm)")
+        inside("current_source", "current_a", [p.current_a for p in self.points], "bias current (A)")
+        driven = [p for p in self.points if p.rf_on]
+        inside("signal_generator", "frequency_hz", [p.drive_frequency_hz for p in driven], "drive frequency (Hz)")
+        inside("signal_generator", "power_dbm", [p.drive_power_dbm for p in driven], "drive power (dBm)")
 
 
 def _grid(start: float, stop: float, count: int, name: str) -> tuple[float, ...]:
