@@ -125,7 +125,7 @@ def reference_probe(station, config: dict):
     if config.get("reference_from") is not None:
         from labpgt.sweep.file import read_operating_point
 
-        point = read_operating_point(config["reference_from"])
+        point = read_operating_point(config["reference_from"], config["current_a"])
         return Probe("map", point.line_hz, map_file=str(config["reference_from"]))
     center_hz, span_hz = probe_window(station.spectrum_analyzer.limits.get("frequency_hz"), config["current_a"],
                                       config.get("probe_center_hz"), config.get("probe_span_hz"))
