@@ -66,6 +66,21 @@ def probe_window(station_analyzer_limits_hz: tuple[float, float] | None, current
     return center, span
 
 
+class NoPlausibleLine(RuntimeError):
+    """A probe sweep found no line that passes the plausibility test (the message names the best candidate)."""
+
+
+def reachable_window(station) -> tuple[float, float] | None:
+    """(centre, span) Hz of the band the drive can reach and the analyzer can see: the signal
+    generator's frequency limits inside the analyzer's (None if they do not overlap)."""
+    lo_sa, hi_sa = station.spectrum_analyzer.limits.get("frequency_hz", (-np.inf, np.inf))
+    lo_sg, hi_sg = station.signal_generator.limits.get("frequency_hz", (lo_sa, hi_sa))
+    lo, hi = max(lo_sa, lo_sg), min(hi_sa, hi_sg)
+    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+        return None
+    return 0.5 * (lo + hi), hi - lo
+
+
 def probe_sweep(station, current_a: float, span_hz: float = PROBE_SPAN_HZ, center_hz: float = PROBE_CENTER_HZ):
     """Probe sweep with RF off: the free-running line of the ring at ``current_a``.
 
@@ -91,7 +106,10 @@ def probe_sweep(station, current_a: float, span_hz: float = PROBE_SPAN_HZ, cente
     probe_rbw = float(sa.rbw_hz)  # as the analyzer has it (a real one may round the request)
     verdict = find_line(freqs, trace)
     if not verdict.plausible:
-        raise RuntimeError(
+        # the station's measurement window back (a wider probe may follow and reads it)
+        sa.configure(center_hz=center_hz, span_hz=window_hz, rbw_hz=rbw, points=points,
+                     reference_level_dbm=ref_level)
+        raise NoPlausibleLine(
             f"no free-running line within {center_hz / 1e9:.4f} GHz ± {span_hz / 2e6:.0f} MHz at {current_a} A "
             f"(RF off) passes the plausibility test; best candidate: {verdict.describe()}; the ring is below threshold or "
             f"elsewhere: map it (labpgt sweep current) and train with --reference-from MAP.h5, or set "
@@ -129,7 +147,19 @@ def reference_probe(station, config: dict):
         return Probe("map", point.line_hz, map_file=str(config["reference_from"]))
     center_hz, span_hz = probe_window(station.spectrum_analyzer.limits.get("frequency_hz"), config["current_a"],
                                       config.get("probe_center_hz"), config.get("probe_span_hz"))
-    return probe_sweep(station, config["current_a"], span_hz=span_hz, center_hz=center_hz)
+    try:
+        return probe_sweep(station, config["current_a"], span_hz=span_hz, center_hz=center_hz)
+    except NoPlausibleLine as narrow:
+        wide = reachable_window(station)
+        given = config.get("probe_center_hz") is not None or config.get("probe_span_hz") is not None
+        if given or wide is None or wide == (center_hz, span_hz):
+            raise
+        # a ring off the nominal tuning (another coil): look in the whole band the drive can reach
+        log.warning("%s; probing the whole band the drive can reach instead", narrow)
+        try:
+            return probe_sweep(station, config["current_a"], span_hz=wide[1], center_hz=wide[0])
+        except NoPlausibleLine as exc:
+            raise NoPlausibleLine(f"{exc} (the nominal window first: {narrow})") from None
 
 
 def check_encoder_windows(station, encoder) -> None:
