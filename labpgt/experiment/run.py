@@ -273,7 +273,11 @@ def dry_run(config: dict, resumed: Resumed | None) -> int:
         elif config["reference_hz"] is not None:
             print(f"reference: {config['reference_hz']:g} Hz (given; no probe sweep)")
         elif config["reference_from"] is not None:
-            print(f"reference: the line of the sweep map {config['reference_from']} at {config['current_a']} A")
+            from labpgt.sweep.file import read_operating_point
+
+            point = read_operating_point(config["reference_from"], config["current_a"])
+            print(f"reference: the line at {point.line_hz / 1e9:.6f} GHz of the {point.kind} map "
+                  f"{config['reference_from']} at {point.current_a} A (no probe sweep)")
         else:
             center, span = probe_window(sa_limits, config["current_a"], config["probe_center_hz"],
                                         config["probe_span_hz"])
