@@ -136,7 +136,7 @@ def _sweep_plan(args, station, line_hz: float | None):
     return plans.spectrum_plan(current_a, args.repeats, window, args.drive_frequency_hz, args.drive_power_dbm)
 
 
-def _describe_plan(plan, seconds: list[float]) -> list[str]:
+def _describe_plan(plan, seconds: list[float], leave_s: float) -> list[str]:
     from labpgt.sweep.timing import describe_seconds
 
     w = plan.window
@@ -149,8 +149,9 @@ def _describe_plan(plan, seconds: list[float]) -> list[str]:
     rf = sum(p.rf_on for p in plan.points)
     lines.append(f"  RF: {'off' if not rf else f'on at {rf} points'}; bias current "
                  f"{min(p.current_a for p in plan.points):g} to {max(p.current_a for p in plan.points):g} A")
-    lines.append(f"  instrument time (estimate from the station's timing): {describe_seconds(sum(seconds))} "
-                 f"({describe_seconds(sum(seconds) / max(1, len(seconds)))} a point on average)")
+    lines.append(f"  instrument time (estimate from the station's timing): {describe_seconds(sum(seconds) + leave_s)} "
+                 f"({describe_seconds(sum(seconds) / max(1, len(seconds)))} a point on average, "
+                 f"{describe_seconds(leave_s)} to ramp the magnet back to 0 A)")
     return lines
 
 
@@ -202,7 +203,7 @@ def cmd_sweep(args) -> int:
         plan.check(limits)
     seconds = timing.point_seconds(plan)
     if args.dry_run:
-        for line in _describe_plan(plan, seconds):
+        for line in _describe_plan(plan, seconds, timing.ramp_s(plan.points[-1].current_a, 0.0)):
             print(line)
         if args.kind == "lock" and args.line_hz is None and not args.resume:
             print("  (the line is found by a probe sweep with RF off at start; the nominal line is shown)")
