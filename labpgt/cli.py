@@ -172,7 +172,7 @@ def cmd_sweep(args) -> int:
     import time as _time
 
     from labpgt.experiment.embedded import loaded_station, open_station
-    from labpgt.experiment.probe import probe_sweep, probe_window
+    from labpgt.experiment.probe import probe_window, reference_probe
     from labpgt.sweep.executor import SweepExecutor, station_limits
     from labpgt.sweep.file import SweepFile, check_is_sweep_file
     from labpgt.sweep.plan import plan_from_json
@@ -200,7 +200,7 @@ def cmd_sweep(args) -> int:
                 sa = station.roles["spectrum_analyzer"]
                 line_hz = probe_window(sa.driver.limits_for_station(sa.limits).get("frequency_hz"), args.current_a)[0]
             plan = _sweep_plan(args, station, line_hz)
-        plan.check(limits)
+        plan.check(limits, line_known=args.resume is not None or args.kind != "lock" or args.line_hz is not None)
     seconds = timing.point_seconds(plan)
     if args.dry_run:
         for line in _describe_plan(plan, seconds, timing.ramp_s(plan.points[-1].current_a, 0.0)):
@@ -215,7 +215,9 @@ def cmd_sweep(args) -> int:
             sweep_file = SweepFile.open_resume(args.resume)
         else:
             if args.kind == "lock" and args.line_hz is None:
-                line_hz = probe_sweep(station, args.current_a).line_hz
+                line_hz = reference_probe(station, {"reference_hz": None, "reference_from": None,
+                                                    "current_a": args.current_a, "probe_center_hz": None,
+                                                    "probe_span_hz": None}).line_hz
                 plan = _sweep_plan(args, station, line_hz)
                 plan.check(limits)
             out = Path(args.out)

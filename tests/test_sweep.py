@@ -158,3 +158,56 @@ def test_plans_are_data():
     assert plans.plan_from_json(plan.to_json()) == plan
     with pytest.raises(plans.PlanError, match="allowed: 2 or more"):
         plans.current_plan(1.0, 2.0, 1, window)
+
+
+# --------------------------------------------------------------------------- the rig's safety, both flavours
+@pytest.mark.parametrize("flavour, current", [("keysight", "1.8"), ("alt", "0.95")])
+def test_sweeps_from_an_unsafe_rig_enable_rf_only_validated_and_leave_it_safe(tmp_path, capsys, flavour, current):
+    """Served instruments started unsafe (RF on out of band at full power, current flowing): a current
+    sweep never switches RF on; a lock sweep switches it on once, through the one RF switch, at a
+    setting set and read back; the magnet never moves under an unchecked drive; the rig ends safe."""
+    from sim.server import SimServer
+    from tests.test_rf_safety import check_wire_log
+
+    with SimServer(seed=2, flavour=flavour, start_state="unsafe", wire_log=True) as server:
+        station = tmp_path / "station.toml"
+        station.write_text(server.station_toml())
+        lo, hi = (float(current) - 0.1, float(current)) if flavour == "alt" else (1.7, 1.8)
+        assert sweep("current", "--station", str(station), "--from-a", str(lo), "--to-a", str(hi), "--points", "3",
+                     "--out", str(tmp_path / "current.h5")) == 0
+        facts = check_wire_log(list(server.wire_log.entries), flavour)
+        assert facts["enables"] == []  # RF off for the whole tuning curve
+        assert read_operating_point(tmp_path / "current.h5", float(current)).line_hz > 1.9e9
+        server.wire_log.entries.clear()
+        assert sweep("lock", "--station", str(station), "--current-a", current, "--detunings", "3", "--powers", "2",
+                     "--out", str(tmp_path / "lock.h5")) == 0
+        entries = list(server.wire_log.entries)
+        sg = server.instruments["signal_generator"]
+        assert not (sg.output if flavour == "keysight" else sg.channels[0].h)
+        cs = server.instruments["current_source"]
+        assert cs.output is False and cs.i_set == 0.0
+    assert "the rig was left safe (read back: RF output off; current 0 A measured" in capsys.readouterr().out
+    enables = [e for e in entries if e.role == "signal_generator" and e.rf_on]
+    assert enables and all(1.9e9 <= e.frequency_hz <= 2.3e9 and -60 <= e.power_dbm <= 0 for e in enables)
+
+
+def test_a_first_ctrl_c_finishes_the_point_in_flight_and_marks_the_map_aborted(tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    path = tmp_path / "map.h5"
+    real = SweepFile.write
+    calls = []
+
+    def write(self, index, *rest):
+        calls.append(index)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while the second point is being written
+        return real(self, index, *rest)
+
+    monkeypatch.setattr(SweepFile, "write", write)
+    assert sweep("current", "--from-a", "1.7", "--to-a", "1.9", "--points", "5", "--out", str(path)) == 130
+    out = capsys.readouterr().out
+    assert "sweep aborted" in out and f"--resume {path}" in out and "the rig was left safe" in out
+    with h5py.File(path, "r") as f:
+        assert f["measured"][()].tolist() == [1, 1, 0, 0, 0] and f["state"][()] == 2

@@ -69,9 +69,11 @@ class SweepPlan:
     def to_json(self) -> str:
         return json.dumps({"kind": self.kind, "parameters": self.parameters})
 
-    def check(self, limits: dict[str, dict[str, tuple[float, float]]]) -> None:
+    def check(self, limits: dict[str, dict[str, tuple[float, float]]], *, line_known: bool = True) -> None:
         """Every setting inside the station's limits (``limits[role][quantity] = (min, max)``), or a
-        PlanError naming the first value outside and what is allowed. Nothing is clamped."""
+        PlanError naming the first value outside and what is allowed. Nothing is clamped.
+        ``line_known=False``: the drive's frequencies and the window hang on a line not found yet
+        (a lock plan before its probe): only the currents and powers are checked."""
         def inside(role, quantity, values, what):
             bounds = limits.get(role, {}).get(quantity)
             if bounds is None or not values:
@@ -84,12 +86,14 @@ class SweepPlan:
                                     f"{span}; nothing was moved")
 
         w = self.window
-        inside("spectrum_analyzer", "frequency_hz", [w.center_hz - w.span_hz / 2], "analyzer start (Hz)")
-        inside("spectrum_analyzer", "frequency_hz", [w.center_hz + w.span_hz / 2], "analyzer stop (Hz)")
+        if line_known:
+            inside("spectrum_analyzer", "frequency_hz", [w.center_hz - w.span_hz / 2], "analyzer start (Hz)")
+            inside("spectrum_analyzer", "frequency_hz", [w.center_hz + w.span_hz / 2], "analyzer stop (Hz)")
         inside("spectrum_analyzer", "reference_level_dbm", [w.reference_level_dbm], "analyzer reference level (dBm)")
         inside("current_source", "current_a", [p.current_a for p in self.points], "bias current (A)")
         driven = [p for p in self.points if p.rf_on]
-        inside("signal_generator", "frequency_hz", [p.drive_frequency_hz for p in driven], "drive frequency (Hz)")
+        if line_known:
+            inside("signal_generator", "frequency_hz", [p.drive_frequency_hz for p in driven], "drive frequency (Hz)")
         inside("signal_generator", "power_dbm", [p.drive_power_dbm for p in driven], "drive power (dBm)")
 
 
