@@ -110,11 +110,22 @@ def test_a_line_the_drive_cannot_reach_is_refused_before_training(tmp_path, caps
         out = tmp_path / "run.h5"
         assert train("--station", str(station), "--out", str(out)) == 2
         err = capsys.readouterr().err
-        assert re.search(r"1\.8 .*outside the allowed range \[-1, 1\] A", err.splitlines()[0]), err
+        assert "current_a = 1.8 A is outside the station's current limits [-1.0, 1.0] A" in err.splitlines()[0], err
         assert train("--station", str(station), "--current-a", "0.98", "--out", str(out)) == 2
         err = capsys.readouterr().err.splitlines()[0]
         assert "reaches outside the signal generator's frequency limits [1.9e+09, 2.3e+09] Hz" in err, err
+        # an operating point from a map that this station cannot reach: refused before anything moves
+        current_map = tmp_path / "map.h5"
+        assert main(["sweep", "current", "--from-a", "1.6", "--to-a", "1.7", "--points", "2", "--out",
+                     str(current_map), "--no-progress"]) == 0
+        capsys.readouterr()
+        assert train("--station", str(station), "--reference-from", str(current_map), "--current-a", "1.6",
+                     "--out", str(out)) == 2
+        err = capsys.readouterr().err.splitlines()[0]
+        assert "current_a = 1.6 A" in err and "station's current limits [-1.0, 1.0] A" in err, err
         assert not out.exists()
+        source = server.instruments["current_source"]
+        assert source.i_set == 0.0 and not server.instruments["signal_generator"].output  # nothing moved
 
 
 def test_train_dry_run_prints_the_plan_and_moves_nothing(tmp_path, capsys, monkeypatch):

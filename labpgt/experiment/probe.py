@@ -138,6 +138,11 @@ def reference_probe(station, config: dict):
     else a :func:`probe_sweep` at ``current_a`` in the probe window (:func:`probe_window`)."""
     from labpgt.runfile import Probe
 
+    lo, hi = (float(v) for v in station.current_source.limits["current_a"])
+    if not lo <= config["current_a"] <= hi:  # before anything moves, whichever way the line is found
+        where = f" (the operating point of the map {config['reference_from']})" if config.get("reference_from") else ""
+        raise ConfigError(f"current_a = {config['current_a']} A{where} is outside the station's current limits "
+                          f"[{lo}, {hi}] A")
     if config["reference_hz"] is not None:
         return Probe.from_config(config["reference_hz"])
     if config.get("reference_from") is not None:

@@ -25,8 +25,10 @@ log = logging.getLogger(__name__)
 
 
 def station_limits(station) -> dict:
-    """role -> quantity -> (min, max) that the station enforces, from its file (nothing is sent)."""
-    return {role: cfg.driver.limits_for_station(cfg.limits) for role, cfg in station.roles.items()}
+    """role -> quantity -> (min, max) that the station enforces: a connected instrument's own (its
+    model may narrow them), else what its file says (nothing is sent)."""
+    return {role: dict(station.instruments[role].limits) if role in station.instruments
+            else cfg.driver.limits_for_station(cfg.limits) for role, cfg in station.roles.items()}
 
 
 class SweepExecutor:
