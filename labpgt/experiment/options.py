@@ -69,10 +69,12 @@ OPTIONS: dict[str, Option] = {
     "current_a": Option(float, 1.8, "initial bias current, A"),
     "current_window_a": Option(float, 0.02, "the trained bias current stays within ± this of current_a, A"),
     "reference_hz": Option(float, None, "drive reference frequency, Hz (default: found by a probe sweep)"),
-    "reference_from": Option(str, None, "a sweep map (labpgt sweep ...): take the operating point (bias current and "
-                             "the ring's line) from it instead of a probe sweep"),
+    "reference_from": Option(str, None, "a sweep map (labpgt sweep ...): take the operating point from it instead "
+                             "of a probe sweep (a current map: its point nearest current_a; a map at one current: "
+                             "that current) -- the bias current and the ring's line there"),
     "probe_center_hz": Option(float, None, "probe sweep centre, Hz (default: from the current through the nominal "
-                              "tuning, 2.07 GHz at 1.8 A and 0.6 GHz/A, inside the analyzer's limits)"),
+                              "tuning, 2.07 GHz at 1.8 A and 0.6 GHz/A, inside the analyzer's limits; with no "
+                              "plausible line there, the whole band the generator can reach)"),
     "probe_span_hz": Option(float, None, "probe sweep span, Hz (default: 200 MHz)"),
     "eval_every": Option(int, 25, "steps between evaluations on the test split"),
     "checkpoint_every": Option(int, 25, "steps between checkpoints"),
