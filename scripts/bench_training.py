@@ -66,7 +66,7 @@ from _machine import cpu_model  # noqa: E402
 
 from labpgt.data.datasets import load  # noqa: E402
 from labpgt.experiment.builder import make_trainer  # noqa: E402
-from labpgt.experiment.registry import ESTIMATORS, estimators_for  # noqa: E402
+from labpgt.experiment import registry  # noqa: E402
 
 ESTIMATORS = ("oracle", "node", "twin", "spsa", "pgt")
 PEERS = ("cmaes", "ng-tbpsa", "ng-ngopt")
@@ -463,7 +463,7 @@ def main(argv=None) -> int:
         runs = [run_one(j) for j in jobs]
     results = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
                "machine": machine(), "args": {k: str(v) for k, v in vars(args).items()},
-               "defaults": {name: vars(ESTIMATORS[name].tuning["dense"]) for name in estimators_for("dense")},
+               "defaults": {name: vars(registry.ESTIMATORS[name].tuning["dense"]) for name in registry.estimators_for("dense")},
                "peer_defaults": PEER_DEFAULTS, "conditions": CONDITIONS,
                "peers_available": ok, "wall_s": time.perf_counter() - t0, "results": {}}
     for dataset in args.datasets:

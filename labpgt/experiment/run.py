@@ -78,6 +78,10 @@ def run_training(args, argv=None) -> int:
     # the dense model's data, read and checked before any instrument moves (a resumed run's from its file)
     dataset = resumed.dataset if resumed else dataset_of_config(config) if config["model"] == "dense" else None
     run_path = Path(args.resume) if resumed else new_run_path(config["out"], config)
+    if vars(args).get("watch"):
+        from labpgt.watch.cli import watch_beside  # a page of the run, served by its own process
+
+        watch_beside(run_path)
     open_rig = _in_process_rig if config["model"] == "transformer" else _station_rig
     with open_rig(config, resumed) as rig:
         trainer = build_trainer(config, rig.reservoir, reservoir_model=rig.reservoir_model,
