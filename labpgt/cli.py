@@ -102,6 +102,165 @@ def cmd_measure(args) -> int:
     return 0
 
 
+
+# --------------------------------------------------------------------------- sweep
+def _sweep_window(args, kind: str, station, current_a: float, line_hz: float | None) -> dict:
+    """The analyzer window of a sweep: as given, or the kind's default from the station."""
+    from labpgt.experiment.probe import PROBE_POINTS, probe_window
+
+    sa = station.roles["spectrum_analyzer"]
+    sa_limits = sa.driver.limits_for_station(sa.limits).get("frequency_hz")
+    settings = sa.settings
+    if kind == "current":  # the whole band the drive can reach (where a usable line must be)
+        sg = station.roles["signal_generator"]
+        g_lo, g_hi = sg.driver.limits_for_station(sg.limits).get("frequency_hz", sa_limits)
+        lo, hi = max(g_lo, sa_limits[0]), min(g_hi, sa_limits[1])
+        center, span, points = 0.5 * (lo + hi), hi - lo, 2001
+    elif kind == "lock":
+        center, points = line_hz, int(settings.get("points", 401))
+        span = max(float(settings.get("span_hz", 20e6)), 4 * args.detuning_hz)
+    else:  # drift, spectrum: the probe's window at this current
+        center, span = probe_window(sa_limits, current_a)
+        points = PROBE_POINTS
+    center = args.center_hz if args.center_hz is not None else center
+    span = args.span_hz if args.span_hz is not None else span
+    points = args.trace_points if args.trace_points is not None else points
+    rbw = args.rbw_hz if args.rbw_hz is not None else max(float(settings.get("rbw_hz", 50e3)), span / 2000)
+    return {"center_hz": float(center), "span_hz": float(span), "rbw_hz": float(rbw), "points": int(points),
+            "reference_level_dbm": float(settings.get("reference_level_dbm", 0.0))}
+
+
+def _sweep_plan(args, station, line_hz: float | None):
+    from labpgt.sweep import plan as plans
+
+    current_a = args.current_a
+    window = _sweep_window(args, args.kind, station, current_a if current_a is not None else 1.8, line_hz)
+    if args.kind == "current":
+        return plans.current_plan(args.from_a, args.to_a, args.points, window)
+    if args.kind == "lock":
+        return plans.lock_plan(current_a, line_hz, args.detuning_hz, args.detunings, args.power_from_dbm,
+                               args.power_to_dbm, args.powers, window)
+    if args.kind == "drift":
+        return plans.drift_plan(current_a, args.samples, args.interval_s, window)
+    return plans.spectrum_plan(current_a, args.repeats, window, args.drive_frequency_hz, args.drive_power_dbm)
+
+
+def _describe_plan(plan, seconds: list[float], leave_s: float) -> list[str]:
+    from labpgt.sweep.timing import describe_seconds
+
+    w = plan.window
+    lines = [f"sweep {plan.kind}: {len(plan.points)} points"]
+    for axis in plan.axes:
+        lines.append(f"  {axis.long_name}: {len(axis.values)} values, {axis.values[0]:g} to {axis.values[-1]:g} "
+                     f"{axis.units}")
+    lines.append(f"  analyzer: {w.center_hz / 1e9:.6f} GHz ± {w.span_hz / 2e6:g} MHz, RBW {w.rbw_hz / 1e3:g} kHz, "
+                 f"{w.points} points")
+    rf = sum(p.rf_on for p in plan.points)
+    lines.append(f"  RF: {'off' if not rf else f'on at {rf} points'}; bias current "
+                 f"{min(p.current_a for p in plan.points):g} to {max(p.current_a for p in plan.points):g} A")
+    lines.append(f"  instrument time (estimate from the station's timing): {describe_seconds(sum(seconds) + leave_s)} "
+                 f"({describe_seconds(sum(seconds) / max(1, len(seconds)))} a point on average, "
+                 f"{describe_seconds(leave_s)} to ramp the magnet back to 0 A)")
+    return lines
+
+
+def _sweep_progress(total_s: float, initial_s: float, kind: str, enabled: bool):
+    if not enabled:
+        return None, None
+    from tqdm import tqdm
+
+    bar = tqdm(total=round(total_s, 3), initial=round(initial_s, 3), unit="s", dynamic_ncols=True,
+               desc=f"sweep {kind} (instrument s)", bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s "
+               "[{elapsed}<{remaining}]")
+    return bar, (lambda k, seconds: bar.update(round(seconds, 3)))
+
+
+def cmd_sweep(args) -> int:
+    import h5py
+    import shlex
+    import time as _time
+
+    from labpgt.experiment.embedded import loaded_station, open_station
+    from labpgt.experiment.probe import probe_window, reference_probe
+    from labpgt.sweep.executor import SweepExecutor, station_limits
+    from labpgt.sweep.file import SweepFile, check_is_sweep_file
+    from labpgt.sweep.plan import plan_from_json
+    from labpgt.sweep.plots import plot_sweep
+    from labpgt.sweep.timing import StationTiming
+
+    recorded_station, embedded = None, args.station is None
+    if args.resume:
+        check_is_sweep_file(args.resume)
+        with h5py.File(args.resume, "r") as f:
+            plan = plan_from_json(f.attrs["plan"])
+            embedded = bool(f.attrs["simulated"]) and args.station is None
+            recorded_station = None if (embedded or args.station) else str(f.attrs["station_toml"])
+        if plan.kind != args.kind:
+            raise ValueError(f"{args.resume} holds a {plan.kind} sweep, not {args.kind}; resume it with "
+                             f"labpgt sweep {plan.kind} --resume {args.resume}")
+    elif args.kind != "current" and args.current_a is None:
+        raise ValueError(f"sweep {args.kind} needs --current-a (the bias current, A)")
+    # the plan, checked against the station's limits, before anything is connected
+    with loaded_station(args.station, seed=args.seed, station_text=recorded_station) as station:
+        limits, timing = station_limits(station), StationTiming.from_station(station)
+        line_hz = args.line_hz
+        if not args.resume:
+            if args.kind == "lock" and line_hz is None:  # found at start by a probe (RF off); nominal for now
+                sa = station.roles["spectrum_analyzer"]
+                line_hz = probe_window(sa.driver.limits_for_station(sa.limits).get("frequency_hz"), args.current_a)[0]
+            plan = _sweep_plan(args, station, line_hz)
+        plan.check(limits, line_known=args.resume is not None or args.kind != "lock" or args.line_hz is not None)
+    seconds = timing.point_seconds(plan)
+    if args.dry_run:
+        for line in _describe_plan(plan, seconds, timing.ramp_s(plan.points[-1].current_a, 0.0)):
+            print(line)
+        if args.kind == "lock" and args.line_hz is None and not args.resume:
+            print("  (the line is found by a probe sweep with RF off at start; the nominal line is shown)")
+        print("dry run: nothing was sent to any instrument")
+        return 0
+    with open_station(None if embedded else args.station, seed=args.seed, station_text=recorded_station) \
+            as (station, sim):
+        if args.resume:
+            sweep_file = SweepFile.open_resume(args.resume)
+        else:
+            if args.kind == "lock" and args.line_hz is None:
+                line_hz = reference_probe(station, {"reference_hz": None, "reference_from": None,
+                                                    "current_a": args.current_a, "probe_center_hz": None,
+                                                    "probe_span_hz": None}).line_hz
+                plan = _sweep_plan(args, station, line_hz)
+                plan.check(limits)
+            out = Path(args.out)
+            path = out if out.suffix in (".h5", ".hdf5") else out / f"{_time.strftime('%Y%m%d-%H%M%S')}-{args.kind}.h5"
+            sweep_file = SweepFile.create(path, plan, station_toml=station.config_text,
+                                          identities=dict(station.identities), command_line=shlex.join(sys.argv),
+                                          simulated=embedded)
+        with sweep_file:
+            done = sweep_file.measured_mask()
+            initial = sum(s for p, s in zip(plan.points, seconds) if done[p.index])
+            bar, progress = _sweep_progress(sum(seconds), initial, plan.kind, args.progress)
+            # an embedded virtual-time simulator: the plan's intervals pass on its clock, not the wall's
+            wait = (lambda s: sim.rig.clock.advance(s)) if sim is not None else None
+            executor = SweepExecutor(station, plan, sweep_file, progress=progress, point_seconds=seconds, wait=wait)
+            try:
+                state = executor.run()
+            except BaseException as exc:
+                sweep_file.set_state("aborted" if isinstance(exc, KeyboardInterrupt) else "failed")
+                print(f"sweep file: {sweep_file.path} (continue with: labpgt sweep {plan.kind} --resume "
+                      f"{sweep_file.path})", file=sys.stderr)
+                raise
+            finally:
+                if bar is not None:
+                    bar.close()
+            sweep_file.set_state(state)
+            path = sweep_file.path
+    print(f"sweep {state}: {path}")
+    print(f"map: {plot_sweep(path)}")
+    if state == "aborted":
+        print(f"continue with: labpgt sweep {plan.kind} --resume {path}")
+        return 130
+    return 0
+
+
 # --------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
     from labpgt.experiment.run import run_training
@@ -190,6 +349,37 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--station", help="station TOML (default: the embedded simulated ring)")
     measure.add_argument("--seed", type=int, default=0, help="seed of the embedded simulated ring")
     measure.set_defaults(func=cmd_measure)
+
+    sweep = sub.add_parser("sweep", help="characterize the ring: current (tuning curve), lock (detuning x power), "
+                           "drift (the line over time), spectrum (traces with full settings)")
+    sweep.add_argument("kind", choices=["current", "lock", "drift", "spectrum"])
+    sweep.add_argument("--station", help="station TOML (default: the embedded simulated ring)")
+    sweep.add_argument("--seed", type=int, default=0, help="seed of the embedded simulated ring")
+    sweep.add_argument("--out", default="maps", help="sweep file (.h5), or a directory for a timestamped one")
+    sweep.add_argument("--resume", metavar="FILE", help="continue an interrupted sweep: points already written are skipped")
+    sweep.add_argument("--dry-run", action="store_true", help="print the points and the instrument-time estimate; "
+                       "nothing is sent")
+    sweep.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
+    sweep.add_argument("--from-a", type=float, default=1.5, help="current: first bias current, A")
+    sweep.add_argument("--to-a", type=float, default=2.0, help="current: last bias current, A")
+    sweep.add_argument("--points", type=_positive_int, default=26, help="current: how many currents")
+    sweep.add_argument("--current-a", type=float, help="lock, drift, spectrum: the bias current, A")
+    sweep.add_argument("--line-hz", type=float, help="lock: the free-running line, Hz (default: a probe sweep at start)")
+    sweep.add_argument("--detuning-hz", type=float, default=15e6, help="lock: detunings from -this to +this, Hz")
+    sweep.add_argument("--detunings", type=_positive_int, default=31, help="lock: how many detunings")
+    sweep.add_argument("--power-from-dbm", type=float, default=-40.0, help="lock: lowest drive power, dBm")
+    sweep.add_argument("--power-to-dbm", type=float, default=-5.0, help="lock: highest drive power, dBm")
+    sweep.add_argument("--powers", type=_positive_int, default=8, help="lock: how many powers")
+    sweep.add_argument("--samples", type=_positive_int, default=30, help="drift: how many traces")
+    sweep.add_argument("--interval-s", type=float, default=10.0, help="drift: seconds between traces")
+    sweep.add_argument("--repeats", type=_positive_int, default=1, help="spectrum: how many traces")
+    sweep.add_argument("--drive-frequency-hz", type=float, help="spectrum: drive frequency, Hz (default: RF off)")
+    sweep.add_argument("--drive-power-dbm", type=float, help="spectrum: drive power, dBm (with --drive-frequency-hz)")
+    sweep.add_argument("--center-hz", type=float, help="analyzer centre, Hz (default: per kind, from the station)")
+    sweep.add_argument("--span-hz", type=float, help="analyzer span, Hz (default: per kind, from the station)")
+    sweep.add_argument("--rbw-hz", type=float, help="analyzer resolution bandwidth, Hz")
+    sweep.add_argument("--trace-points", type=_positive_int, help="analyzer trace points")
+    sweep.set_defaults(func=cmd_sweep)
 
     from labpgt.experiment.options import add_train_arguments
 

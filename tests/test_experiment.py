@@ -32,7 +32,8 @@ def test_every_cli_option_can_be_set_in_the_file(tmp_path):
               "current_a": 1.7, "current_window_a": 0.01, "reference_hz": 2.08e9, "eval_every": 3, "checkpoint_every": 4,
               "noise_scale": 3.0, "progress": False, "model": "transformer", "task": "narma10", "reservoir": "esn",
               "label": "class", "test_fraction": 0.3,
-              "blocks": 3, "width": 8, "ring_step_at_s": 60.0, "ring_step_kelvin": -0.5, "ring_step_gain_db": -1.0}
+              "blocks": 3, "width": 8, "ring_step_at_s": 60.0, "ring_step_kelvin": -0.5, "ring_step_gain_db": -1.0,
+              "reference_from": "maps/current.h5", "probe_center_hz": 2.05e9, "probe_span_hz": 1e8}
     assert set(values) == set(OPTIONS)
     parsed = parse_config_text(config_to_toml(values), "t")
     assert parsed == values

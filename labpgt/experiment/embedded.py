@@ -43,3 +43,20 @@ def open_station(station_path: str | Path | None, *, seed: int = 0, flavour: str
         station = Station.from_text(server.station_toml(), source_name="<embedded simulated station>")
         with station:
             yield station, server
+
+
+@contextlib.contextmanager
+def loaded_station(station_path: str | Path | None, *, seed: int = 0, flavour: str = "keysight",
+                   station_text: str | None = None) -> Iterator[Station]:
+    """Yield a validated station that is *not* connected (its limits and settings, for a dry run):
+    nothing is sent to any instrument. With no station file: the embedded simulated station's."""
+    if station_text is not None:
+        yield Station.from_text(station_text, source_name=f"{station_path or 'recorded station'}")
+        return
+    if station_path is not None:
+        yield Station.load(station_path)
+        return
+    from sim.server import SimServer
+
+    with SimServer(seed=seed, flavour=flavour) as server:
+        yield Station.from_text(server.station_toml(), source_name="<embedded simulated station>")

@@ -71,6 +71,13 @@ OPTIONS: dict[str, Option] = {
     "current_a": Option(float, 1.8, "initial bias current, A"),
     "current_window_a": Option(float, 0.02, "the trained bias current stays within ± this of current_a, A"),
     "reference_hz": Option(float, None, "drive reference frequency, Hz (default: found by a probe sweep)"),
+    "reference_from": Option(str, None, "a sweep map (labpgt sweep ...): take the operating point from it instead "
+                             "of a probe sweep (a current map: its point nearest current_a; a map at one current: "
+                             "that current) -- the bias current and the ring's line there"),
+    "probe_center_hz": Option(float, None, "probe sweep centre, Hz (default: from the current through the nominal "
+                              "tuning, 2.07 GHz at 1.8 A and 0.6 GHz/A, inside the analyzer's limits; with no "
+                              "plausible line there, the whole band the generator can reach)"),
+    "probe_span_hz": Option(float, None, "probe sweep span, Hz (default: 200 MHz)"),
     "eval_every": Option(int, 25, "steps between evaluations on the test split"),
     "checkpoint_every": Option(int, 25, "steps between checkpoints"),
     "noise_scale": Option(float, 1.0, "embedded simulated ring: noise multiplier"),
@@ -94,6 +101,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="experiment TOML; every option below can be set there")
     parser.add_argument("--resume", metavar="RUN.h5", help="continue an interrupted run as recorded; with --budget N "
                         "to a new budget (other options that would change the experiment are refused)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and the instrument-time estimate "
+                        "(measurements x the station's time per measurement); nothing is moved")
     parser.add_argument("--watch", action="store_true", help="serve a live page of the run (labpgt watch) beside it")
     for name, opt in OPTIONS.items():
         flag = "--" + name.replace("_", "-")
@@ -165,7 +174,8 @@ def resolve(args: argparse.Namespace) -> dict:
 
 
 _STATION_OPTIONS = ("station", "dataset", "label", "test_fraction", "nodes", "bands", "current_window_a",
-                    "reference_hz", "ring_step_at_s", "ring_step_kelvin", "ring_step_gain_db")
+                    "reference_hz", "reference_from", "probe_center_hz", "probe_span_hz", "ring_step_at_s",
+                    "ring_step_kelvin", "ring_step_gain_db")
 #: options that mean something for some models only (a value other than the default is refused elsewhere)
 MODEL_OPTIONS = {
     "dense": (*_STATION_OPTIONS, "hidden"),
@@ -194,6 +204,11 @@ def check_applies(config: dict, source: str = "experiment") -> None:
             if config[name] != OPTIONS[name].default:
                 raise ConfigError(f"{source}: option {name!r} sizes the step that ring_step_at_s schedules; "
                                   f"set ring_step_at_s too")
+    if config["model"] != "transformer" and config["reference_from"] is not None and (
+            config["reference_hz"] is not None or config["probe_center_hz"] is not None
+            or config["probe_span_hz"] is not None):
+        raise ConfigError(f"{source}: reference_from takes the line from the map; it cannot be combined with "
+                          f"reference_hz, probe_center_hz or probe_span_hz")
 
 
 def check_combination(config: dict, source: str = "experiment") -> dict:

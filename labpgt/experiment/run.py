@@ -49,6 +49,7 @@ class Resumed:
     station_text: str
     embedded: bool
     dataset: object | None  # the dense model's data set, from the file's /dataset record
+    probe: object | None = None  # the start-up probe as recorded (/probe)
 
 
 @dataclass
@@ -70,6 +71,10 @@ class Rig:
 def run_training(args, argv=None) -> int:
     resumed = read_resumed(args) if args.resume else None
     config = resumed.config if resumed else resolve(args)
+    if not resumed and config["model"] != "transformer" and config["reference_from"] is not None:
+        config = operating_point_from_map(config)  # before anything moves: the map must be one
+    if vars(args).get("dry_run"):
+        return dry_run(config, resumed)
     # the dense model's data, read and checked before any instrument moves (a resumed run's from its file)
     dataset = resumed.dataset if resumed else dataset_of_config(config) if config["model"] != "transformer" else None
     run_path = Path(args.resume) if resumed else new_run_path(config["out"], config)
@@ -153,12 +158,13 @@ def _station_rig(config: dict, resumed: Resumed | None) -> Iterator[Rig]:
             layout = station_physical_layer(station, config, probe)
         else:
             layout = resumed.layout
-            if resumed.state is None and sim is not None and config["reference_hz"] is None:
+            recorded = resumed.probe
+            if resumed.state is None and sim is not None and recorded is not None and recorded.swept:
                 # killed before its first checkpoint: the run starts over, and the fresh simulated
                 # world must first see the probe the original run made (it moved its clock and noise).
                 # Not recorded: it replays the sweep already in /probe (the one that set the run's
                 # reference), it is not a new measurement of the ring
-                probe_sweep(station, config["current_a"])
+                probe_sweep(station, recorded.current_a, span_hz=recorded.span_hz, center_hz=recorded.center_hz)
         encoder, readout = KnobEncoder(**layout["encoder"]), BandReadout(**layout["readout"])
         reservoir = StationReservoir(station, encoder, readout, simulated=embedded)
 
@@ -236,6 +242,71 @@ def restore_world(sim, state) -> None:
     sim.load_world_state(world)
 
 
+# --------------------------------------------------------------------------- operating point, dry run
+def operating_point_from_map(config: dict) -> dict:
+    """The bias current from a sweep map (``reference_from``; the line is taken at the start of the
+    run, labpgt.experiment.probe.reference_probe): a current map's point nearest ``current_a``, or
+    the current of a map taken at one current (refused if ``current_a`` was set to another)."""
+    from labpgt.experiment.options import OPTIONS
+    from labpgt.sweep.file import read_operating_point
+
+    path = config["reference_from"]
+    point = read_operating_point(path, config["current_a"])
+    if point.kind != "current" and config["current_a"] not in (OPTIONS["current_a"].default, point.current_a):
+        raise ConfigError(f"current_a = {config['current_a']} A, but the {point.kind} map {path} was taken at "
+                          f"{point.current_a} A; allowed: {point.current_a} A (or a current map)")
+    log.info("operating point from %s: %g A, line %.6f GHz", path, point.current_a, point.line_hz / 1e9)
+    return {**config, "current_a": point.current_a}
+
+
+def dry_run(config: dict, resumed: Resumed | None) -> int:
+    """``labpgt train --dry-run``: the plan and the instrument-time estimate; nothing is connected."""
+    from labpgt.experiment.embedded import loaded_station
+    from labpgt.experiment.probe import probe_window
+    from labpgt.sweep.timing import StationTiming, describe_seconds
+
+    left = config["budget"] - (int(resumed.state["measurements"]) if resumed and resumed.state else 0)
+    data = config["task"] if config["model"] == "transformer" else config["dataset"]
+    print(f"plan: {config['model']} model on {data}, estimator {config['estimator']}, {left} training measurements "
+          f"(budget {config['budget']}), seed {config['seed']}")
+    if config["model"] == "transformer":
+        print(f"reservoir: {config['reservoir']}, evaluated in-process: no instruments")
+        print("dry run: nothing was moved")
+        return 0
+    embedded = resumed.embedded if resumed else config["station"] is None
+    station_text = resumed.station_text if (resumed and not embedded) else None
+    with loaded_station(None if embedded else config["station"], seed=config["seed"],
+                        station_text=station_text) as station:
+        timing = StationTiming.from_station(station)
+        sa = station.roles["spectrum_analyzer"]
+        sa_limits = sa.driver.limits_for_station(sa.limits).get("frequency_hz")
+        print(f"station: {station.name} ({station.source}), pacing {station.pacing}")
+        print(f"bias current: {config['current_a']} A, trained within ± {config['current_window_a']} A")
+        if resumed:
+            print("reference: as recorded in the run file")
+        elif config["reference_hz"] is not None:
+            print(f"reference: {config['reference_hz']:g} Hz (given; no probe sweep)")
+        elif config["reference_from"] is not None:
+            from labpgt.sweep.file import read_operating_point
+
+            point = read_operating_point(config["reference_from"], config["current_a"])
+            print(f"reference: the line at {point.line_hz / 1e9:.6f} GHz of the {point.kind} map "
+                  f"{config['reference_from']} at {point.current_a} A (no probe sweep)")
+        else:
+            center, span = probe_window(sa_limits, config["current_a"], config["probe_center_hz"],
+                                        config["probe_span_hz"])
+            print(f"reference: a probe sweep (RF off) for the ring's line within {center / 1e9:.4f} GHz ± "
+                  f"{span / 2e6:g} MHz")
+        per = timing.measurement_s()
+        total = left * per + timing.ramp_s(0.0, config["current_a"])
+        print(f"instrument time (estimate): {left} measurements x {per * 1e3:.1f} ms (the station's analyzer window "
+              f"{timing.analyzer_span_hz / 1e6:g} MHz at RBW {timing.analyzer_rbw_hz / 1e3:g} kHz, the generator's "
+              f"settling, {3} round trips) + the magnet's ramp = {describe_seconds(total)}, plus the evaluations "
+              f"every {config['eval_every']} steps")
+    print("dry run: nothing was moved")
+    return 0
+
+
 # --------------------------------------------------------------------------- run files
 def read_resumed(args) -> Resumed:
     """What ``--resume`` continues: the recorded experiment, with the budget in force (the last resume's,
@@ -261,7 +332,17 @@ def read_resumed(args) -> Resumed:
         return Resumed(config=config, state=state, layout=json.loads(reader.metadata["physical_layer"]),
                        station_text=reader.metadata["station_toml"],
                        embedded=reader.metadata.get("embedded_simulator", False),
-                       dataset=dataset_of_run(reader, config) if config["model"] != "transformer" else None)
+                       dataset=dataset_of_run(reader, config) if config["model"] != "transformer" else None,
+                       probe=_recorded_probe(reader))
+
+
+def _recorded_probe(reader: RunReader):
+    from labpgt.runfile import RunFileError
+
+    try:
+        return reader.probe()
+    except RunFileError:  # damaged: a resume before the first checkpoint cannot replay it
+        return None
 
 
 def recorded_config(reader: RunReader, path) -> dict:

@@ -14,7 +14,7 @@ from labpgt.runfile.format import RunFileError
 
 # the start-up probe (/probe)
 
-PROBE_SOURCES = ("probe", "config")
+PROBE_SOURCES = ("probe", "config", "map")
 #: /probe attributes of a probe sweep (reference_source "probe"): (name, units, description)
 _PROBE_ATTRS = (
     ("time_s", "s", "unix time when the probe's trace was read"),
@@ -55,6 +55,7 @@ class Probe:
     min_prominence_db: float | None = None
     frequency_hz: np.ndarray | None = None  # Hz, float64 [points]
     trace_dbm: np.ndarray | None = None  # dBm, as read (float32 from the analyzers' REAL,32 blocks)
+    map_file: str | None = None  # reference_source "map": the sweep file the operating point came from
 
     @classmethod
     def from_config(cls, reference_hz: float) -> "Probe":
@@ -66,6 +67,8 @@ class Probe:
 
     def describe(self) -> str:
         """One line for ``labpgt inspect`` and the report's summary."""
+        if self.reference_source == "map":
+            return f"none: the line at {self.reference_hz / 1e9:.6f} GHz from the sweep map {self.map_file}"
         if not self.swept:
             return f"none: reference_hz {self.reference_hz:.6f} Hz given in the experiment configuration"
         return (f"line {self.line_hz / 1e9:.6f} GHz at {self.line_dbm:.1f} dBm (the reference); {self.points} points, "
@@ -105,9 +108,11 @@ def _write_probe(f: h5py.File, probe: Probe) -> None:
     g.attrs["description"] = (
         "where the drive's reference frequency came from: 'probe' = a sweep with RF off at the operating "
         "current found the ring's free-running line (attributes name their units by suffix: _s, _a, _hz, "
-        "_dbm, _db; see attribute_units), 'config' = reference_hz was given, no sweep")
+        "_dbm, _db; see attribute_units), 'config' = reference_hz was given, no sweep, 'map' = the operating point of a sweep map (map_file)")
     g.attrs["reference_source"] = probe.reference_source
     g.attrs["reference_hz"] = float(probe.reference_hz)
+    if probe.map_file is not None:
+        g.attrs["map_file"] = str(probe.map_file)
     if not probe.swept:
         g.attrs["attribute_units"] = json.dumps({"reference_hz": "Hz"})
         return
@@ -133,8 +138,10 @@ def _read_probe(f: h5py.File, path) -> Probe | None:
     source = source.decode() if isinstance(source, bytes) else str(source)
     if source not in PROBE_SOURCES:
         raise RunFileError(f"{path}: /probe has reference_source {source!r}; expected one of {PROBE_SOURCES}")
-    if source == "config":
-        return Probe.from_config(float(a["reference_hz"]))
+    if source in ("config", "map"):
+        map_file = a.get("map_file")
+        return Probe(source, float(a["reference_hz"]),
+                     map_file=(map_file.decode() if isinstance(map_file, bytes) else map_file))
     values = {name: (int(a[name]) if name in _PROBE_INT_ATTRS else float(a[name])) for name, *_ in _PROBE_ATTRS}
     freqs, trace = g["frequency_hz"][()], g["trace_dbm"][()]
     if freqs.ndim != 1 or trace.shape != freqs.shape or freqs.size != values["points"]:
