@@ -252,3 +252,46 @@ def test_run_files_from_before_the_conventions_open_with_the_api(name):
         for table in ("steps", "evaluations", "checkpoints"):
             assert run.to_xarray(table).sizes and len(run.to_dataframe(table))
     assert path.read_bytes() == before  # read, never touched
+
+
+def test_a_file_being_written_opens_and_refreshes(tmp_path):
+    """A live writer's file (SWMR): open_run sees its committed rows, refresh() the ones committed since."""
+    path = tmp_path / "live.h5"
+    script = textwrap.dedent(f"""
+        import sys, numpy as np
+        from labpgt.runfile import RunFile
+        rf = RunFile.create({str(path)!r}, n_params=2, features_per_measurement=3, trace_points=5)
+        def step(s):
+            rf.measurements_batch({{"trace_dbm": np.zeros((4, 5)), "features": np.ones((4, 3)), "step": s,
+                                   "kind": "train", "sample_index": np.arange(4), "frequency_hz": 2e9,
+                                   "power_dbm": -10.0, "current_a": 1.8}})
+            rf.step({{"step": s + 1, "loss": 1.0, "accuracy": 0.5, "grad_norm": 1.0, "measurements": 4 * (s + 1),
+                      "time_s": 0.0, "current_a": 1.8}})
+            print("committed", flush=True)
+        step(0)
+        sys.stdin.readline()
+        step(1)
+        sys.stdin.readline()
+        rf.set_status("completed")
+        rf.close()
+    """)
+    writer = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert writer.stdout.readline().strip() == "committed"
+        with labpgt.open_run(path) as run:
+            assert run.status == "running" and len(run.measurements["step"]) == 4
+            assert "being written by process" in inspect(path)
+            writer.stdin.write("go\n")
+            writer.stdin.flush()
+            assert writer.stdout.readline().strip() == "committed"
+            run.refresh()
+            assert list(run.steps["step"]) == [1, 2] and run.to_xarray().sizes["measurement"] == 8
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+        assert writer.wait(timeout=60) == 0
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    with labpgt.open_run(path) as run:
+        assert run.status == "completed"
