@@ -1,7 +1,9 @@
 """Transports and vendor drivers implementing the roles of :mod:`instruments`.
 
 Transports (:mod:`drivers.transport`): VisaTransport (pyvisa, pyvisa-py by default),
-SerialTransport (pyserial), ScriptedTransport (byte-exact conversations for tests).
+SerialTransport (pyserial), ScriptedTransport (byte-exact conversations for tests);
+:mod:`drivers.socket_transport`: SocketTransport, raw-socket resources (``::SOCKET``) spoken
+directly, the same bytes as VisaTransport (SCPI drivers use it unless a ``visa_library`` is named).
 
 Drivers, as a station file names them:
     signal_generator   drivers.keysight:MXG         Keysight/Agilent MXG N5181/N5183

@@ -12,6 +12,7 @@ from instruments.controls import control, parse_bool
 from instruments.errors import InstrumentError, InstrumentReportedError, ReplyError
 from instruments.roles import Instrument, Setting
 
+from .socket_transport import SocketTransport, parse_socket_resource
 from .transport import VisaTransport, parse_block, parse_block_header
 
 __all__ = ["control", "parse_bool", "parse_error", "parse_overflow", "join_commands", "SCPIInstrument",
@@ -63,6 +64,12 @@ class SCPIInstrument(Instrument):
 
     @classmethod
     def open_transport(cls, resource: str, options: Mapping[str, object]):
+        timeout_s = float(options.get("timeout_s", cls.default_timeout_s))
+        if "visa_library" not in options and parse_socket_resource(resource) is not None:
+            # a raw socket needs no VISA: spoken directly (the same bytes, far less overhead);
+            # naming a visa_library in the station keeps it on pyvisa
+            return SocketTransport(resource, timeout_s=timeout_s, read_termination=cls.read_termination,
+                                   write_termination=cls.write_termination)
         return VisaTransport(resource, visa_library=str(options.get("visa_library", "@py")),
                              timeout_s=float(options.get("timeout_s", cls.default_timeout_s)),
                              read_termination=cls.read_termination, write_termination=cls.write_termination)

@@ -67,9 +67,15 @@ _resource_managers: dict = {}
 def _resource_manager(visa_library: str):
     import pyvisa
 
-    if visa_library not in _resource_managers:
-        _resource_managers[visa_library] = pyvisa.ResourceManager(visa_library)
-    return _resource_managers[visa_library]
+    manager = _resource_managers.get(visa_library)
+    if manager is not None:
+        try:
+            manager.session  # pyvisa shares one manager per library: anybody may have closed it
+        except pyvisa.errors.InvalidSession:
+            manager = None
+    if manager is None:
+        manager = _resource_managers[visa_library] = pyvisa.ResourceManager(visa_library)
+    return manager
 
 
 class VisaTransport:

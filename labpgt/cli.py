@@ -13,19 +13,28 @@ from labpgt import __version__, logs
 
 
 # --------------------------------------------------------------------------- sim serve
+def fault_settings(text: str | None):
+    """``--faults``: a TOML file with a [faults] table (its table), or else a spec string (as given)."""
+    try:
+        is_file = bool(text) and Path(text).is_file()
+    except OSError:  # e.g. a long spec is no valid file name: it is a spec
+        is_file = False
+    if not is_file:
+        return text
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        return tomllib.loads(Path(text).read_text()).get("faults", {})
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{text}: not valid TOML: {exc}") from None
+
+
 def cmd_sim_serve(args) -> int:
     from sim.server import SimServer
 
-    faults = args.faults
-    if faults and Path(faults).is_file():  # a TOML file with a [faults] table
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib  # type: ignore[no-redef]
-        try:
-            faults = tomllib.loads(Path(faults).read_text()).get("faults", {})
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"{args.faults}: not valid TOML: {exc}") from None
+    faults = fault_settings(args.faults)
     with SimServer(seed=args.seed, flavour=args.flavour, realtime=args.realtime, faults=faults,
                    start_state=args.start_state) as server:
         text = server.station_toml()
@@ -213,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     insp = sub.add_parser("inspect", help="what a run file holds")
     insp.add_argument("run", help="run file (.h5)")
     insp.set_defaults(func=cmd_inspect)
+
+    from labpgt.watch.cli import add_watch_arguments, cmd_watch
+
+    watch = sub.add_parser("watch", help="a live read-only web page of a run (or of a directory of runs)")
+    add_watch_arguments(watch)
+    watch.set_defaults(func=cmd_watch)
     return parser
 
 

@@ -20,8 +20,15 @@ experiment).
     instruments' handlers, which sleep for the operation) / wall.
 (c) run file: bytes per measurement of the file the loop wrote, and the sustained write rate of
     the run file alone (16-row batches + step flush, traces uncompressed and lzf).
+(f) the loop against its floor (``scripts/bench_floor.py``: the loop's wire work through pyvisa-py
+    plus the run file's block appends, nothing else), in interleaved rounds: each round sets up
+    the loop, the floor against an instantly answering server and the floor against the
+    project's simulated instruments side by side and runs them in alternating chunks of
+    ``--chunk`` measurements, in rotating order; the ratio loop / floor per round, its median
+    and spread. Reported first.
 
-    python scripts/bench_loop.py                       # all three, JSON + table
+    python scripts/bench_loop.py                       # (f) then (a) (b) (c), JSON + table
+    python scripts/bench_loop.py --skip a,b,c          # (f) only: the loop against its floor
     python scripts/bench_loop.py --recorder direct     # run file in the main thread
     python scripts/bench_loop.py --profile             # cProfile of the main thread (a), top 25
 
@@ -53,10 +60,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))  # _machine, when loaded by path
 
 from _machine import cpu_model  # noqa: E402
+from bench_floor import Floor, summary, timed_run  # noqa: E402
 
 from instruments.station import Station  # noqa: E402
 from labpgt.reservoirs.encoding import BandReadout, KnobEncoder  # noqa: E402
-from labpgt.experiment.run import find_reference_hz  # noqa: E402
+from labpgt.experiment.probe import find_reference_hz  # noqa: E402
 from labpgt.reservoirs.station import StationReservoir  # noqa: E402
 from labpgt.runfile import RunFile  # noqa: E402
 import sim.clock  # noqa: E402
@@ -267,6 +275,75 @@ def bench_zero_latency(args, tmpdir) -> dict:
             "breakdown_us_per_measurement": breakdown}
 
 
+# ------------------------------------------------------------------------------------------ (f)
+FLOOR_CONTENDERS = ("loop", "floor_instant", "floor_sim")
+
+
+def bench_against_floor(args, tmpdir) -> dict:
+    """Interleaved rounds of (loop, floor against an instant server, floor against the simulator).
+
+    In a round the three are set up side by side (whichever is not running is idle: its server
+    threads wait on their sockets) and run in short alternating chunks of ``--chunk``
+    measurements, in rotating order, until each has ``--round-measurements``: a change of the
+    machine's load hits all three alike. A round's rate is its measurements over the wall time
+    of its chunks; the ratio is taken per round.
+    """
+    runs = {name: [] for name in FLOOR_CONTENDERS}
+    for r in range(args.rounds):
+        contenders = {}
+        try:
+            for name in FLOOR_CONTENDERS:
+                contenders[name] = (Rig(realtime=False, recorder_mode=args.recorder, batch=args.batch, tmpdir=tmpdir,
+                                        seed=r) if name == "loop" else
+                                    Floor(name[len("floor_"):], batch=args.batch, tmpdir=tmpdir, seed=r))
+                contenders[name].loop(args.warmup)
+            wall = dict.fromkeys(FLOOR_CONTENDERS, 0.0)
+            cpu = dict.fromkeys(FLOOR_CONTENDERS, 0.0)
+            batch_times = {name: [] for name in FLOOR_CONTENDERS}
+            chunks = max(1, args.round_measurements // args.chunk)
+            for c in range(chunks):
+                order = FLOOR_CONTENDERS[c % 3:] + FLOOR_CONTENDERS[:c % 3]  # rotate: no side always first
+                for name in order:
+                    cpu0, t0 = time.process_time(), time.perf_counter()
+                    batch_times[name] += contenders[name].loop(args.chunk)
+                    wall[name] += time.perf_counter() - t0
+                    cpu[name] += time.process_time() - cpu0
+        finally:
+            for contender in contenders.values():
+                contender.close()
+        for name in FLOOR_CONTENDERS:
+            n = len(batch_times[name]) * args.batch
+            runs[name].append({"round": r, "measurements": n, "wall_s": wall[name],
+                               "measurements_per_s": n / wall[name],
+                               "median_us_per_measurement": statistics.median(batch_times[name]) / args.batch * 1e6,
+                               "cpu_us_per_measurement": cpu[name] / n * 1e6})
+    rates = {name: [x["measurements_per_s"] for x in v] for name, v in runs.items()}
+    ratios = {f"loop_over_{name}": [loop / floor for loop, floor in zip(rates["loop"], rates[name])]
+              for name in ("floor_instant", "floor_sim")}
+    return {"runs": runs, "rounds": args.rounds, "measurements_per_run": args.round_measurements,
+            "chunk": args.chunk,
+            "measurements_per_s": {name: summary(v) for name, v in rates.items()},
+            "cpu_us_per_measurement": {name: summary([x["cpu_us_per_measurement"] for x in v])
+                                       for name, v in runs.items()},
+            "ratio": {name: summary(v) for name, v in ratios.items()}}
+
+
+def floor_table(f: dict) -> str:
+    def spread(s, fmt):
+        return f"{fmt.format(s['median'])} ({fmt.format(s['q1'])}–{fmt.format(s['q3'])}; " \
+               f"{fmt.format(s['min'])}–{fmt.format(s['max'])})"
+    lines = [f"(f) the loop against its floor, {f['rounds']} rounds of {f['measurements_per_run']} measurements each, "
+             f"interleaved in chunks of {f.get('chunk', f['measurements_per_run'])}; median (quartiles; min–max)",
+             f"      {'':30s} {'measurements/s':36s} CPU µs/measurement (all threads)"]
+    for name in FLOOR_CONTENDERS:
+        lines.append(f"      {name:30s} {spread(f['measurements_per_s'][name], '{:.0f}'):36s} "
+                     f"{f['cpu_us_per_measurement'][name]['median']:.0f}")
+    for name, label in (("loop_over_floor_instant", "ratio loop / floor (instant)"),
+                        ("loop_over_floor_sim", "ratio loop / floor (simulator)")):
+        lines.append(f"      {label:30s} {spread(f['ratio'][name], '{:.2f}')}")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------ (b)
 def bench_realtime(args, tmpdir) -> dict:
     from sim import instruments as sim_instruments
@@ -378,6 +455,15 @@ def profile_main_thread(args, tmpdir, top=25) -> str:
 
 
 def table(result) -> str:
+    parts = []
+    if "floor" in result:
+        parts.append(floor_table(result["floor"]))
+    if all(k in result for k in ("zero_latency", "realtime", "runfile")):
+        parts.append(table_abc(result))
+    return "\n".join(parts)
+
+
+def table_abc(result) -> str:
     a, b, c = result["zero_latency"], result["realtime"], result["runfile"]
     bd = a["breakdown_us_per_measurement"]
     lines = [
@@ -485,7 +571,10 @@ def main(argv=None) -> int:
     p.add_argument("--sim-process", action="store_true",
                    help="(b): the simulated instruments in their own process (labpgt sim serve --realtime), "
                         "as real instruments are their own boxes, instead of threads sharing this process's GIL")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c")
+    p.add_argument("--rounds", type=int, default=7, help="(f): interleaved rounds of loop and floors")
+    p.add_argument("--round-measurements", type=int, default=1600, help="(f): timed measurements per run")
+    p.add_argument("--chunk", type=int, default=160, help="(f): measurements per turn within a round")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: f,a,b,c")
     p.add_argument("--profile", action="store_true", help="print the cProfile top of the main thread (a)")
     p.add_argument("--loop-only", action="store_true",
                    help="one uninstrumented zero-latency loop and nothing else (for an outside profiler: "
@@ -519,6 +608,9 @@ def main(argv=None) -> int:
               "sim_wait_spin_s": sim.clock._SPIN_S,
               "command": "python scripts/bench_loop.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     with tempfile.TemporaryDirectory() as tmpdir:
+        if "f" not in skip:
+            result["floor"] = bench_against_floor(args, tmpdir)
+            print(floor_table(result["floor"]), flush=True)
         if "a" not in skip:
             result["zero_latency"] = bench_zero_latency(args, tmpdir)
             files = [f for f in os.listdir(tmpdir) if f.startswith("bench-vc")]
@@ -534,10 +626,12 @@ def main(argv=None) -> int:
     result["machine"]["loadavg_at_end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    if not skip:
-        print(table(result))
+    if not skip.intersection("abc"):
+        print(table_abc(result))
+    elif skip.issuperset("abc"):
+        pass  # (f) alone: printed above
     else:
-        print(json.dumps({k: v for k, v in result.items() if k not in ("args",)}, indent=1)[:4000])
+        print(json.dumps({k: v for k, v in result.items() if k not in ("args", "floor")}, indent=1)[:4000])
     if args.profile:
         print(result["profile_main_thread"])
     print(f"results: {args.out}")

@@ -59,8 +59,11 @@ def fault_spec(fault_every: int, seed: int) -> str:
 def run_once(measurements: int, seed: int, faults: str | None, workdir: Path, timeout_s: float = 0.5) -> dict:
     from instruments.station import Station
     from labpgt.reservoirs.encoding import BandReadout, KnobEncoder
-    from labpgt.experiment.run import OPTIONS, build_trainer, station_physical_layer
-    from labpgt.reservoirs.station import FLAG_FAULT, FLAG_REPEATED, StationReservoir
+    from labpgt.contracts import FLAG_FAULT, FLAG_REPEATED
+    from labpgt.experiment.builder import build_trainer
+    from labpgt.experiment.options import OPTIONS
+    from labpgt.experiment.probe import station_physical_layer
+    from labpgt.reservoirs.station import StationReservoir
     from labpgt.runfile import RunFile, RunReader
     from sim.server import SimServer
 

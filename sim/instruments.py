@@ -646,6 +646,7 @@ class _Analyzer(_RigDevice):
         self._sweep = None  # pending single sweep: (t0, t1, settings)
         self._trace = None  # last completed trace (float64 dBm)
         self._trace_freqs = None
+        self._freqs_key = None  # (start, stop, points) of the cached frequency points
         self._couple()
 
     # --- coupled frequencies
@@ -680,7 +681,13 @@ class _Analyzer(_RigDevice):
         return 1
 
     def freqs(self) -> np.ndarray:
-        return np.linspace(self.start, self.stop, self.points)
+        """The sweep's frequency points (read-only; the same array while start, stop and points stay)."""
+        key = (self.start, self.stop, self.points)
+        if self._freqs_key != key:
+            freqs = np.linspace(self.start, self.stop, self.points)
+            freqs.flags.writeable = False  # shared by every trace of this setting
+            self._freqs, self._freqs_key = freqs, key
+        return self._freqs
 
     # --- sweeping
     def _snapshot(self):
@@ -741,6 +748,10 @@ class _Analyzer(_RigDevice):
         t1 = t0 + self.sweep_time() * self.sweeps_per_acquisition()
         self._sweep = (t0, t1, self._snapshot())
         self.pending_until = t1
+
+    def pending_sweep_start_s(self) -> float | None:
+        """Rig time of the sweep begun and not computed yet (its trace needs the field then), else None."""
+        return self._sweep[0] if self._sweep is not None else None
 
     def _abort(self, p, s):
         none(p)

@@ -51,6 +51,13 @@ def mw_to_dbm(p_mw):
     return 10.0 * np.log10(np.maximum(np.asarray(p_mw, dtype=float), _TINY_MW))
 
 
+def _mw_to_dbm_in_place(p_mw: np.ndarray) -> np.ndarray:
+    """mw_to_dbm into the float64 array it is given (a sweep's own buffer): the same numbers."""
+    np.maximum(p_mw, _TINY_MW, out=p_mw)
+    np.log10(p_mw, out=p_mw)
+    return np.multiply(p_mw, 10.0, out=p_mw)
+
+
 def _db(x: float) -> float:
     return 10.0 * math.log10(max(x, _TINY_MW))
 
@@ -166,6 +173,7 @@ class Ring:
         self._struct_cache: OrderedDict = OrderedDict()
         self._grid_cache: OrderedDict = OrderedDict()
         self._walk_blocks: list[np.ndarray] = []
+        self._walk_values: list[list[tuple[float, float]]] = []  # _walk_blocks as floats
         # coil: piecewise first-order lag, segments (t0, field at t0, target)
         h0 = self.params.remanence_oe
         self._coil_t: list[float] = [-math.inf]
@@ -179,12 +187,17 @@ class Ring:
         self._grid_cache.clear()
 
     # ------------------------------------------------------------------ world state
-    def get_state(self) -> dict:
+    def get_state(self, needed_from_s: float | None = None) -> dict:
         """What changes as the ring is used: the sweep-noise stream and the coil's history.
 
         JSON-able, so a checkpoint of a simulated run can hold it and a resumed run continue
-        with the very noise an uninterrupted one would have seen.
+        with the very noise an uninterrupted one would have seen. ``needed_from_s``: the
+        earliest time the field will still be asked for; the coil's history before it is
+        forgotten first (:meth:`prune_coil_history`), so the state stays a few numbers
+        however long the ring has run.
         """
+        if needed_from_s is not None:
+            self.prune_coil_history(needed_from_s)
         return {"rng": self._rng.bit_generator.state, "coil_t": list(self._coil_t),
                 "coil_seg": [list(seg) for seg in self._coil_seg], "current_a": self._current_a}
 
@@ -211,6 +224,17 @@ class Ring:
         self._coil_t.append(t_s)
         self._coil_seg.append((t_s, h_now, target))
 
+    def prune_coil_history(self, needed_from_s: float) -> None:
+        """Forget the coil segments no ``field_oe(t)`` with ``t >= needed_from_s`` can reach.
+
+        The segment in force at ``needed_from_s`` and every later one stay, so the field at
+        those times is computed from the very same numbers (bit for bit); only the list that
+        would otherwise grow with every current change for the whole run gets shorter.
+        """
+        i = bisect.bisect_right(self._coil_t, needed_from_s) - 1
+        if i > 0:
+            del self._coil_t[:i], self._coil_seg[:i]
+
     def field_oe(self, t_s: float) -> float:
         """Bias field at virtual time t_s, Oe."""
         i = bisect.bisect_right(self._coil_t, t_s) - 1
@@ -227,6 +251,8 @@ class Ring:
         """Cumulative (temperature K, gain dB) of the seeded walk at grid index j >= 0."""
         B = 1024
         b, r = divmod(j, B)
+        if b < len(self._walk_values):
+            return self._walk_values[b][r]
         p = self.params
         step_h = p.drift_grid_s / 3600.0
         sig = np.array([p.temp_walk_k_per_sqrt_h, p.gain_walk_db_per_sqrt_h]) * math.sqrt(step_h)
@@ -239,8 +265,9 @@ class Ring:
             else:
                 start = self._walk_blocks[-1][-1]
             self._walk_blocks.append(start + np.cumsum(steps, axis=0))
-        v = self._walk_blocks[b][r]
-        return float(v[0]), float(v[1])
+            # the same numbers as Python floats: read once per sweep, a list is ~10x cheaper to index
+            self._walk_values.append([(float(v[0]), float(v[1])) for v in self._walk_blocks[-1]])
+        return self._walk_values[b][r]
 
     def drift(self, t_s: float) -> tuple[float, float]:
         """(temperature offset K, amplifier gain offset dB) at t_s; a function of (seed, t_s) only."""
@@ -626,7 +653,16 @@ class Ring:
         if n == 1:
             s0 = states[0]
             a = s0.h_scale * math.sqrt(s0.gain_c * att)
-            bg = ((ktfb * s0.gain_c) / ((1.0 + reg) + (a * a) * amp2 - (2.0 * a) * (amp * cosph)) + floor)[None, :]
+            # ((ktfb g) / ((1 + reg) + a^2 |h|^2 - 2a |h| cos) + floor), the same operations in the same
+            # order as one expression would do them, in two buffers instead of seven temporaries
+            bg = np.multiply(amp2, a * a)
+            np.add(bg, 1.0 + reg, out=bg)
+            np.multiply(amp, cosph, out=cosph)
+            np.multiply(cosph, 2.0 * a, out=cosph)
+            np.subtract(bg, cosph, out=bg)
+            np.divide(ktfb * s0.gain_c, bg, out=bg)
+            np.add(bg, floor, out=bg)
+            bg = bg[None, :]
         else:
             gains = np.array([s.gain_c for s in states])
             hsc = np.array([s.h_scale for s in states]) * np.sqrt(gains * att)
@@ -681,7 +717,10 @@ class Ring:
             # keep the mean power, scale the spread
             e = e ** s * math.exp(math.lgamma(n) + s * math.log(n) - math.lgamma(n + s))
         jit = rng.standard_normal((bg.shape[0], 1)) * (self.params.amplitude_jitter_db * s / math.sqrt(n))
-        return lines_mw * np.exp(jit * _LN10_10) + bg * e
+        # lines_mw * 10^(jit/10) + bg * e, into the buffers of this sweep (lines_mw and e are its own)
+        np.multiply(lines_mw, np.exp(jit * _LN10_10), out=lines_mw)
+        np.multiply(bg, e, out=e)
+        return np.add(lines_mw, e, out=lines_mw)
 
     def spectrum(self, t_s: float, freqs_hz: np.ndarray, rbw_hz: float,
                  drive_hz: float | None, drive_dbm: float | None,
@@ -691,7 +730,7 @@ class Ring:
         st, shift, dg = self._prepare(field, t_s)
         s = self._solve(st, shift, dg, drive_hz, drive_dbm)
         lines_mw, bg = self._render_any(st, shift, freqs_hz, rbw_hz, [s])
-        trace = mw_to_dbm(self._noisy(lines_mw, bg, self._rng, averages))[0]
+        trace = _mw_to_dbm_in_place(self._noisy(lines_mw, bg, self._rng, averages))[0]
         limit = ref_level_dbm + self.params.overload_margin_db
         total_in = sum(s.p_lines) * _lin(self.params.analyzer_coupler_db)
         overload = _db(total_in) > limit or (trace.size > 0 and float(trace.max()) > limit)

@@ -234,6 +234,7 @@ class SCPIDevice:
             cls._tree = _Node()
             cls._setup_commands(_Registrar(cls._tree))
         self._cache: dict[str, tuple] = {}
+        self._plans: dict[str, tuple] = {}  # program message -> its parsed units (execute)
         self.faults = Faults()
         self.errors: list[tuple[int, str]] = []
         self.esr = 0
@@ -407,8 +408,12 @@ class SCPIDevice:
             for code, msg in self.faults.errors:
                 self.push_error(code, msg)
             self.faults.errors.clear()
+        plan = self._plans.get(line)
+        if plan is not None:
+            return self._run_plan(plan)
         responses = []
         path: list[str] = []
+        plan = []  # (handler, params, suffixes or None for a common command) of every unit, if all resolve
         units = line.split(";") if ('"' not in line and "'" not in line) else _split_quoted(line, ";")
         for unit in units:
             unit = unit.strip()
@@ -426,7 +431,10 @@ class SCPIDevice:
                 if header[0] == "*":
                     h = self._common.get(header.upper())
                     if h is None:
+                        plan = None
                         raise SCPIError(-113)
+                    if plan is not None:
+                        plan.append((h, params, None))
                     r = h(params)
                 else:
                     query = header[-1] == "?"
@@ -436,10 +444,38 @@ class SCPIDevice:
                     else:
                         tokens = path + hdr.split(":")
                     if "" in tokens:
+                        plan = None
                         raise SCPIError(-102)
                     path = tokens[:-1]
-                    handler, sfx = self._resolve(tokens, query)
+                    try:
+                        handler, sfx = self._resolve(tokens, query)
+                    except SCPIError:
+                        plan = None
+                        raise
+                    if plan is not None:
+                        plan.append((handler, params, sfx))
                     r = handler(self, params, sfx)
+            except SCPIError as e:
+                self.push_error(e.code, e.message)
+                if -199 <= e.code <= -100:
+                    plan = None  # the units after this one were never parsed
+                    break  # command error: the rest of the message is discarded
+                continue
+            if r is not None:
+                responses.append(r)
+        if plan is not None:
+            # a message sent again (the sweep, the trace query) is not parsed again
+            if len(self._plans) >= 256:
+                self._plans.clear()
+            self._plans[line] = tuple(plan)
+        return responses
+
+    def _run_plan(self, plan) -> list:
+        """Execute a message parsed before: the same handlers, parameters and error rules."""
+        responses = []
+        for handler, params, sfx in plan:
+            try:
+                r = handler(params) if sfx is None else handler(self, params, sfx)
             except SCPIError as e:
                 self.push_error(e.code, e.message)
                 if -199 <= e.code <= -100:
@@ -456,7 +492,7 @@ class SCPIDevice:
         if len(responses) == 1:
             r = responses[0]
             return (r if isinstance(r, bytes) else r.encode()) + b"\n"
-        return b";".join(r if isinstance(r, bytes) else r.encode() for r in responses) + b"\n"
+        return b";".join([r if isinstance(r, bytes) else r.encode() for r in responses]) + b"\n"
 
     def handle(self, message) -> bytes | None:
         """One program message (without terminator) in, the response message (with ``\\n``) out.
@@ -466,7 +502,10 @@ class SCPIDevice:
         """
         if isinstance(message, (bytes, bytearray)):
             message = message.decode("latin-1")
-        return handle_with_faults(self, message, lambda m: self._join(self.execute(m)), DISCONNECT)
+        return handle_with_faults(self, message, self._execute_and_join, DISCONNECT)
+
+    def _execute_and_join(self, message: str) -> bytes | None:
+        return self._join(self.execute(message))
 
     # --- in-process message exchange (IEEE 488.2 style: -410 / -420)
     def write(self, message) -> None:

@@ -29,7 +29,7 @@ import tty
 from sim.faults import DISCONNECT, apply_spec
 from sim.start_state import WireLog, apply_start_state, parse_start_state
 from sim.instruments import (SimKeithley2400, SimKepcoBOP, SimKeysightMXG, SimKeysightXSA, SimRig,
-                             SimRohdeFSV, SimWindfreakSynthHD)
+                             SimRohdeFSV, SimWindfreakSynthHD, _Analyzer)
 
 __all__ = ["SimServer", "SocketServer", "PtyServer", "serve_forever", "FLAVOURS"]
 
@@ -131,20 +131,28 @@ class SocketServer(_ServedDevice):
             try:
                 self._serve(conn)
             finally:
+                self._conn = None
                 try:
                     conn.close()
                 except OSError:
                     pass
 
+    def stop(self) -> None:
+        self._stop.set()
+        connection = self._conn
+        if connection is not None:
+            try:  # wakes the thread blocked receiving from it
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        super().stop()
+
     def _serve(self, conn: socket.socket) -> None:
+        # a blocking receive, woken by stop() shutting the connection down: one system call a
+        # message instead of a select() and a recv() (the messages come one at a time)
+        self._conn = conn
         buf = b""
         while not self._stop.is_set():
-            try:
-                ready, _, _ = select.select([conn, self._waker.r], [], [])
-            except (OSError, ValueError):
-                return
-            if self._waker.r in ready:
-                return
             try:
                 chunk = conn.recv(65536)
             except OSError:
@@ -337,9 +345,17 @@ class SimServer:
         self.stop()
 
     def world_state(self) -> dict:
-        """The simulated world's state (virtual time, ring noise stream, coil), JSON-able."""
+        """The simulated world's state (virtual time, ring noise stream, coil), JSON-able.
+
+        The coil's history before anything can still ask for the field (now, or a sweep begun
+        and not computed yet) is dropped, so the state's size does not grow with the run.
+        """
         with self.rig.lock:
-            return {"clock_s": self.rig.clock.now(), "ring": self.rig.ring.get_state()}
+            now = self.rig.clock.now()
+            pending = [inst.pending_sweep_start_s() for inst in self.instruments.values()
+                       if isinstance(inst, _Analyzer)]
+            needed_from_s = min([now] + [t for t in pending if t is not None])
+            return {"clock_s": now, "ring": self.rig.ring.get_state(needed_from_s)}
 
     def load_world_state(self, state: dict) -> None:
         with self.rig.lock:

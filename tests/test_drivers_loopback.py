@@ -1,4 +1,5 @@
-"""Every driver against its simulated instrument over loopback: pyvisa-py raw sockets and a pty via pyserial.
+"""Every driver against its simulated instrument over loopback: raw sockets (spoken directly, and
+through pyvisa-py when the station names a VISA library) and a pty via pyserial.
 
 This exercises what scripted tests cannot: real terminations, binary blocks read by length,
 timeouts and error queues on the wire. Both flavours: keysight (MXG, Kepco BOP, X-Series) and
@@ -20,11 +21,25 @@ from sim.server import SimServer
 FLAVOURS = ("keysight", "alt")
 
 
-@pytest.fixture(params=FLAVOURS)
+def through_pyvisa(station_text: str) -> str:
+    """The station with every raw-socket role on pyvisa-py (a named VISA library) instead of the direct socket."""
+    sections = station_text.split("\n[")
+    for i, section in enumerate(sections):
+        if "::SOCKET" in section:
+            role = section.split("]", 1)[0]
+            sections[i + 1] = sections[i + 1].replace(f"{role}.options]", f'{role}.options]\nvisa_library = "@py"', 1)
+    return "\n[".join(sections)
+
+
+@pytest.fixture(params=[(f, t) for f in FLAVOURS for t in ("socket", "pyvisa")], ids=lambda p: "-".join(p))
 def station(request):
-    with SimServer(seed=0, flavour=request.param) as server:
-        station = Station.from_text(server.station_toml(), f"<sim {request.param}>")
+    flavour, transport = request.param
+    with SimServer(seed=0, flavour=flavour) as server:
+        text = server.station_toml()
+        station = Station.from_text(through_pyvisa(text) if transport == "pyvisa" else text, f"<sim {flavour}>")
         with station:
+            kinds = {type(inst.transport).__name__ for inst in station.instruments.values()}
+            assert ("VisaTransport" in kinds) == (transport == "pyvisa")
             yield station
 
 

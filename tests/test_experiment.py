@@ -138,3 +138,27 @@ def test_a_budget_below_one_batch_is_refused_before_a_run_file_exists(tmp_path, 
     err = capsys.readouterr().err
     assert "smaller than one batch" in err and "128 or more" in err  # 32 samples x 4 nodes
     assert not run.exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--hidden", "100000000"), ("--nodes", "100000"), ("--batch-size", "10000000"),
+                                         ("--directions", "5000"), ("--bands", "1000000")])
+def test_sizes_that_would_exhaust_memory_are_refused_before_anything_moves(flag, value, tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(["train", flag, value, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "too large" in err and value in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_a_long_fault_spec_is_a_spec_not_a_file_name(tmp_path):
+    from labpgt.cli import fault_settings
+    from sim.server import SimServer
+
+    spec = ";".join(f"spectrum_analyzer:timeout@{n}" for n in range(1000, 1040))  # > 255 characters
+    assert len(spec) > 255
+    assert fault_settings(spec) == spec  # was: OSError "File name too long"
+    with SimServer(seed=0, faults=fault_settings(spec)):
+        pass  # the simulator accepts it as a spec
+    table = tmp_path / "faults.toml"
+    table.write_text('[faults]\nseed = 3\n')
+    assert fault_settings(str(table)) == {"seed": 3}

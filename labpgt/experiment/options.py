@@ -36,6 +36,7 @@ class Option:
     default: object
     help: str
     choices: tuple | None = None
+    maximum: float | None = None  # sizes that would exhaust memory are refused before anything moves
 
 
 #: every experiment option; each is a CLI flag (--name with - for _) and a TOML key
@@ -52,20 +53,20 @@ OPTIONS: dict[str, Option] = {
                         "network", ("ring", "esn")),
     "estimator": Option(str, "node", "gradient estimator (which apply to which model: labpgt/experiment/registry.py)",
                         tuple(ESTIMATORS)),
-    "budget": Option(int, 20000, "training measurements to spend"),
+    "budget": Option(int, 20000, "training measurements to spend", maximum=10**10),
     "seed": Option(int, 0, "seed of batches, perturbations and the embedded simulated ring"),
     "out": Option(str, "runs", "run file, or a directory for a new timestamped run file"),
-    "batch_size": Option(int, None, "samples per step (default: the estimator's tuned value)"),
+    "batch_size": Option(int, None, "samples per step (default: the estimator's tuned value)", maximum=100_000),
     "lr": Option(float, None, "learning rate (default: the estimator's tuned value)"),
     "epsilon": Option(float, None, "perturbation size (node: knobs, pgt: parameters; default: the estimator's tuned value)"),
     "directions": Option(int, None, "pgt, node, node-token: perturbation directions per step (default: the "
-                         "estimator's tuned value)"),
+                         "estimator's tuned value)", maximum=1000),
     "one_sided": Option(bool, None, "pgt: one-sided differences (default: two-sided)"),
     "distribution": Option(str, None, "pgt: perturbation distribution (default: rademacher)", ("gaussian", "rademacher")),
     "scope": Option(str, None, "pgt: parameters perturbed (default: all)", ("all", "upstream")),
-    "nodes": Option(int, 1, "virtual nodes (measurements) per sample"),
-    "bands": Option(int, 10, "readout bands across the analyzer span"),
-    "hidden": Option(int, 8, "width of the digital layer before the ring"),
+    "nodes": Option(int, 1, "virtual nodes (measurements) per sample", maximum=256),
+    "bands": Option(int, 10, "readout bands across the analyzer span", maximum=4096),
+    "hidden": Option(int, 8, "width of the digital layer before the ring", maximum=4096),
     "current_a": Option(float, 1.8, "initial bias current, A"),
     "current_window_a": Option(float, 0.02, "the trained bias current stays within ± this of current_a, A"),
     "reference_hz": Option(float, None, "drive reference frequency, Hz (default: found by a probe sweep)"),
@@ -80,6 +81,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="experiment TOML; every option below can be set there")
     parser.add_argument("--resume", metavar="RUN.h5", help="continue an interrupted run as recorded; with --budget N "
                         "to a new budget (other options that would change the experiment are refused)")
+    parser.add_argument("--watch", action="store_true", help="serve a live page of the run (labpgt watch) beside it")
     for name, opt in OPTIONS.items():
         flag = "--" + name.replace("_", "-")
         if opt.type is bool:
@@ -105,6 +107,8 @@ def _check_value(name: str, value, source: str):
         raise ConfigError(f"{source}: option {name!r} must be a finite number, got {value!r}")
     if opt.type in (int, float) and name not in ("seed", "current_a") and value <= 0:
         raise ConfigError(f"{source}: option {name!r} must be positive, got {value!r}")
+    if opt.maximum is not None and value > opt.maximum:
+        raise ConfigError(f"{source}: option {name!r} = {value!r} is too large; allowed: 1 to {opt.maximum:g}")
     return value
 
 

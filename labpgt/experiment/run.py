@@ -85,27 +85,33 @@ class TrainingOutcome:
 def run_training(args, argv=None) -> int:
     """``labpgt train``: the experiment from the flags (or, with ``--resume``, from the run file), run,
     its end printed."""
+    watch = bool(vars(args).get("watch"))
     if args.resume:
-        outcome = run_experiment(resume=args.resume, resume_given=given_options(args), argv=argv)
+        outcome = run_experiment(resume=args.resume, resume_given=given_options(args), argv=argv, watch=watch)
     else:
-        outcome = run_experiment(resolve(args), argv=argv)
+        outcome = run_experiment(resolve(args), argv=argv, watch=watch)
     return report_end(outcome)
 
 
 def run_experiment(config: dict | None = None, *, resume=None, resume_given: dict | None = None, argv=None,
-                   progress: Callable[[dict], None] | None = None) -> TrainingOutcome:
+                   progress: Callable[[dict], None] | None = None, watch: bool = False) -> TrainingOutcome:
     """The one pipeline of ``labpgt train`` and of ``labpgt.train`` / ``labpgt.resume``.
 
     config: a checked experiment (options.resolve / options.experiment_config); or resume: a run
     file to continue as recorded, with ``resume_given`` the options given with it (only budget and
     progress may differ from the recorded ones). progress: called with every step and evaluation
     record (``record["kind"]`` "step" or "eval"), besides the progress bar when ``config["progress"]``.
+    watch: serve a live page of the run from its own process (``labpgt train --watch``).
     """
     resumed = read_resumed(resume, resume_given or {}) if resume is not None else None
     config = resumed.config if resumed else config
     # the dense model's data, read and checked before any instrument moves (a resumed run's from its file)
     dataset = resumed.dataset if resumed else dataset_of_config(config) if config["model"] == "dense" else None
     run_path = Path(resume) if resumed else new_run_path(config["out"], config)
+    if watch:
+        from labpgt.watch.cli import watch_beside  # a page of the run, served by its own process
+
+        watch_beside(run_path)
     open_rig = _in_process_rig if config["model"] == "transformer" else _station_rig
     with open_rig(config, resumed) as rig:
         trainer = build_trainer(config, rig.reservoir, reservoir_model=rig.reservoir_model,

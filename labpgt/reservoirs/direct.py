@@ -23,10 +23,13 @@ from labpgt.contracts import NoiselessModel, NullRecorder, Perturbation, Recorde
 from labpgt.reservoirs.encoding import BandReadout, KnobEncoder, check_knobs
 
 
-def simulated_ring_params(noise_scale: float = 1.0, drift: bool = False):
-    """The simulated ring's parameters (``sim.ring.RingParams``) with a noise multiplier and drift on or off."""
+def simulated_ring_params(noise_scale: float = 1.0, drift: bool | None = None):
+    """The simulated ring's parameters (``sim.ring.RingParams``) with a noise multiplier; ``drift`` on or off
+    (None: the simulator's default, as the embedded station has it)."""
     from sim.ring import RingParams  # the simulator is only needed for the simulated reservoirs
 
+    if drift is None:
+        return RingParams(noise_scale=noise_scale)
     return RingParams(noise_scale=noise_scale, drift_enabled=drift)
 
 

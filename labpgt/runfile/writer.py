@@ -48,12 +48,25 @@ def _append(ds, values, dtype=None) -> None:
     if k == 0:
         return
     dsid = ds.id
-    shape = dsid.shape
-    n = shape[0]
-    dsid.set_extent((n + k, *shape[1:]))
+    # one dataspace read, grown to the new extent along with the dataset, and the memory space
+    # of this block's shape made once: each h5py object costs a registry entry (~10 us)
     fspace = dsid.get_space()
+    shape = fspace.shape
+    n = shape[0]
+    grown = (n + k, *shape[1:])
+    dsid.set_extent(grown)
+    fspace.set_extent_simple(grown)
     fspace.select_hyperslab((n, *(0 for _ in shape[1:])), values.shape)
-    dsid.write(h5py.h5s.create_simple(values.shape), fspace, values)
+    memory_space = _MEMORY_SPACES.get(values.shape)
+    if memory_space is None:
+        if len(_MEMORY_SPACES) > 64:
+            _MEMORY_SPACES.clear()
+        memory_space = _MEMORY_SPACES[values.shape] = h5py.h5s.create_simple(values.shape)
+    dsid.write(memory_space, fspace, values)
+
+
+#: block shape -> its memory dataspace (reused: a simple dataspace with everything selected)
+_MEMORY_SPACES: dict = {}
 
 
 def _kind_code(kind) -> int:
