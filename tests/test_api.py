@@ -295,3 +295,10 @@ def test_a_file_being_written_opens_and_refreshes(tmp_path):
             writer.kill()
     with labpgt.open_run(path) as run:
         assert run.status == "completed"
+
+
+def test_a_wrong_trace_axis_is_refused_before_the_file_exists(tmp_path):
+    with pytest.raises(ValueError, match="trace_frequency_hz must be 5 finite frequencies"):
+        RunFile.create(tmp_path / "r.h5", n_params=1, features_per_measurement=1, trace_points=5,
+                       trace_frequency_hz=np.arange(4.0))
+    assert not (tmp_path / "r.h5").exists()

@@ -154,12 +154,19 @@ def _measurement_axes(m: h5py.Group, trace_frequency_hz) -> None:
     trace.dims[1].attach_scale(point)
     features.dims[1].attach_scale(_dimension(m, "feature", features.shape[1], "readout feature (band) of a trace"))
     if trace_frequency_hz is not None:
-        freqs = np.asarray(trace_frequency_hz, dtype=np.float64)
-        if freqs.shape != (trace.shape[1],):
-            raise ValueError(f"trace_frequency_hz has shape {freqs.shape}; traces have {trace.shape[1]} points")
+        freqs = checked_trace_axis(trace_frequency_hz, trace.shape[1])
         _coordinate(m, "trace_frequency_hz", freqs, "Hz",
                     "frequency of each trace point (the run's analyzer window)", point)
         trace.attrs["coordinates"] = "trace_frequency_hz"
+
+
+def checked_trace_axis(trace_frequency_hz, trace_points: int) -> np.ndarray:
+    """The traces' frequency axis as stored (float64 [trace_points], finite), or ValueError."""
+    freqs = np.asarray(trace_frequency_hz, dtype=np.float64)
+    if freqs.shape != (trace_points,) or not np.all(np.isfinite(freqs)):
+        raise ValueError(f"trace_frequency_hz must be {trace_points} finite frequencies (one per trace point), "
+                         f"got shape {freqs.shape}")
+    return freqs
 
 
 def _checkpoint_axes(ck: h5py.Group, param_names) -> None:

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 
 from labpgt.runfile.format import BLOCK_ROWS, FAULT_KINDS, FAULT_ROLES, FORMAT, FORMAT_VERSION, KINDS, OPTIONAL_TABLES, RunFileError, STATUSES, TABLES, _CKPT_SCALARS, _EVAL_COLUMNS, _FAULT_COLUMNS, _MEAS_SCALARS, _RESUME_BUDGET, _RESUME_COLUMNS, _STATUS_COLUMNS, _STEP_COLUMNS
-from labpgt.runfile.conventions import annotate
+from labpgt.runfile.conventions import annotate, checked_trace_axis
 from labpgt.runfile.probe import Probe, _checked_probe, _write_probe
 from labpgt.runfile.superblock import _superblock, clear_write_flags
 from labpgt.runfile.reader import RunReader, _close_h5
@@ -143,6 +143,8 @@ class RunFile:
             raise ValueError(f"{len(param_names)} param_names for n_params={n_params}")
         optimizer_state_shapes = {k: tuple(int(d) for d in v) for k, v in (optimizer_state_shapes or {}).items()}
         probe = _checked_probe(probe) if probe is not None else None
+        if trace_frequency_hz is not None:
+            trace_frequency_hz = checked_trace_axis(trace_frequency_hz, trace_points)
 
         f = h5py.File(path, "w", libver="latest")
         try:
