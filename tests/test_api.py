@@ -49,6 +49,9 @@ def test_xarray_opens_every_group_with_named_dimensions_and_coordinates(small_ru
     freqs = m.trace_frequency_hz.values
     assert "trace_frequency_hz" in m.coords and m.trace_frequency_hz.attrs["units"] == "Hz"
     assert freqs[0] == m.trace_start_hz.values[0] and freqs[-1] == m.trace_stop_hz.values[0]
+    # and each feature's band: ten bands tiling the window
+    low, high = m.feature_low_hz.values, m.feature_high_hz.values
+    assert low[0] == freqs[0] and high[-1] == freqs[-1] and np.all(low[1:] > high[:-1])
     assert m.frequency_hz.attrs["units"] == "Hz" and m.frequency_hz.attrs["long_name"]
     assert m.kind.attrs["flag_meanings"] == "train probe eval" and list(m.kind.attrs["flag_values"]) == [0, 1, 2]
     assert m.flags.attrs["flag_meanings"].split() == ["overload", "unlocked", "repeated", "fault", "simulated"]

@@ -171,6 +171,7 @@ def _create_run_file(run_path: Path, config: dict, rig: Rig, trainer, argv, data
         trace_points=rig.trace_points, optimizer_state_shapes={k: np.shape(v) for k, v in trainer.opt_state.items()},
         probe=rig.probe, dataset=dataset.to_record() if dataset is not None else None,
         trace_frequency_hz=trace_axis_of_layout(rig.layout, rig.trace_points),
+        feature_bands_hz=feature_bands_of_layout(rig.layout, rig.features_per_measurement),
         metadata={
             "station_toml": "", "identities": {}, **rig.metadata,
             "experiment_toml": config_to_toml(config),
@@ -257,6 +258,16 @@ def trace_axis_of_layout(layout: dict, trace_points: int):
 
     freqs = BandReadout(**layout["readout"]).freqs_hz
     return freqs if freqs.size == trace_points else None
+
+
+def feature_bands_of_layout(layout: dict, features: int):
+    """(first, last) frequency of the trace each readout feature covers, or None (no ring readout)."""
+    if "readout" not in layout:
+        return None
+    from labpgt.reservoirs.encoding import BandReadout
+
+    readout = BandReadout(**layout["readout"])
+    return readout.band_edges_hz() if readout.n_bands == features else None
 
 
 def encoder_from_layout(layout: dict):

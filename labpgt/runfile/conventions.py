@@ -14,6 +14,7 @@ or what format_version 1 readers read; it adds:
 - ``trace_frequency_hz`` [trace_point] in ``/measurements`` (when the run's analyzer window is
   known at creation: every station run), named in ``trace_dbm``'s ``coordinates`` (CF): the
   traces' frequency axis. Rows also keep their own ``trace_start_hz`` / ``trace_stop_hz``.
+  Likewise ``feature_low_hz`` / ``feature_high_hz`` [feature]: the band each feature covers.
 - CF ``long_name`` (from ``description``) on every dataset, ``flag_values`` /
   ``flag_meanings`` on the enumerations (measurement kind, status code, fault role and kind)
   and ``flag_masks`` / ``flag_values`` / ``flag_meanings`` on the ``flags`` bitmask.
@@ -64,11 +65,12 @@ def column_attributes(table: str, column: str) -> dict:
     return attrs
 
 
-def annotate(f: h5py.File, *, tables, trace_frequency_hz=None, param_names=None) -> None:
+def annotate(f: h5py.File, *, tables, trace_frequency_hz=None, feature_bands_hz=None, param_names=None) -> None:
     """Add dimension scales and CF / NeXus attributes to a new run file (before SWMR).
 
     tables: the table groups in /committed order. trace_frequency_hz: the analyzer's frequency
     axis [trace_points] when it is fixed for the run (None: rows carry only their start/stop).
+    feature_bands_hz: (first, last) trace frequency each feature covers, or None.
     param_names: names of the checkpointed parameters (a coordinate of ``param``).
     """
     _long_names(f)
@@ -80,7 +82,7 @@ def annotate(f: h5py.File, *, tables, trace_frequency_hz=None, param_names=None)
         for name, ds in list(g.items()):
             if isinstance(ds, h5py.Dataset) and name != ROW_DIMENSIONS[table] and ds.maxshape[0] is None:
                 _attach_row(g, name, ds, row_dim)
-    _measurement_axes(f["measurements"], trace_frequency_hz)
+    _measurement_axes(f["measurements"], trace_frequency_hz, feature_bands_hz)
     _checkpoint_axes(f["checkpoints"], param_names)
     if "probe" in f and "frequency_hz" in f["probe"]:
         _probe_nxdata(f["probe"])
@@ -148,11 +150,18 @@ def _attach_row(g: h5py.Group, name: str, ds: h5py.Dataset, row_dim: h5py.Datase
     ds.dims[0].attach_scale(row_dim)
 
 
-def _measurement_axes(m: h5py.Group, trace_frequency_hz) -> None:
+def _measurement_axes(m: h5py.Group, trace_frequency_hz, feature_bands_hz) -> None:
     trace, features = m["trace_dbm"], m["features"]
     point = _dimension(m, "trace_point", trace.shape[1], "point of the analyzer trace")
     trace.dims[1].attach_scale(point)
-    features.dims[1].attach_scale(_dimension(m, "feature", features.shape[1], "readout feature (band) of a trace"))
+    feature = _dimension(m, "feature", features.shape[1], "readout feature (band) of a trace")
+    features.dims[1].attach_scale(feature)
+    if feature_bands_hz is not None:
+        low, high = (checked_trace_axis(edge, features.shape[1]) for edge in feature_bands_hz)
+        _coordinate(m, "feature_low_hz", low, "Hz", "frequency of the first trace point of each feature's band", feature)
+        _coordinate(m, "feature_high_hz", high, "Hz", "frequency of the last trace point of each feature's band",
+                    feature)
+        features.attrs["coordinates"] = "feature_low_hz feature_high_hz"
     if trace_frequency_hz is not None:
         freqs = checked_trace_axis(trace_frequency_hz, trace.shape[1])
         _coordinate(m, "trace_frequency_hz", freqs, "Hz",

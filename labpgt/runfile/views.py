@@ -240,6 +240,10 @@ class Run:
         data["features"] = (("measurement", "feature"), m["features"],
                             {"units": self._units("features"), "long_name": "readout features of the trace"})
         coords = {"measurement": ("measurement", m["row"], {"units": "1", "long_name": "row in the run file"})}
+        g = self._reader._f["measurements"]
+        for name in ("feature_low_hz", "feature_high_hz"):  # the band each feature covers, when recorded
+            if name in g:
+                coords[name] = ("feature", g[name][()], {"units": "Hz", "long_name": g[name].attrs["long_name"]})
         if traces:
             data["trace_dbm"] = (("measurement", "trace_point"), m["trace_dbm"],
                                  {"units": "dBm", "long_name": "spectrum analyzer trace"})

@@ -118,7 +118,7 @@ class RunFile:
                trace_points: int, optimizer_state_shapes: dict | None = None, metadata: dict | None = None,
                features_units: str = "1", trace_compression: str | None = None,
                probe: Probe | None = None, overwrite: bool = False, dataset=None,
-               trace_frequency_hz=None) -> "RunFile":
+               trace_frequency_hz=None, feature_bands_hz=None) -> "RunFile":
         """Create a new run file with every dataset, then switch to SWMR writing.
 
         metadata: station_toml, experiment_toml (verbatim text), identities (role -> IDN),
@@ -129,6 +129,8 @@ class RunFile:
         dataset: a :class:`labpgt.data.record.DatasetRecord`, kept as /dataset (None: no group).
         trace_frequency_hz: the analyzer's frequency axis [trace_points] when it is fixed for the
         run, kept as the traces' coordinate (labpgt/runfile/conventions.py); None: not known.
+        feature_bands_hz: (first, last) trace frequency each feature covers, [features] each, kept
+        as the features' coordinates; None: not known.
         """
         path = Path(path)
         if path.exists() and not overwrite:
@@ -145,6 +147,8 @@ class RunFile:
         probe = _checked_probe(probe) if probe is not None else None
         if trace_frequency_hz is not None:
             trace_frequency_hz = checked_trace_axis(trace_frequency_hz, trace_points)
+        if feature_bands_hz is not None:
+            feature_bands_hz = tuple(checked_trace_axis(edge, features_per_measurement) for edge in feature_bands_hz)
 
         f = h5py.File(path, "w", libver="latest")
         try:
@@ -215,7 +219,8 @@ class RunFile:
             if dataset is not None:
                 dataset.write(f.create_group("dataset"))
             # dimension scales and CF / NeXus attributes, for xarray, silx, NeXpy (before SWMR)
-            annotate(f, tables=tables, trace_frequency_hz=trace_frequency_hz, param_names=param_names)
+            annotate(f, tables=tables, trace_frequency_hz=trace_frequency_hz, feature_bands_hz=feature_bands_hz,
+                     param_names=param_names)
 
             f.swmr_mode = True  # from here on: no new objects, no attribute changes
         except BaseException:
