@@ -61,7 +61,8 @@ Every dataset carries ``units`` ("s", "Hz", "dBm", "A", or "1" for counts and in
 ``description`` attribute. Files from this version on also carry, added at creation before SWMR
 (labpgt/runfile/conventions.py; readers of format_version 1 need none of it): HDF5 dimension
 scales (each table's rows, ``trace_point``, ``feature``, ``param``, ...; in /measurements the
-fixed coordinate ``trace_frequency_hz`` when the analyzer window is fixed), CF ``long_name`` and
+fixed coordinates ``trace_frequency_hz`` and ``feature_low_hz`` / ``feature_high_hz`` when the
+analyzer window is fixed), CF ``long_name`` and
 ``flag_*`` attributes, ``/table`` (the names of /committed's counts) and NXdata on /probe.
 
 A writer killed with SIGKILL leaves the superblock marked "open for writing": HDF5 then refuses
