@@ -62,10 +62,10 @@ Every dataset carries ``units`` ("s", "Hz", "dBm", "A", or "1" for counts and in
 (labpgt/runfile/conventions.py; readers of format_version 1 need none of it): HDF5 dimension
 scales (each table's rows, ``trace_point``, ``feature``, ``param``, ...; in /measurements the
 fixed coordinates ``trace_frequency_hz`` and ``feature_low_hz`` / ``feature_high_hz`` when the
-analyzer window is fixed), CF ``long_name`` and
-``flag_*`` attributes, ``/table`` (the names of /committed's counts) and NXdata on /probe. A reader that walks a table group must
-take as row columns only the datasets with an unlimited first axis that are not netCDF
-dimensions (their ``NAME`` attribute says "This is a netCDF dimension but not a netCDF variable").
+analyzer window is fixed), CF ``long_name`` and ``flag_*`` attributes, ``/table`` (the names of
+/committed's counts) and NXdata on /probe. A reader that walks a table group must take as row
+columns only the datasets with an unlimited first axis that are not netCDF dimensions (their
+``NAME`` attribute says "This is a netCDF dimension but not a netCDF variable").
 
 A writer killed with SIGKILL leaves the superblock marked "open for writing": HDF5 then refuses
 """
