@@ -228,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     watch = sub.add_parser("watch", help="a live read-only web page of a run (or of a directory of runs)")
     add_watch_arguments(watch)
     watch.set_defaults(func=cmd_watch)
+
+    from labpgt.study.cli import add_study_parser
+
+    add_study_parser(sub)
     return parser
 
 

@@ -83,8 +83,11 @@ def test_page_of_a_running_training_shows_new_steps(tmp_path, browser):
                              stderr=subprocess.PIPE, text=True)
     watcher_pid = None
     try:
-        line = train.stdout.readline()
-        found = re.match(r"watch: (http://127\.0\.0\.1:\d+/) .* process (\d+);", line)
+        for _ in range(20):  # the watcher's line comes first, unless something is said before it
+            line = train.stdout.readline()
+            found = re.match(r"watch: (http://127\.0\.0\.1:\d+/) .* process (\d+);", line)
+            if found or not line:
+                break
         assert found, f"train --watch printed {line!r}; stderr: {train.stderr.read() if train.poll() else ''}"
         url, watcher_pid = found.group(1), int(found.group(2))
         browser.get(url)

@@ -59,10 +59,8 @@ def cmd_watch(args) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
-    try:
-        server.run()
-    except KeyboardInterrupt:
-        print("stopped watching", file=sys.stderr)
+    server.run()  # until Ctrl-C or SIGTERM (or idle, with --stop-after-idle)
+    print("stopped watching", file=sys.stderr)
     return 0
 
 

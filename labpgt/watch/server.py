@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import signal
 import time
 from dataclasses import dataclass
 
@@ -113,8 +114,18 @@ class WatchServer:
             self._idle_check.start()
 
     def run(self) -> None:
+        """Serve until stopped; Ctrl-C and SIGTERM stop the loop from inside it (an exception raised
+        by a signal handler in the middle of a Bokeh callback could be swallowed by it)."""
         self.start()
-        self.io_loop.start()
+        loop = self.io_loop.asyncio_loop
+        stops = (signal.SIGINT, signal.SIGTERM)
+        for sig in stops:
+            loop.add_signal_handler(sig, self.stop)
+        try:
+            self.io_loop.start()
+        finally:
+            for sig in stops:
+                loop.remove_signal_handler(sig)
 
     def stop(self) -> None:
         if self._idle_check is not None:
