@@ -71,22 +71,16 @@ def cmd_check(args) -> int:
 def cmd_measure(args) -> int:
     import numpy as np
 
+    from labpgt.experiment.bench import measure_spectrum
     from labpgt.experiment.embedded import open_station
-    from labpgt.reservoirs.spectra import strongest_peaks
 
     with open_station(args.station, seed=args.seed) as (station, _):
-        sg, cs, sa = station.signal_generator, station.current_source, station.spectrum_analyzer
-        # every value checked against the station's limits before the magnet moves
-        sg.check_limit("frequency_hz", args.frequency, name="--frequency")
-        sg.check_limit("power_dbm", args.power, name="--power")
-        cs.check_limit("current_a", args.current, name="--current")
-        cs.ramp_to(args.current)
-        sa.configure(center_hz=args.center if args.center is not None else args.frequency,
-                     span_hz=args.span if args.span is not None else sa.span_hz,
-                     rbw_hz=sa.rbw_hz, points=sa.points, reference_level_dbm=sa.reference_level_dbm)
-        sg.enable_rf_at(args.frequency, args.power)  # the one RF switch: validated, read back, then on
-        freqs, dbm = sa.measure()
-    peaks = strongest_peaks(freqs, dbm, count=args.peaks)
+        spectrum = measure_spectrum(station, frequency_hz=args.frequency, power_dbm=args.power,
+                                    current_a=args.current, center_hz=args.center, span_hz=args.span,
+                                    names={"frequency_hz": "--frequency", "power_dbm": "--power",
+                                           "current_a": "--current"})
+    freqs, dbm = spectrum.frequency_hz, spectrum.trace_dbm
+    peaks = spectrum.peaks(count=args.peaks)
     print(f"spectrum: {freqs[0] / 1e9:.6f}-{freqs[-1] / 1e9:.6f} GHz, {len(freqs)} points, "
           f"floor {np.median(dbm):.1f} dBm")
     if not peaks:
@@ -283,6 +277,16 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from labpgt.runfile.export import export_run
+
+    run = Path(args.run)
+    out = args.out or (run.with_suffix(".nc") if args.format == "netcdf" else run.with_name(run.stem + "-csv"))
+    for path in export_run(run, out, args.format):
+        print(path)
+    return 0
+
+
 def cmd_inspect(args) -> int:
     from labpgt.runfile import inspect
 
@@ -395,6 +399,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run", help="run file (.h5)")
     rep.add_argument("--out", help="output directory (default: next to the run file)")
     rep.set_defaults(func=cmd_report)
+
+    export = sub.add_parser("export", help="a clean copy of a run's effective rows (no abandoned or in-flight "
+                                           "rows) as netCDF or CSV")
+    export.add_argument("run", help="run file (.h5)")
+    export.add_argument("--format", choices=["netcdf", "csv"], default="netcdf",
+                        help="netcdf: one file, a group per table; csv: a directory of CSV files and run.json")
+    export.add_argument("--out", help="output file (netcdf) or directory (csv); default: next to the run file "
+                                      "(RUN.nc or RUN-csv/)")
+    export.set_defaults(func=cmd_export)
 
     insp = sub.add_parser("inspect", help="what a run file holds")
     insp.add_argument("run", help="run file (.h5)")

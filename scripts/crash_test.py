@@ -70,6 +70,14 @@ def _abandoned(f, table: str, n: int) -> np.ndarray:
     return keep
 
 
+def _row_column(ds) -> bool:
+    """A table's row column, not one of the dimensions or fixed coordinates that other tools read
+    (labpgt/runfile/conventions.py: a fixed first axis, or a netCDF dimension's NAME)."""
+    name = ds.attrs.get("NAME", b"")
+    name = name.encode() if isinstance(name, str) else bytes(name)
+    return ds.maxshape[0] is None and b"not a netCDF variable" not in name
+
+
 def check_file(path: Path, reference: dict) -> dict:
     """Plain-h5py checks of a killed run file against the reference rows; returns a summary."""
     problems = []
@@ -92,7 +100,8 @@ def check_file(path: Path, reference: dict) -> dict:
         n, n_steps = committed[0], committed[1]
         m = f["measurements"]
         for name in m:
-            if m[name].shape[0] < n:
+            # the row columns; the dimensions and coordinates other tools read are not rows
+            if _row_column(m[name]) and m[name].shape[0] < n:
                 problems.append(f"measurements/{name} has {m[name].shape[0]} rows < committed {n}")
         rows = {name: m[name][:n] for name in COMPARED}
         rows["kind"] = m["kind"].astype("i1")[:n]

@@ -144,11 +144,38 @@ def parse_config_text(text: str, source: str) -> dict:
         raise ConfigError(f"{source}: give the options either as flat keys or inside one [experiment] table, "
                           f"not both and no other tables (found: {', '.join(sorted(data))})")
     data = data.get("experiment", data) if set(data) == {"experiment"} else data
+    return checked_options(data, source)
+
+
+def checked_options(data: dict, source: str) -> dict:
+    """Options given as a mapping (a TOML file's, a notebook's dict): names known, values allowed."""
     unknown = sorted(set(data) - set(OPTIONS))
     if unknown:
         raise ConfigError(f"{source}: unknown option(s) {', '.join(map(repr, unknown))}; "
                           f"allowed: {', '.join(OPTIONS)}")
     return {k: _check_value(k, v, source) for k, v in data.items()}
+
+
+def experiment_config(source=None, **options) -> dict:
+    """The checked experiment of the Python API: defaults < ``source`` (a dict of options, a TOML
+    file's path, or TOML text) < ``options``; the same names and checks as ``labpgt train``."""
+    config = defaults()
+    if isinstance(source, dict):
+        config.update(checked_options(source, "experiment"))
+    elif isinstance(source, Path) or (isinstance(source, str) and "=" not in source and "\n" not in source):
+        path = Path(source)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read experiment file {path}: {exc.strerror}") from None
+        config.update(parse_config_text(text, str(path)))
+    elif isinstance(source, str):
+        config.update(parse_config_text(source, "experiment TOML"))
+    elif source is not None:
+        raise ConfigError(f"an experiment is a dict of options, a TOML file's path or TOML text; got "
+                          f"{type(source).__name__}")
+    config.update(checked_options(options, "experiment"))
+    return check_combination(config)
 
 
 def defaults() -> dict:
@@ -243,9 +270,8 @@ def config_to_toml(config: dict) -> str:
 RESUME_OPTIONS = ("budget", "progress")
 
 
-def resume_options(args: argparse.Namespace, recorded: dict) -> dict:
-    """The options given with ``--resume`` (flags or a ``--config`` file). Any that would change the
-    recorded experiment is refused, naming it; the same value, ``--budget`` and ``--progress`` are taken."""
+def given_options(args: argparse.Namespace) -> dict:
+    """The options given on the command line: the ``--config`` file's, then the flags'."""
     given, flags = {}, vars(args)
     if flags.get("config"):
         path = Path(args.config)
@@ -256,11 +282,18 @@ def resume_options(args: argparse.Namespace, recorded: dict) -> dict:
     for name in OPTIONS:
         if flags.get(name) is not None:
             given[name] = _check_value(name, flags[name], "command line")
+    return given
+
+
+def check_resume_options(given: dict, recorded: dict, path) -> dict:
+    """The options given with ``--resume`` that it takes (budget, progress). Any other that would change
+    the recorded experiment is refused, naming it; the same value as recorded is accepted."""
+    given = checked_options(given, "resume")
     for name, value in given.items():
         if name not in RESUME_OPTIONS and value != recorded[name]:
             flag = "--" + name.replace("_", "-")
             was = f"{name} = {recorded[name]!r}" if recorded[name] is not None else f"{name} not set"
-            raise ConfigError(f"{args.resume}: {flag} {value!r} would change the recorded experiment ({was}); "
+            raise ConfigError(f"{path}: {flag} {value!r} would change the recorded experiment ({was}); "
                               f"--resume continues it as recorded; allowed with --resume: "
                               f"--budget, --progress/--no-progress (start a new run to change {name})")
     return {name: value for name, value in given.items() if name in RESUME_OPTIONS}

@@ -30,8 +30,8 @@ from labpgt import __version__
 from labpgt.contracts import FLAG_SIMULATED, NoiselessModel, Reservoir
 from labpgt.experiment import registry
 from labpgt.experiment.builder import build_trainer, dataset_of_config, in_process_reservoir
-from labpgt.experiment.options import (ConfigError, config_to_toml, defaults, parse_config_text, resolve,
-                                       resume_options)
+from labpgt.experiment.options import (ConfigError, check_resume_options, config_to_toml, defaults, given_options,
+                                       parse_config_text, resolve)
 from labpgt.runfile import RunFile, RunReader
 from labpgt.runfile.recording import Recording
 from labpgt.runfile.thread import RecorderThread
@@ -68,17 +68,57 @@ class Rig:
     restore: Callable[[object, dict], None] = lambda trainer, state: None  # after loading a checkpoint
 
 
+@dataclass
+class TrainingOutcome:
+    """How a run of :func:`run_experiment` ended (``labpgt train`` prints it; the API returns it)."""
+
+    status: str  # completed, aborted (stopped by a signal, resumable) or what failed
+    run_path: Path
+    steps: int
+    train_measurements: int
+    final_evaluation: dict | None  # the last evaluation on the test split (None: none yet)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.status == "completed" else (130 if self.status == "aborted" else 1)
+
+
 def run_training(args, argv=None) -> int:
-    resumed = read_resumed(args) if args.resume else None
-    config = resumed.config if resumed else resolve(args)
+    """``labpgt train``: the experiment from the flags (or, with ``--resume``, from the run file), run,
+    its end printed."""
+    watch = bool(vars(args).get("watch"))
+    if vars(args).get("dry_run"):  # the plan and the instrument time; nothing moves
+        resumed = read_resumed(args.resume, given_options(args)) if args.resume else None
+        config = resumed.config if resumed else resolve(args)
+        if not resumed and config["model"] != "transformer" and config["reference_from"] is not None:
+            config = operating_point_from_map(config)
+        return dry_run(config, resumed)
+    if args.resume:
+        outcome = run_experiment(resume=args.resume, resume_given=given_options(args), argv=argv, watch=watch)
+    else:
+        outcome = run_experiment(resolve(args), argv=argv, watch=watch)
+    return report_end(outcome)
+
+
+def run_experiment(config: dict | None = None, *, resume=None, resume_given: dict | None = None, argv=None,
+                   progress: Callable[[dict], None] | None = None, watch: bool = False) -> TrainingOutcome:
+    """The one pipeline of ``labpgt train`` and of ``labpgt.train`` / ``labpgt.resume``.
+
+    config: a checked experiment (options.resolve / options.experiment_config); or resume: a run
+    file to continue as recorded, with ``resume_given`` the options given with it (only budget and
+    progress may differ from the recorded ones). progress: called with every step and evaluation
+    record (``record["kind"]`` "step" or "eval"), besides the progress bar when ``config["progress"]``.
+    watch: serve a live page of the run from its own process (``labpgt train --watch``).
+    """
+    resumed = read_resumed(resume, resume_given or {}) if resume is not None else None
+    config = resumed.config if resumed else config
     if not resumed and config["model"] != "transformer" and config["reference_from"] is not None:
         config = operating_point_from_map(config)  # before anything moves: the map must be one
-    if vars(args).get("dry_run"):
-        return dry_run(config, resumed)
-    # the dense model's data, read and checked before any instrument moves (a resumed run's from its file)
+    # the data of the models on a station, read and checked before any instrument moves (a resumed
+    # run's from its file)
     dataset = resumed.dataset if resumed else dataset_of_config(config) if config["model"] != "transformer" else None
-    run_path = Path(args.resume) if resumed else new_run_path(config["out"], config)
-    if vars(args).get("watch"):
+    run_path = Path(resume) if resumed else new_run_path(config["out"], config)
+    if watch:
         from labpgt.watch.cli import watch_beside  # a page of the run, served by its own process
 
         watch_beside(run_path)
@@ -100,15 +140,18 @@ def run_training(args, argv=None) -> int:
             rig.reservoir.recorder = trainer.recorder = recording
             if not (resumed and resumed.state is not None):
                 trainer.checkpoint()  # step 0: a run killed from here on can be resumed
-            status = _train(trainer, config, run_path)
+            status = _train(trainer, config, run_path, progress)
             writer.set_status(status if status in ("completed", "aborted") else "failed", message=status)
-    return report_end(status, trainer, run_path)
+    return TrainingOutcome(status=status, run_path=run_path, steps=trainer.step,
+                           train_measurements=trainer.train_measurements,
+                           final_evaluation=trainer.evaluations[-1] if trainer.evaluations else None)
 
 
-def _train(trainer, config: dict, run_path: Path) -> str:
+def _train(trainer, config: dict, run_path: Path, progress: Callable[[dict], None] | None = None) -> str:
     from labpgt.reservoirs.recovery import MeasurementFailed
 
-    bar, trainer.progress = progress_bar(config, trainer.train_measurements)
+    bar, bar_progress = progress_bar(config, trainer.train_measurements)
+    trainer.progress = _both(bar_progress, progress)
     with StopAfterStep(trainer):
         try:
             return trainer.run()
@@ -121,11 +164,24 @@ def _train(trainer, config: dict, run_path: Path) -> str:
                 bar.close()
 
 
+def _both(first, second):
+    """One progress callback out of two (either may be None)."""
+    if first is None or second is None:
+        return first or second
+
+    def both(record):
+        first(record)
+        second(record)
+    return both
+
+
 def _create_run_file(run_path: Path, config: dict, rig: Rig, trainer, argv, dataset) -> RunFile:
     return RunFile.create(
         run_path, n_params=trainer.model.params().size, features_per_measurement=rig.features_per_measurement,
         trace_points=rig.trace_points, optimizer_state_shapes={k: np.shape(v) for k, v in trainer.opt_state.items()},
         probe=rig.probe, dataset=dataset.to_record() if dataset is not None else None,
+        trace_frequency_hz=trace_axis_of_layout(rig.layout, rig.trace_points),
+        feature_bands_hz=feature_bands_of_layout(rig.layout, rig.features_per_measurement),
         metadata={
             "station_toml": "", "identities": {}, **rig.metadata,
             "experiment_toml": config_to_toml(config),
@@ -204,6 +260,26 @@ def in_process_layout(reservoir) -> dict:
     if isinstance(reservoir, EchoStateReservoir):
         return {"knobs_only": reservoir.knobs_only.to_dict()}
     return {"encoder": reservoir.encoder.to_dict(), "readout": reservoir.readout.to_dict()}
+
+
+def trace_axis_of_layout(layout: dict, trace_points: int):
+    """The analyzer's frequency axis [points] of a run whose window is fixed (a ring readout), else None."""
+    if "readout" not in layout:
+        return None
+    from labpgt.reservoirs.encoding import BandReadout
+
+    freqs = BandReadout(**layout["readout"]).freqs_hz
+    return freqs if freqs.size == trace_points else None
+
+
+def feature_bands_of_layout(layout: dict, features: int):
+    """(first, last) frequency of the trace each readout feature covers, or None (no ring readout)."""
+    if "readout" not in layout:
+        return None
+    from labpgt.reservoirs.encoding import BandReadout
+
+    readout = BandReadout(**layout["readout"])
+    return readout.band_edges_hz() if readout.n_bands == features else None
 
 
 def encoder_from_layout(layout: dict):
@@ -308,17 +384,16 @@ def dry_run(config: dict, resumed: Resumed | None) -> int:
 
 
 # --------------------------------------------------------------------------- run files
-def read_resumed(args) -> Resumed:
+def read_resumed(path, given: dict) -> Resumed:
     """What ``--resume`` continues: the recorded experiment, with the budget in force (the last resume's,
-    or ``--budget``); any other option given that would change the experiment is refused."""
-    path = args.resume
+    or ``--budget``); any other option ``given`` that would change the experiment is refused."""
     with RunReader(path) as reader:
         if reader.status == "completed":
             raise ConfigError(f"{path}: this run is already completed; nothing was changed (start a new run "
                               f"instead of --resume; --budget extends only a run that has not completed)")
         config = recorded_config(reader, path)
         state = reader.last_checkpoint()
-        given = resume_options(args, config)
+        given = check_resume_options(given, config, path)
         if "progress" in given:
             config["progress"] = given["progress"]
         if "budget" in given:
@@ -399,14 +474,14 @@ def progress_bar(config: dict, start: int):
     return bar, progress
 
 
-def report_end(status: str, trainer, run_path) -> int:
-    final = trainer.evaluations[-1] if trainer.evaluations else None
-    print(f"run {status}: {trainer.train_measurements} training measurements, {trainer.step} steps"
+def report_end(outcome: TrainingOutcome) -> int:
+    final = outcome.final_evaluation
+    print(f"run {outcome.status}: {outcome.train_measurements} training measurements, {outcome.steps} steps"
           + (f", test accuracy {final['test_accuracy']:.3f}" if final else ""))
-    print(f"run file: {run_path}")
-    if status == "aborted":
-        print(f"continue with: labpgt train --resume {run_path}")
-    return 0 if status == "completed" else (130 if status == "aborted" else 1)
+    print(f"run file: {outcome.run_path}")
+    if outcome.status == "aborted":
+        print(f"continue with: labpgt train --resume {outcome.run_path}")
+    return outcome.exit_code
 
 
 # --------------------------------------------------------------------------- replay

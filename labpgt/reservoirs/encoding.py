@@ -119,6 +119,11 @@ class BandReadout:
         # band boundaries in points; the last band takes the remainder so every point counts
         return np.linspace(0, self.points, self.n_bands + 1).round().astype(int)
 
+    def band_edges_hz(self) -> tuple[np.ndarray, np.ndarray]:
+        """(first, last) trace-point frequency of each band [n_bands]: what each feature covers."""
+        edges, freqs = self._edges(), self.freqs_hz
+        return freqs[edges[:-1]], freqs[edges[1:] - 1]
+
     def features(self, trace_dbm: np.ndarray) -> np.ndarray:
         """trace_dbm [n, points] -> features [n, n_bands] (float64)."""
         trace_dbm = np.asarray(trace_dbm, dtype=np.float64)

@@ -58,7 +58,14 @@ SWMR) nor in variable-length strings (unsafe under SWMR), so a text column ``x``
 ``x_utf8`` (uint8, all rows' bytes concatenated) plus per-row ``x_offset`` and ``x_length``.
 
 Every dataset carries ``units`` ("s", "Hz", "dBm", "A", or "1" for counts and indices) and a
-``description`` attribute.
+``description`` attribute. Files from this version on also carry, added at creation before SWMR
+(labpgt/runfile/conventions.py; readers of format_version 1 need none of it): HDF5 dimension
+scales (each table's rows, ``trace_point``, ``feature``, ``param``, ...; in /measurements the
+fixed coordinates ``trace_frequency_hz`` and ``feature_low_hz`` / ``feature_high_hz`` when the
+analyzer window is fixed), CF ``long_name`` and ``flag_*`` attributes, ``/table`` (the names of
+/committed's counts) and NXdata on /probe. A reader that walks a table group must take as row
+columns only the datasets with an unlimited first axis that are not netCDF dimensions (their
+``NAME`` attribute says "This is a netCDF dimension but not a netCDF variable").
 
 A writer killed with SIGKILL leaves the superblock marked "open for writing": HDF5 then refuses
 """

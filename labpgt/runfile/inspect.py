@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -14,6 +15,9 @@ import numpy as np
 from labpgt.runfile.format import FAULT_KINDS, FORMAT, RunFileError
 from labpgt.runfile.superblock import _superblock, clear_write_flags
 from labpgt.runfile.reader import RunReader
+from labpgt.runfile.writer import _pid_alive
+
+_SWMR_WRITE_FLAG = 0x04  # the superblock's "open for SWMR writing" bit (0x01: open for writing)
 
 
 # inspect
@@ -29,6 +33,7 @@ def inspect(path) -> str:
     try:
         with RunReader(path) as r:
             _describe(r, lines)
+            lines += how_to_open(path, r)
         return "\n".join(lines)
     except RunFileError as e:
         lines.append(f"  PROBLEM: {e}")
@@ -67,6 +72,28 @@ def inspect(path) -> str:
         if tmp:
             os.unlink(tmp)
     return "\n".join(lines)
+
+
+def how_to_open(path, r: RunReader) -> list[str]:
+    """For a file still marked open for writing (a live writer, or one that was killed): why a
+    plain ``h5py.File(path, "r")`` refuses it and what opens it."""
+    sb = _superblock(path)
+    if sb is None or not sb["flags"]:
+        return []
+    history = r.status_history()
+    last = history[-1] if history else None
+    live = (last is not None and r.status == "running" and last["host"] == socket.gethostname()
+            and _pid_alive(last["pid"]))
+    swmr = bool(sb["flags"] & _SWMR_WRITE_FLAG)
+    who = f"being written by process {last['pid']}" if live else "marked open by a writer that is gone (killed)"
+    lines = [f"  open for writing: {who}; a plain h5py.File(path, 'r') refuses it. Read it with:"]
+    lines.append(f"    labpgt.open_run({str(path)!r})   (committed rows only, abandoned ones left out)")
+    if swmr:
+        lines.append(f"    h5py.File({str(path)!r}, 'r', swmr=True)   (every row, in-flight ones included)")
+    lines.append(f"    labpgt export {path} --format netcdf   (a clean copy any tool opens)")
+    if not live:
+        lines.append(f"  continue the run with: labpgt train --resume {path}   (or clear the mark by hand: h5clear -s {path})")
+    return lines
 
 
 def _walk_damaged(group, lines, indent="  "):

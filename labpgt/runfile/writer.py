@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 
 from labpgt.runfile.format import BLOCK_ROWS, FAULT_KINDS, FAULT_ROLES, FORMAT, FORMAT_VERSION, KINDS, OPTIONAL_TABLES, RunFileError, STATUSES, TABLES, _CKPT_SCALARS, _EVAL_COLUMNS, _FAULT_COLUMNS, _MEAS_SCALARS, _RESUME_BUDGET, _RESUME_COLUMNS, _STATUS_COLUMNS, _STEP_COLUMNS
+from labpgt.runfile.conventions import annotate, checked_trace_axis
 from labpgt.runfile.probe import Probe, _checked_probe, _write_probe
 from labpgt.runfile.superblock import _superblock, clear_write_flags
 from labpgt.runfile.reader import RunReader, _close_h5
@@ -116,7 +117,8 @@ class RunFile:
     def create(cls, path, *, n_params: int, param_names=None, features_per_measurement: int,
                trace_points: int, optimizer_state_shapes: dict | None = None, metadata: dict | None = None,
                features_units: str = "1", trace_compression: str | None = None,
-               probe: Probe | None = None, overwrite: bool = False, dataset=None) -> "RunFile":
+               probe: Probe | None = None, overwrite: bool = False, dataset=None,
+               trace_frequency_hz=None, feature_bands_hz=None) -> "RunFile":
         """Create a new run file with every dataset, then switch to SWMR writing.
 
         metadata: station_toml, experiment_toml (verbatim text), identities (role -> IDN),
@@ -125,6 +127,10 @@ class RunFile:
         probe: where the drive's reference frequency came from (:class:`Probe`), kept as /probe;
         None: no /probe group (a run with no station probe).
         dataset: a :class:`labpgt.data.record.DatasetRecord`, kept as /dataset (None: no group).
+        trace_frequency_hz: the analyzer's frequency axis [trace_points] when it is fixed for the
+        run, kept as the traces' coordinate (labpgt/runfile/conventions.py); None: not known.
+        feature_bands_hz: (first, last) trace frequency each feature covers, [features] each, kept
+        as the features' coordinates; None: not known.
         """
         path = Path(path)
         if path.exists() and not overwrite:
@@ -139,6 +145,10 @@ class RunFile:
             raise ValueError(f"{len(param_names)} param_names for n_params={n_params}")
         optimizer_state_shapes = {k: tuple(int(d) for d in v) for k, v in (optimizer_state_shapes or {}).items()}
         probe = _checked_probe(probe) if probe is not None else None
+        if trace_frequency_hz is not None:
+            trace_frequency_hz = checked_trace_axis(trace_frequency_hz, trace_points)
+        if feature_bands_hz is not None:
+            feature_bands_hz = tuple(checked_trace_axis(edge, features_per_measurement) for edge in feature_bands_hz)
 
         f = h5py.File(path, "w", libver="latest")
         try:
@@ -208,6 +218,9 @@ class RunFile:
                 _write_probe(f, probe)
             if dataset is not None:
                 dataset.write(f.create_group("dataset"))
+            # dimension scales and CF / NeXus attributes, for xarray, silx, NeXpy (before SWMR)
+            annotate(f, tables=tables, trace_frequency_hz=trace_frequency_hz, feature_bands_hz=feature_bands_hz,
+                     param_names=param_names)
 
             f.swmr_mode = True  # from here on: no new objects, no attribute changes
         except BaseException:
@@ -536,6 +549,8 @@ def _truncate_group(g, n):
             _truncate_group(obj, n)
         elif name.endswith("_utf8"):
             continue  # bytes beyond the last committed offset are unreferenced, harmless
+        elif obj.maxshape[0] is not None:
+            continue  # a fixed coordinate or dimension (labpgt/runfile/conventions.py), not a row column
         elif obj.shape[0] > n:
             obj.resize(n, axis=0)
 
