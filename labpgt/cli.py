@@ -10,6 +10,7 @@ from pathlib import Path
 from instruments.errors import InstrumentError
 from instruments.interrupts import Terminated, terminate_as_interrupt
 from labpgt import __version__, logs
+from labpgt.argtypes import positive_int
 
 
 # --------------------------------------------------------------------------- sim serve
@@ -301,16 +302,6 @@ def cmd_inspect(args) -> int:
 
 
 # --------------------------------------------------------------------------- parser
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed; give 1 or more")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labpgt", description=__doc__)
     parser.add_argument("--version", action="version", version=f"labpgt {__version__}")
@@ -348,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--current", type=float, default=1.8, help="bias current, A")
     measure.add_argument("--center", type=float, help="analyzer centre, Hz (default: the drive frequency)")
     measure.add_argument("--span", type=float, help="analyzer span, Hz (default: the station's)")
-    measure.add_argument("--peaks", type=_positive_int, default=5, help="how many peaks to print")
+    measure.add_argument("--peaks", type=positive_int, default=5, help="how many peaks to print")
     measure.add_argument("--plot", help="write a PNG of the trace here")
     measure.add_argument("--station", help="station TOML (default: the embedded simulated ring)")
     measure.add_argument("--seed", type=int, default=0, help="seed of the embedded simulated ring")
@@ -366,23 +357,23 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
     sweep.add_argument("--from-a", type=float, default=1.5, help="current: first bias current, A")
     sweep.add_argument("--to-a", type=float, default=2.0, help="current: last bias current, A")
-    sweep.add_argument("--points", type=_positive_int, default=26, help="current: how many currents")
+    sweep.add_argument("--points", type=positive_int, default=26, help="current: how many currents")
     sweep.add_argument("--current-a", type=float, help="lock, drift, spectrum: the bias current, A")
     sweep.add_argument("--line-hz", type=float, help="lock: the free-running line, Hz (default: a probe sweep at start)")
     sweep.add_argument("--detuning-hz", type=float, default=15e6, help="lock: detunings from -this to +this, Hz")
-    sweep.add_argument("--detunings", type=_positive_int, default=31, help="lock: how many detunings")
+    sweep.add_argument("--detunings", type=positive_int, default=31, help="lock: how many detunings")
     sweep.add_argument("--power-from-dbm", type=float, default=-40.0, help="lock: lowest drive power, dBm")
     sweep.add_argument("--power-to-dbm", type=float, default=-5.0, help="lock: highest drive power, dBm")
-    sweep.add_argument("--powers", type=_positive_int, default=8, help="lock: how many powers")
-    sweep.add_argument("--samples", type=_positive_int, default=30, help="drift: how many traces")
+    sweep.add_argument("--powers", type=positive_int, default=8, help="lock: how many powers")
+    sweep.add_argument("--samples", type=positive_int, default=30, help="drift: how many traces")
     sweep.add_argument("--interval-s", type=float, default=10.0, help="drift: seconds between traces")
-    sweep.add_argument("--repeats", type=_positive_int, default=1, help="spectrum: how many traces")
+    sweep.add_argument("--repeats", type=positive_int, default=1, help="spectrum: how many traces")
     sweep.add_argument("--drive-frequency-hz", type=float, help="spectrum: drive frequency, Hz (default: RF off)")
     sweep.add_argument("--drive-power-dbm", type=float, help="spectrum: drive power, dBm (with --drive-frequency-hz)")
     sweep.add_argument("--center-hz", type=float, help="analyzer centre, Hz (default: per kind, from the station)")
     sweep.add_argument("--span-hz", type=float, help="analyzer span, Hz (default: per kind, from the station)")
     sweep.add_argument("--rbw-hz", type=float, help="analyzer resolution bandwidth, Hz")
-    sweep.add_argument("--trace-points", type=_positive_int, help="analyzer trace points")
+    sweep.add_argument("--trace-points", type=positive_int, help="analyzer trace points")
     sweep.set_defaults(func=cmd_sweep)
 
     from labpgt.experiment.options import add_train_arguments

@@ -1,19 +1,10 @@
 """``labpgt study STUDY.toml``: the subcommand's arguments and entry point."""
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 
-
-def _workers(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed; give 1 or more")
-    return value
+from labpgt.argtypes import positive_int
 
 
 def add_study_parser(subparsers) -> None:
@@ -22,7 +13,7 @@ def add_study_parser(subparsers) -> None:
         description="Run a study: a base experiment plus variants and seeds, each trial an ordinary run file "
                     "under the study folder; an index, a summary table and plot. Rerun to resume.")
     study.add_argument("study_file", metavar="STUDY.toml", help="the study file (see examples/study.toml)")
-    study.add_argument("--workers", type=_workers, help="local worker processes (default: [study] workers, "
+    study.add_argument("--workers", type=positive_int, help="local worker processes (default: [study] workers, "
                                                         "else the CPUs)")
     study.add_argument("--scheduler", metavar="ADDRESS",
                        help="an existing Dask scheduler (e.g. tcp://10.0.0.5:8786) instead of local workers; "

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -26,8 +25,8 @@ from labpgt.study import summary as summary_mod
 from labpgt.study.options import config_to_toml
 from labpgt.study.kinds import KINDS
 from labpgt.study.spec import Study, Trial
-from labpgt.study.trial import (RUN_FILE, STOP_TIMEOUT_S, TrialTask, direct_result_state, run_file_state, run_trial,
-                                stop_children)
+from labpgt.study.trial import (RUN_FILE, STOP_TIMEOUT_S, TrialTask, direct_result_state, pid_alive, run_file_state,
+                                run_trial, stop_children)
 
 log = logging.getLogger(__name__)
 
@@ -327,20 +326,10 @@ def _settled_state(path: Path, timeout_s: float = STOP_TIMEOUT_S) -> dict:
     deadline = time.monotonic() + timeout_s
     state = run_file_state(path)
     while (state["status"] == "running" and state.get("writer_host") == socket.gethostname()
-           and state.get("writer_pid") and _alive(state["writer_pid"]) and time.monotonic() < deadline):
+           and state.get("writer_pid") and pid_alive(state["writer_pid"]) and time.monotonic() < deadline):
         time.sleep(0.2)
         state = run_file_state(path)
     return state
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _median(values: list[float]) -> float:

@@ -65,7 +65,7 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -113,7 +113,7 @@ def _wait_for_writer_exit(path: Path, state: dict) -> dict:
     """A run file still marked running by a live process on this host: wait until it exits."""
     deadline = time.monotonic() + WRITER_EXIT_TIMEOUT_S
     while (state["status"] == "running" and state.get("writer_host") == socket.gethostname()
-           and state.get("writer_pid") and _pid_alive(state["writer_pid"])):
+           and state.get("writer_pid") and pid_alive(state["writer_pid"])):
         if time.monotonic() > deadline:
             raise RuntimeError(f"{path}: still written by process {state['writer_pid']} after "
                                f"{WRITER_EXIT_TIMEOUT_S:.0f} s; stop it, then rerun the study")
