@@ -1,4 +1,4 @@
-"""The ``labpgt`` command line."""
+"""labpgt: train neural networks through a magnonic ring (or its simulator), every measurement in an HDF5 run file."""
 from __future__ import annotations
 
 import argparse
@@ -302,8 +302,15 @@ def cmd_inspect(args) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+class _OneLineErrors(argparse.ArgumentParser):
+    """A usage mistake is one line (what was wrong, where to look), not the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="labpgt", description=__doc__)
+    parser = _OneLineErrors(prog="labpgt", description=__doc__)
     parser.add_argument("--version", action="version", version=f"labpgt {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more messages: -v progress notes, -vv every message on the wire (role, resource)")

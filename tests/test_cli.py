@@ -221,3 +221,11 @@ def test_transformer_options_that_do_not_fit_are_refused(capsys):
     assert "only for the transformer" in capsys.readouterr().err
     assert main(["train", "--model", "transformer", "--estimator", "twin"]) == 2
     assert "allowed for the transformer model: node, pgt, spsa, oracle, backprop, node-token" in capsys.readouterr().err
+
+
+def test_a_usage_mistake_is_one_line_naming_what_is_allowed(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--estimator", "nod"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "invalid choice: 'nod'" in err and "'node'" in err and "labpgt train --help" in err

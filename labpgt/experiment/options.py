@@ -54,7 +54,8 @@ OPTIONS: dict[str, Option] = {
                         "network", ("ring", "esn")),
     "estimator": Option(str, "node", "gradient estimator (which apply to which model: labpgt/experiment/registry.py)",
                         tuple(ESTIMATORS)),
-    "budget": Option(int, 20000, "training measurements to spend", maximum=10**10),
+    "budget": Option(int, 20000, "training measurements to spend (the step that reaches it is finished, so a run "
+                     "may spend up to one step more)", maximum=10**10),
     "seed": Option(int, 0, "seed of batches, perturbations and the embedded simulated ring"),
     "out": Option(str, "runs", "run file, or a directory for a new timestamped run file"),
     "batch_size": Option(int, None, "samples per step (default: the estimator's tuned value)", maximum=100_000),

@@ -35,7 +35,7 @@ def export_run(path, out, fmt: str = "netcdf", *, overwrite: bool = False) -> li
         if fmt == "netcdf":
             import h5netcdf  # noqa: F401
     except ImportError as exc:
-        raise RuntimeError(f"labpgt export needs {exc.name}: pip install 'labpgt[notebook]'") from None
+        raise RuntimeError(f"labpgt export needs {exc.name}: pip install 'labpgt[notebook]' (in a checkout: pip install -e '.[notebook]')") from None
     with open_run(path) as run:
         written = _netcdf(run, out) if fmt == "netcdf" else _csv(run, out)
         log.info("exported the effective rows of %s (%s abandoned rows left out) to %s", path,
