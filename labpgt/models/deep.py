@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from labpgt.contracts import Perturbation
-from labpgt.models.dense import Dense, FlatParameters, ParamSlot, softmax_cross_entropy
+from labpgt.models.dense import Dense, FlatParameters, lay_out, softmax_cross_entropy
 from labpgt.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -113,26 +113,15 @@ class DeepPhysicalModel(FlatParameters):
         self.head_layer = Dense(self.width, n_classes) if head == "softmax" else None
 
         # the flat vector: knob maps (before), the current (physical), linear layers and head (readout)
-        self.slots: dict[str, ParamSlot] = {}
-        offset = 0
-
-        def add(name, group, shape):
-            nonlocal offset
-            size = int(np.prod(shape))
-            self.slots[name] = ParamSlot(name, group, tuple(shape), slice(offset, offset + size))
-            offset += size
-
-        for k, layer in enumerate(self.knob_maps):
-            for pname, shape in layer.shapes.items():
-                add(f"block{k}.knobs.{pname}", "before", shape)
-        add("physical.current_a", "physical", (1,))
-        for k, layer in enumerate(self.linears):
-            for pname, shape in layer.shapes.items():
-                add(f"block{k}.linear.{pname}", "readout", shape)
-        if self.head_layer is not None:
-            for pname, shape in self.head_layer.shapes.items():
-                add(f"head.{pname}", "readout", shape)
-        self.size = offset
+        self.slots, self.size = lay_out([
+            *((f"block{k}.knobs.{pname}", "before", shape)
+              for k, layer in enumerate(self.knob_maps) for pname, shape in layer.shapes.items()),
+            ("physical.current_a", "physical", (1,)),
+            *((f"block{k}.linear.{pname}", "readout", shape)
+              for k, layer in enumerate(self.linears) for pname, shape in layer.shapes.items()),
+            *((f"head.{pname}", "readout", shape)
+              for pname, shape in (self.head_layer.shapes.items() if self.head_layer is not None else ())),
+        ])
 
         rng = np.random.default_rng(seed)
         self._params = np.zeros(self.size)

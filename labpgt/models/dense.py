@@ -105,6 +105,18 @@ class ParamSlot:
     slice: slice
 
 
+def lay_out(entries) -> tuple[dict[str, ParamSlot], int]:
+    """(name, group, shape) entries, in order, as consecutive named slices of one flat vector:
+    (slots, total size). Every model lays out its parameters with it."""
+    slots: dict[str, ParamSlot] = {}
+    offset = 0
+    for name, group, shape in entries:
+        size = int(np.prod(shape))
+        slots[name] = ParamSlot(name, group, tuple(shape), slice(offset, offset + size))
+        offset += size
+    return slots, offset
+
+
 class _Stack:
     """A sequence of layers whose parameters sit in named slots of the flat vector."""
 
@@ -253,23 +265,13 @@ class HybridModel(FlatParameters):
         after_layers = build([n_features, *hidden_after, n_classes])
 
         # lay out the flat vector: before, physical, readout
-        self.slots: dict[str, ParamSlot] = {}
-        offset = 0
-
-        def add(name, group, shape):
-            nonlocal offset
-            size = int(np.prod(shape))
-            self.slots[name] = ParamSlot(name, group, tuple(shape), slice(offset, offset + size))
-            offset += size
-
-        for i, layer in enumerate(before_layers):
-            for pname, shape in layer.shapes.items():
-                add(f"before.{i}.{pname}", "before", shape)
-        add("physical.current_a", "physical", (1,))
-        for i, layer in enumerate(after_layers):
-            for pname, shape in layer.shapes.items():
-                add(f"readout.{i}.{pname}", "readout", shape)
-        self.size = offset
+        self.slots, self.size = lay_out([
+            *((f"before.{i}.{pname}", "before", shape)
+              for i, layer in enumerate(before_layers) for pname, shape in layer.shapes.items()),
+            ("physical.current_a", "physical", (1,)),
+            *((f"readout.{i}.{pname}", "readout", shape)
+              for i, layer in enumerate(after_layers) for pname, shape in layer.shapes.items()),
+        ])
         self.before = _Stack(before_layers, "before", self.slots)
         self.readout = _Stack(after_layers, "readout", self.slots)
 

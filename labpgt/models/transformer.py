@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from labpgt.models.dense import GROUPS, FlatParameters, ParamSlot, softmax_cross_entropy
+from labpgt.models.dense import GROUPS, FlatParameters, lay_out, softmax_cross_entropy
 
 #: pooling "concat": the head sees each token's projection in place (mean pooling lost which row is which;
 #: ring, 200k: backprop 0.47 and node 0.28 (3-seed medians) -> 0.83 and 0.58 (seed 0)). train_current False:
@@ -154,13 +154,7 @@ class TransformerModel(FlatParameters):
             ("readout.head.weight", "readout", (head_in, self.n_outputs), 1.0 / np.sqrt(head_in)),
             ("readout.head.bias", "readout", (self.n_outputs,), None),
         ]
-        self.slots: dict[str, ParamSlot] = {}
-        offset = 0
-        for name, group, shape, _ in layout:
-            size = int(np.prod(shape))
-            self.slots[name] = ParamSlot(name, group, tuple(shape), slice(offset, offset + size))
-            offset += size
-        self.size = offset
+        self.slots, self.size = lay_out((name, group, shape) for name, group, shape, _ in layout)
         rng = np.random.default_rng(seed)
         self._params = np.zeros(self.size)
         for name, _, shape, std in layout:
