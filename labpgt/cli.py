@@ -289,13 +289,13 @@ def cmd_export(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from labpgt.runfile import inspect
+    from labpgt.runfile.precheck import inspect_in_child
 
     if not Path(args.run).is_file():
         print(f"error: {args.run}: no such file", file=sys.stderr)
         return 1
 
-    text = inspect(args.run)
+    text = inspect_in_child(args.run)  # a damaged file may hang libhdf5: read in a child, with a time limit
     print(text)
     # inspect shows whatever is readable; a damaged or foreign file still exits non-zero
     return 1 if "PROBLEM:" in text else 0

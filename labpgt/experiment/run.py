@@ -386,7 +386,12 @@ def dry_run(config: dict, resumed: Resumed | None) -> int:
 # --------------------------------------------------------------------------- run files
 def read_resumed(path, given: dict) -> Resumed:
     """What ``--resume`` continues: the recorded experiment, with the budget in force (the last resume's,
-    or ``--budget``); any other option ``given`` that would change the experiment is refused."""
+    or ``--budget``); any other option ``given`` that would change the experiment is refused.
+    A damaged file, or one another program holds open, is refused before anything is read here."""
+    from labpgt.runfile.precheck import check_not_locked, check_readable
+
+    check_readable(path)  # in a child process, with a time limit: damage can hang libhdf5
+    check_not_locked(path)
     with RunReader(path) as reader:
         if reader.status == "completed":
             raise ConfigError(f"{path}: this run is already completed; nothing was changed (start a new run "

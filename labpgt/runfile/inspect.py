@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 
 from labpgt.runfile.format import FAULT_KINDS, FORMAT, RunFileError
+from labpgt.runfile.opening import open_for_reading
 from labpgt.runfile.superblock import _superblock, clear_write_flags
 from labpgt.runfile.reader import RunReader
 from labpgt.runfile.writer import _pid_alive
@@ -37,6 +38,8 @@ def inspect(path) -> str:
         return "\n".join(lines)
     except RunFileError as e:
         lines.append(f"  PROBLEM: {e}")
+    except (KeyError, OSError, ValueError, RuntimeError, TypeError) as e:  # h5py's words for damage met later
+        lines.append(f"  PROBLEM: {path} is damaged: {e}; what is readable:")
     sb = _superblock(path)
     if sb is None:
         return "\n".join(lines)
@@ -57,7 +60,7 @@ def inspect(path) -> str:
         target = Path(tmp)
     try:
         try:
-            f = h5py.File(target, "r")
+            f = open_for_reading(target, swmr=False)
         except Exception as e:  # noqa: BLE001
             lines.append(f"  HDF5 cannot open it at all: {e}")
             return "\n".join(lines)

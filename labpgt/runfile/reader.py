@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -13,8 +14,11 @@ import h5py
 import numpy as np
 
 from labpgt.runfile.format import FAULT_KINDS, FAULT_ROLES, FORMAT, FORMAT_VERSION, KINDS, RunFileError, STATUSES, TABLES, _EVAL_COLUMNS, _FAULT_COLUMNS, _MEAS_SCALARS, _RESUME_BUDGET, _RESUME_COLUMNS, _STEP_COLUMNS
+from labpgt.runfile.opening import TRANSIENT, is_lock_conflict, open_for_reading, read_attempts, retry_transient
 from labpgt.runfile.probe import Probe, _read_probe
 from labpgt.runfile.superblock import _SIGNATURE, _superblock, clear_write_flags
+
+log = logging.getLogger(__name__)
 
 
 # reader
@@ -34,19 +38,22 @@ def _open_h5(path) -> h5py.File:
     if sb is not None and sb["checksum_ok"] and sb["eof"] > size:
         raise RunFileError(f"{path} is truncated: HDF5 says the file ends at byte {sb['eof']}, it has {size} "
                            "bytes (an interrupted copy?); `labpgt inspect` shows what is still readable")
-    # SWMR read only when a writer has (or had) the file open: a SWMR reader retries checksum
-    # failures ~100 times, which makes a corrupt file look like a hang
+    # SWMR read only when a writer has (or had) the file open (its metadata read attempts bounded:
+    # labpgt/runfile/opening.py), no file lock either way (a reader never blocks a --resume)
     swmr = sb is not None and sb["flags"] != 0
     try:
-        return h5py.File(path, "r", swmr=swmr)
+        return open_for_reading(path, swmr=swmr)
     except Exception as e:  # noqa: BLE001 - h5py raises OSError, RuntimeError, ... for damage
+        if is_lock_conflict(e):
+            raise RunFileError(f"{path} is locked by another program (a writer that has it open); "
+                               "close it and retry") from None
         if swmr and "not already open for SWMR writing" in str(e):
             # a writer was killed while it had the file open before switching to SWMR (creating
             # it, or reopening it for --resume): read a scratch copy without its mark, the file
             # itself is left for the writer that resumes it
             scratch = _scratch_copy_without_mark(path)
             try:
-                f = h5py.File(scratch, "r")
+                f = open_for_reading(scratch, swmr=False)
             except Exception:  # noqa: BLE001
                 os.unlink(scratch)
             else:
@@ -96,12 +103,13 @@ def _read_text(ds) -> str:
 
 
 def _damage_is_a_run_file_error(method):
-    """h5py reports a damaged object as KeyError/OSError/ValueError; say it as a RunFileError."""
+    """h5py reports a damaged object as KeyError/OSError/ValueError/...; say it as a RunFileError,
+    after a few repeats if a writer may be live (a read racing its update fails transiently)."""
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         try:
-            return method(self, *args, **kwargs)
-        except (KeyError, OSError, ValueError, RuntimeError) as exc:
+            return self._read(lambda: method(self, *args, **kwargs))
+        except TRANSIENT as exc:
             if isinstance(exc, RunFileError):
                 raise
             raise RunFileError(f"{self.path}: {method.__name__.strip('_')} is unreadable ({exc}); the file is "
@@ -125,12 +133,13 @@ class Measurements:
         if name not in self.COLUMNS:
             raise KeyError(f"no measurement column {name!r}; columns: {self.COLUMNS}")
         sl = _clip(index, len(self))
-        try:
+
+        def read():
             ds = self._g[name]
-            if name == "kind":
-                return ds.astype("i1")[sl]
-            return ds[sl]
-        except (KeyError, OSError, ValueError, RuntimeError) as exc:  # h5py's words for a damaged object
+            return ds.astype("i1")[sl] if name == "kind" else ds[sl]
+        try:
+            return self._r._read(read)
+        except TRANSIENT as exc:  # h5py's words for a damaged object
             raise RunFileError(f"{self._r.path}: measurement column {name!r} is unreadable ({exc}); the file "
                                f"is damaged: `labpgt inspect` shows what is still readable") from None
 
@@ -166,6 +175,13 @@ class RunReader:
 
     def __init__(self, path):
         self.path = Path(path)
+        self._reading = False  # inside a read that is repeated as a whole if it fails
+        read_attempts()  # a bad LABPGT_SWMR_READ_ATTEMPTS is said as such, not as damage
+        sb = _superblock(self.path) if self.path.is_file() else None
+        # a file marked open for writing may have a live writer: a failed read may be a race, repeated
+        retry_transient(self._open, live=sb is not None and sb["flags"] != 0)
+
+    def _open(self) -> None:
         self._f = _open_h5(self.path)
         try:
             self.format_version = _check_ours(self._f, self.path)
@@ -190,13 +206,33 @@ class RunReader:
         except RunFileError:
             _close_h5(self._f)
             raise
-        except (KeyError, OSError, ValueError) as e:
+        except (KeyError, OSError, ValueError, RuntimeError, TypeError) as e:
             _close_h5(self._f)
             raise RunFileError(f"{self.path}: a labpgt run file with missing or unreadable parts ({e}); "
                                "`labpgt inspect` shows what is readable") from None
 
     def refresh(self) -> None:
         """See what a live writer has committed since (SWMR)."""
+        retry_transient(self._refresh, live=self._f.swmr_mode)
+
+    def _read(self, read):
+        """``read()``, repeated (refreshed) a few times if it fails while a writer may be live; a
+        read inside another is not repeated on its own."""
+        if self._reading:
+            return read()
+        self._reading = True
+        try:
+            return retry_transient(read, live=self._f.swmr_mode, before_retry=self._refresh_quietly)
+        finally:
+            self._reading = False
+
+    def _refresh_quietly(self) -> None:
+        try:
+            self._refresh()
+        except TRANSIENT as exc:  # the repeated read says what is wrong, if anything is
+            log.debug("%s: refresh failed: %s", self.path, exc)
+
+    def _refresh(self) -> None:
         def visit(_, obj):
             if isinstance(obj, h5py.Dataset):
                 obj.refresh()
@@ -309,12 +345,14 @@ class RunReader:
     def n_checkpoints(self) -> int:
         return self._committed[3]
 
-    @_damage_is_a_run_file_error
     def checkpoint(self, i: int) -> dict:
         n = self.n_checkpoints
         if not -n <= i < n:
             raise IndexError(f"checkpoint {i} out of range ({n} checkpoints)")
-        i %= n
+        return self._checkpoint(i % n)
+
+    @_damage_is_a_run_file_error
+    def _checkpoint(self, i: int) -> dict:
         g = self._f["checkpoints"]
         return {
             "step": int(g["step"][i]), "measurements": int(g["measurements"][i]), "time_s": float(g["time_s"][i]),
@@ -339,6 +377,10 @@ class RunReader:
 
     @property
     def status(self) -> str:
+        return self._status()
+
+    @_damage_is_a_run_file_error
+    def _status(self) -> str:
         n = self._committed[4]
         return STATUSES[int(self._f["status/code"].astype("i1")[n - 1])] if n else "unknown"
 

@@ -1,0 +1,234 @@
+"""Reading a run file that may be damaged in a child process, with a time limit.
+
+libhdf5 can loop, sleep or crash on damaged metadata, inside C code that holds the GIL: no Python
+signal handler runs, so neither a time limit nor Ctrl-C can stop it in-process. The commands that
+read a file which may be damaged therefore read it first in a child process
+(:func:`run_in_child`): ``labpgt inspect`` does all its reading there, ``labpgt
+train --resume`` (and ``labpgt.resume``) reads there everything a resume reads before it touches
+the file or any instrument. If the child does not finish within the limit, or dies of a signal,
+the file is called damaged and nothing was changed; Ctrl-C or SIGTERM while waiting kills the
+child and goes on as usual (an interrupt).
+
+Also here: :func:`check_not_locked`, whether another program holds a lock on the file (libhdf5
+locks a file for every process that opens it, unless told not to), before ``--resume`` opens it
+for writing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from labpgt.runfile.format import TABLES, RunFileError
+
+log = logging.getLogger(__name__)
+
+#: seconds the child may take to read a file's structure (after its start-up)
+READ_LIMIT_S = 5.0
+#: seconds the child may take to start (import numpy and h5py), generous for a loaded machine
+START_LIMIT_S = 60.0
+
+
+def _wait_for_line(proc: subprocess.Popen, deadline: float) -> bytes | None:
+    """The child's next line on stdout, or None if it did not come before ``deadline``."""
+    import selectors
+
+    buf = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            if not sel.select(timeout=min(left, 0.5)):
+                continue
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                return buf if buf else b""
+            buf += chunk
+            if b"\n" in buf:
+                return buf
+
+
+def run_in_child(task: str, path, *, limit_s: float = READ_LIMIT_S) -> dict:
+    """Run ``task`` ("inspect" or "check") on ``path`` in a child process; its JSON answer.
+
+    Raises RunFileError if the child did not answer within ``limit_s`` (after it started) or died.
+    KeyboardInterrupt (Ctrl-C, or SIGTERM under ``terminate_as_interrupt``) kills the child first.
+    """
+    path = Path(path)
+    # -I: neither the working directory nor PYTHONPATH on the child's import path; this labpgt first
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r}); "
+            "from labpgt.runfile.precheck import _child; sys.exit(_child(sys.argv[1], sys.argv[2]))")
+    proc = subprocess.Popen([sys.executable, "-I", "-c", code, task, str(path)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        started = _wait_for_line(proc, time.monotonic() + START_LIMIT_S)
+        if started is None:
+            raise RunFileError(f"{path}: the check of the file did not start within {START_LIMIT_S:.0f} s "
+                               "(is the machine overloaded?); nothing was changed")
+        if not started.startswith(b"ready\n"):
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"the run file check could not start: {proc.stderr.read().decode()[-500:]}")
+        answer = started[len(b"ready\n"):]
+        if b"\n" not in answer:
+            more = _wait_for_line(proc, time.monotonic() + limit_s)
+            if more is None:
+                raise RunFileError(f"{path} is damaged: reading its HDF5 structure did not finish within "
+                                   f"{limit_s:.0f} s (libhdf5 loops on damaged metadata); nothing was changed")
+            answer += more
+        try:
+            return json.loads(answer.split(b"\n", 1)[0])
+        except ValueError:
+            proc.kill()
+            code = proc.wait()
+            raise RunFileError(f"{path} is damaged: libhdf5 {_death(code)} reading its HDF5 structure; "
+                               "nothing was changed") from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def _death(code: int) -> str:
+    if code < 0:
+        try:
+            return f"crashed ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"crashed (signal {-code})"
+    return f"failed (exit status {code})"
+
+
+def check_readable(path) -> None:
+    """Raise RunFileError (saying what is wrong, and that nothing was changed) unless the run file's
+    structure reads within the time limit: every table's committed rows and the rows beyond them,
+    the last checkpoint, the status log, /probe, /dataset."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"run file {path} does not exist")
+    answer = run_in_child("check", path)
+    if not answer.get("ok"):
+        raise RunFileError(f"{answer['error']}; nothing was changed")
+
+
+def inspect_in_child(path) -> str:
+    """:func:`labpgt.runfile.inspect.inspect`, read in a child process; a hang or crash there is a
+    PROBLEM line."""
+    try:
+        return run_in_child("inspect", path)["text"]
+    except RunFileError as exc:
+        return f"run file: {path}\n  PROBLEM: {exc}"
+
+
+# -- the child ---------------------------------------------------------------------------
+
+def _read_structure(path) -> None:
+    """What a resume reads, and every row column's rows from the committed count on (the rows a
+    resume truncates) and its last committed row."""
+    import h5py
+
+    from labpgt.runfile.reader import RunReader
+
+    with RunReader(path) as r:
+        r.status_history()
+        r.steps()
+        r.evaluations()
+        r.resumes()
+        r.faults()
+        r.last_checkpoint()
+        r.probe()
+        r.dataset()
+        committed = dict(zip(TABLES, r._committed))
+        failures = []
+
+        def visit(name, obj):
+            if not isinstance(obj, h5py.Dataset):
+                return
+            try:
+                table = name.split("/", 1)[0]
+                if obj.shape and obj.maxshape[0] is None:
+                    n = committed.get(table, obj.shape[0])
+                    obj[max(0, min(n, obj.shape[0]) - 1):]
+                else:
+                    obj[()]
+            except (KeyError, OSError, ValueError, RuntimeError, TypeError) as exc:
+                failures.append(f"/{name} is unreadable ({exc})")
+        try:
+            r._f.visititems(visit)
+        except (KeyError, OSError, ValueError, RuntimeError, TypeError) as exc:
+            failures.append(f"its groups are unreadable ({exc})")
+        if failures:
+            raise RunFileError(f"{path} is damaged: {failures[0]}")
+
+
+def _child(task: str, path: str) -> int:
+    os.write(1, b"ready\n")
+    if task == "inspect":
+        from labpgt.runfile.inspect import inspect
+
+        try:
+            answer = {"text": inspect(path)}
+        except (KeyError, OSError, ValueError, RuntimeError, TypeError) as exc:  # damage inspect did not expect
+            answer = {"text": f"run file: {path}\n  PROBLEM: {path} is damaged: {type(exc).__name__}: {exc}"}
+    else:
+        try:
+            _read_structure(path)
+            answer = {"ok": True}
+        except (RunFileError, KeyError, OSError, ValueError, RuntimeError, TypeError) as exc:
+            answer = {"ok": False, "error": str(exc) if isinstance(exc, RunFileError)
+                      else f"{path} is damaged: {type(exc).__name__}: {exc}"}
+    os.write(1, (json.dumps(answer) + "\n").encode())
+    return 0
+
+
+# -- locks ---------------------------------------------------------------------------------
+
+def _lock_holders(path) -> list[str]:
+    """Processes that hold a flock on ``path`` (from /proc/locks; empty where there is none)."""
+    try:
+        st = os.stat(path)
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return []
+    holders = []
+    for line in text.splitlines():
+        m = re.match(r"\d+:\s+FLOCK\s+\S+\s+\S+\s+(\d+)\s+([0-9a-f]+):([0-9a-f]+):(\d+)\s", line)
+        if m and int(m.group(4)) == st.st_ino and (int(m.group(2), 16), int(m.group(3), 16)) == \
+                (os.major(st.st_dev), os.minor(st.st_dev)):
+            pid = int(m.group(1))
+            try:
+                name = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                name = "?"
+            holders.append(f"{pid} ({name})")
+    return holders
+
+
+def check_not_locked(path) -> None:
+    """RunFileError if another process holds a lock on ``path`` that would refuse opening it for
+    writing (libhdf5's "[Errno 11] unable to lock file")."""
+    import fcntl
+
+    if os.environ.get("HDF5_USE_FILE_LOCKING", "").upper() == "FALSE":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holders = _lock_holders(path)
+            who = f" (process {', '.join(holders)})" if holders else ""
+            raise RunFileError(f"{path} is open in another program{who}, e.g. a notebook or h5py session, "
+                               "which locks it; close it there and retry (nothing was changed)") from None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
