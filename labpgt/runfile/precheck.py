@@ -29,74 +29,96 @@ from labpgt.runfile.format import TABLES, RunFileError
 
 log = logging.getLogger(__name__)
 
-#: seconds the child may take to read a file's structure (after its start-up)
+#: seconds the child may be silent while it reads: it says it is alive twice a second from a
+#: thread, which cannot run while libhdf5 holds the GIL (where damaged metadata makes it loop or sleep)
 READ_LIMIT_S = 5.0
+#: seconds the child may read in all, alive or not (a slow disk, a copy of a large file)
+READ_CAP_S = 300.0
 #: seconds the child may take to start (import numpy and h5py), generous for a loaded machine
 START_LIMIT_S = 60.0
+_BEAT_S = 0.5
 
 
-def _wait_for_line(proc: subprocess.Popen, deadline: float) -> bytes | None:
-    """The child's next line on stdout, or None if it did not come before ``deadline``."""
-    import selectors
+class _Lines:
+    """The child's stdout, line by line, with deadlines."""
 
-    buf = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while True:
+    def __init__(self, proc: subprocess.Popen):
+        import selectors
+
+        self._fd = proc.stdout.fileno()
+        self._buf = b""
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self._fd, selectors.EVENT_READ)
+
+    def next(self, deadline: float) -> bytes | None:
+        """The next line (b"" at the end of the output), or None if it did not come by ``deadline``."""
+        while b"\n" not in self._buf:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            if not sel.select(timeout=min(left, 0.5)):
+            if not self._sel.select(timeout=min(left, 0.5)):
                 continue
-            chunk = os.read(proc.stdout.fileno(), 65536)
+            chunk = os.read(self._fd, 1 << 16)
             if not chunk:
-                return buf if buf else b""
-            buf += chunk
-            if b"\n" in buf:
-                return buf
+                line, self._buf = self._buf, b""
+                return line
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line + b"\n"
+
+    def close(self):
+        self._sel.close()
 
 
-def run_in_child(task: str, path, *, limit_s: float = READ_LIMIT_S) -> dict:
+def run_in_child(task: str, path, *, limit_s: float = READ_LIMIT_S, cap_s: float = READ_CAP_S) -> dict:
     """Run ``task`` ("inspect" or "check") on ``path`` in a child process; its JSON answer.
 
-    Raises RunFileError if the child did not answer within ``limit_s`` (after it started) or died.
-    KeyboardInterrupt (Ctrl-C, or SIGTERM under ``terminate_as_interrupt``) kills the child first.
+    Raises RunFileError if, after its start-up, the child was silent for ``limit_s`` (hung in
+    libhdf5), read for more than ``cap_s`` in all, or died. KeyboardInterrupt (Ctrl-C, or SIGTERM
+    under ``terminate_as_interrupt``) kills the child first.
     """
+    import tempfile
+
     path = Path(path)
     # -I: neither the working directory nor PYTHONPATH on the child's import path; this labpgt first
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r}); "
             "from labpgt.runfile.precheck import _child; sys.exit(_child(sys.argv[1], sys.argv[2]))")
-    proc = subprocess.Popen([sys.executable, "-I", "-c", code, task, str(path)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        started = _wait_for_line(proc, time.monotonic() + START_LIMIT_S)
-        if started is None:
-            raise RunFileError(f"{path}: the check of the file did not start within {START_LIMIT_S:.0f} s "
-                               "(is the machine overloaded?); nothing was changed")
-        if not started.startswith(b"ready\n"):
-            proc.kill()
-            proc.wait()
-            raise RuntimeError(f"the run file check could not start: {proc.stderr.read().decode()[-500:]}")
-        answer = started[len(b"ready\n"):]
-        if b"\n" not in answer:
-            more = _wait_for_line(proc, time.monotonic() + limit_s)
-            if more is None:
-                raise RunFileError(f"{path} is damaged: reading its HDF5 structure did not finish within "
-                                   f"{limit_s:.0f} s (libhdf5 loops on damaged metadata); nothing was changed")
-            answer += more
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty child never blocks on it
+        proc = subprocess.Popen([sys.executable, "-I", "-c", code, task, str(path)], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=err, start_new_session=True)
+        lines = _Lines(proc)
         try:
-            return json.loads(answer.split(b"\n", 1)[0])
-        except ValueError:
-            proc.kill()
-            code = proc.wait()
-            raise RunFileError(f"{path} is damaged: libhdf5 {_death(code)} reading its HDF5 structure; "
-                               "nothing was changed") from None
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
+            line = lines.next(time.monotonic() + START_LIMIT_S)
+            if line is None:
+                raise RunFileError(f"{path}: the check of the file did not start within {START_LIMIT_S:.0f} s "
+                                   "(is the machine overloaded?); nothing was changed")
+            if line != b"ready\n":
+                proc.kill()
+                proc.wait()
+                err.seek(0)
+                raise RuntimeError(f"the run file check could not start: {err.read().decode(errors='replace')[-500:]}")
+            cap = time.monotonic() + cap_s
+            while True:
+                line = lines.next(min(time.monotonic() + limit_s, cap))
+                if line is None:
+                    raise RunFileError(f"{path} is damaged: reading its HDF5 structure did not finish (libhdf5 stuck "
+                                       f"for {limit_s:.0f} s{'' if time.monotonic() < cap else ', or over the cap'}); "
+                                       "nothing was changed")
+                if line != b"beat\n":
+                    break
+            try:
+                return json.loads(line)
+            except ValueError:
+                proc.kill()
+                code = proc.wait()
+                raise RunFileError(f"{path} is damaged: libhdf5 {_death(code)} reading its HDF5 structure; "
+                                   "nothing was changed") from None
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            lines.close()
+            proc.stdout.close()
 
 
 def _death(code: int) -> str:
@@ -170,7 +192,26 @@ def _read_structure(path) -> None:
 
 
 def _child(task: str, path: str) -> int:
+    import threading
+
     os.write(1, b"ready\n")
+    done = threading.Event()
+
+    def beat():  # runs only while the reading thread lets go of the GIL
+        while not done.wait(_BEAT_S):
+            os.write(1, b"beat\n")
+    beating = threading.Thread(target=beat, daemon=True)
+    beating.start()
+    try:
+        answer = _answer(task, path)
+    finally:
+        done.set()
+        beating.join()
+    os.write(1, (json.dumps(answer) + "\n").encode())
+    return 0
+
+
+def _answer(task: str, path: str) -> dict:
     if task == "inspect":
         from labpgt.runfile.inspect import inspect
 
@@ -185,8 +226,7 @@ def _child(task: str, path: str) -> int:
         except (RunFileError, KeyError, OSError, ValueError, RuntimeError, TypeError) as exc:
             answer = {"ok": False, "error": str(exc) if isinstance(exc, RunFileError)
                       else f"{path} is damaged: {type(exc).__name__}: {exc}"}
-    os.write(1, (json.dumps(answer) + "\n").encode())
-    return 0
+    return answer
 
 
 # -- locks ---------------------------------------------------------------------------------

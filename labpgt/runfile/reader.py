@@ -211,9 +211,10 @@ class RunReader:
             raise RunFileError(f"{self.path}: a labpgt run file with missing or unreadable parts ({e}); "
                                "`labpgt inspect` shows what is readable") from None
 
+    @_damage_is_a_run_file_error
     def refresh(self) -> None:
         """See what a live writer has committed since (SWMR)."""
-        retry_transient(self._refresh, live=self._f.swmr_mode)
+        self._refresh()
 
     def _read(self, read):
         """``read()``, repeated (refreshed) a few times if it fails while a writer may be live; a
