@@ -11,7 +11,9 @@ drawn, seeded: every metadata region gets some (small regions at least one), the
 metadata uniformly, and a share uniformly in raw data. At each offset one copy of the file gets
 that byte XOR-ed with a random non-zero value, and
 
-* `labpgt inspect COPY` and `labpgt train --resume COPY` run in a subprocess each, with a limit of
+* `labpgt inspect COPY` and `labpgt train --resume COPY --budget B` (B: 64 training measurements past
+  the checkpoint it continues from, so a resume that succeeds trains a step or so and completes)
+  run in a subprocess each, with a limit of
   --limit s (a guard kills them at --guard s). Each outcome is classified: ``success`` (exit 0),
   ``error`` (exit != 0 with one clear line: ``error: ...`` for train, a ``PROBLEM:`` line for
   inspect), ``unclear`` (exit != 0 without that line), ``traceback``, ``slow`` (ended by itself,
@@ -25,12 +27,11 @@ damaged file was read before): the child process's time limit alone must end the
 
 Then SIGINT is sent to `inspect` and to `train --resume` of damaged copies at a few moments after
 their start, and while they wait on their check child hung in libhdf5 (100 read attempts); each
-must end within --sigint-limit s, leaving no child behind.
+must end of the interrupt (exit status 130) within --sigint-limit s, leaving no child behind.
 
 Results: a table, and JSON to scripts/results/fuzz_runfile.json (``--json``). Exit status 0 only if
 there was no hang, no slow end, no traceback, no signal death, no changed file and every SIGINT was
-honoured. A resume that succeeds trains the rest of the budget: on a loaded machine that alone may
-pass --limit (``slow``), the reason for the small default --budget.
+honoured.
 """
 from __future__ import annotations
 
@@ -97,6 +98,19 @@ def make_killed_file(out: Path, budget: int, seed: int, checkpoints: int, log) -
         proc.wait()
         proc.stderr.close()
     log(f"killed run file: {out} ({out.stat().st_size} bytes)")
+
+
+#: what a resume trains: a step or so past the checkpoint it continues from (the tools' reading and
+#: the resume's own work are measured, not the training of the rest of a budget)
+RESUME_MEASUREMENTS = 64
+
+
+def spent_at_last_checkpoint(path: Path) -> int:
+    sys.path.insert(0, str(ROOT))
+    from labpgt.runfile import RunReader
+
+    with RunReader(path) as r:
+        return int(r.last_checkpoint()["measurements"])
 
 
 def raw_data_ranges(path: Path) -> list[tuple[int, int]]:
@@ -230,7 +244,8 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
 
 
-def sigint_checks(src: Path, cases: list[dict], delays: list, limit_s: float, workdir: Path) -> list[dict]:
+def sigint_checks(src: Path, cases: list[dict], delays: list, limit_s: float, workdir: Path,
+                  resume_budget: int) -> list[dict]:
     """SIGINT to inspect / train --resume of damaged copies: ``delay`` s after their start, or
     (``delay`` "child") while they wait on their check child hung in libhdf5 (libhdf5's default
     100 SWMR read attempts: LABPGT_SWMR_READ_ATTEMPTS=100, how every damaged file was read before)."""
@@ -241,7 +256,8 @@ def sigint_checks(src: Path, cases: list[dict], delays: list, limit_s: float, wo
                 copy = workdir / f"sigint-{case['offset']}.h5"
                 damaged_copy(src, copy, case["offset"], case["xor"])
                 cmd = labpgt("inspect", str(copy)) if tool == "inspect" else labpgt("train", "--resume", str(copy),
-                                                                                  "--no-progress")
+                                                                                  "--no-progress", "--budget",
+                                                                                  str(resume_budget))
                 env = _env()
                 if delay == "child":
                     env["LABPGT_SWMR_READ_ATTEMPTS"] = "100"
@@ -277,6 +293,7 @@ def sigint_checks(src: Path, cases: list[dict], delays: list, limit_s: float, wo
                                 "seconds_after_signal": round(seconds, 2), "child_left_running": bool(orphans),
                                 "traceback": "Traceback" in err,
                                 "ok": ended_before or (seconds <= limit_s and not orphans
+                                                       and proc.returncode in (130, -signal.SIGINT)
                                                        and ("Traceback" not in err or startup))})
                 copy.unlink()
     return results
@@ -285,11 +302,16 @@ def sigint_checks(src: Path, cases: list[dict], delays: list, limit_s: float, wo
 def fuzz(offsets: int = 200, seed: int = 1, resumes: int | None = None, budget: int = 800, limit_s: float = 10.0,
          guard_s: float = 60.0, sigint_limit_s: float = 5.0, unbounded_n: int = 10, sigint_cases: int = 2,
          sigint_delays=(0.3, 0.8, 1.5, "child"), workdir: Path | None = None, log=print) -> dict:
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        # started in the background by a shell: SIGINT ignored, and so in every tool started here
+        # (an ignored signal stays ignored across exec): the SIGINT check needs it handled
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     own = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="fuzz_runfile_")) if own else Path(workdir)
     try:
         killed = workdir / "killed.h5"
         make_killed_file(killed, budget, seed, checkpoints=2, log=log)
+        resume_budget = spent_at_last_checkpoint(killed) + RESUME_MEASUREMENTS
         size = killed.stat().st_size
         data = raw_data_ranges(killed)
         rng = random.Random(seed)
@@ -305,8 +327,8 @@ def fuzz(offsets: int = 200, seed: int = 1, resumes: int | None = None, budget: 
             case["inspect"] = run_tool(labpgt("inspect", str(copy)), limit_s, guard_s, workdir)
             if i in resume_at:
                 before = sha256(copy)
-                case["resume"] = run_tool(labpgt("train", "--resume", str(copy), "--no-progress"), limit_s,
-                                          guard_s, workdir)
+                case["resume"] = run_tool(labpgt("train", "--resume", str(copy), "--no-progress", "--budget",
+                                                 str(resume_budget)), limit_s, guard_s, workdir)
                 case["resume"]["file"] = file_after_resume(copy, before)
             copy.unlink()
             log(f"  {i + 1:3d}/{len(cases)} offset {case['offset']:8d} {case['region']:8s} "
@@ -314,13 +336,14 @@ def fuzz(offsets: int = 200, seed: int = 1, resumes: int | None = None, budget: 
                 + (f"   resume {case['resume']['outcome']:9s} {case['resume']['seconds']:5.1f} s "
                    f"{case['resume']['file']}" if "resume" in case else ""))
         sig_cases = ([c for c in cases if c["inspect"]["outcome"] == "error"] or cases)[:sigint_cases]
-        sigint = sigint_checks(killed, sig_cases, list(sigint_delays), sigint_limit_s, workdir)
+        sigint = sigint_checks(killed, sig_cases, list(sigint_delays), sigint_limit_s, workdir, resume_budget)
         detected = [c for c in cases if c["inspect"]["outcome"] == "error"] or cases  # damage libhdf5 meets
         unbounded = [dict(c) for c in rng.sample(detected, min(unbounded_n, len(detected)))]
         for case in unbounded:
             copy = workdir / f"unbounded-{case['offset']}.h5"
             for tool, cmd in (("inspect", labpgt("inspect", str(copy))),
-                              ("resume", labpgt("train", "--resume", str(copy), "--no-progress"))):
+                              ("resume", labpgt("train", "--resume", str(copy), "--no-progress", "--budget",
+                                                str(resume_budget)))):
                 damaged_copy(killed, copy, case["offset"], case["xor"])
                 before = sha256(copy)
                 case[tool] = run_tool(cmd, limit_s, guard_s, workdir, {"LABPGT_SWMR_READ_ATTEMPTS": "100"})
@@ -341,7 +364,8 @@ def fuzz(offsets: int = 200, seed: int = 1, resumes: int | None = None, budget: 
            or ("resume" in c and c["resume"]["file"].startswith("changed"))]
     worst = {tool: max((c[tool]["seconds"] for c in cases if tool in c), default=0.0) for tool in ("inspect", "resume")}
     result = {
-        "offsets": len(cases), "seed": seed, "budget": budget, "limit_s": limit_s, "file_bytes": size,
+        "offsets": len(cases), "seed": seed, "budget": budget, "resume_budget": resume_budget, "limit_s": limit_s,
+        "file_bytes": size,
         "outcomes": {tool: {k: counts[tool].get(k, 0) for k in OUTCOMES} for tool in counts},
         "resumed_files": dict(files), "slowest_s": worst, "sigint": sigint,
         "unbounded_retries": {"offsets": len(unbounded),

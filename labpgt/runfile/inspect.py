@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import tempfile
 import time
@@ -13,7 +12,7 @@ import h5py
 import numpy as np
 
 from labpgt.runfile.format import FAULT_KINDS, FORMAT, RunFileError
-from labpgt.runfile.opening import open_for_reading
+from labpgt.runfile.opening import copy_file, open_for_reading
 from labpgt.runfile.superblock import _superblock, clear_write_flags
 from labpgt.runfile.reader import RunReader
 from labpgt.runfile.writer import _pid_alive
@@ -52,7 +51,7 @@ def inspect(path) -> str:
         # writer's mark cleared so no SWMR read (which retries corrupt metadata for ages) is needed
         fd, tmp = tempfile.mkstemp(suffix=".h5")
         os.close(fd)
-        shutil.copyfile(path, tmp)
+        copy_file(path, tmp)
         if truncated:
             os.truncate(tmp, sb["eof"])
             lines.append(f"  the last {sb['eof'] - size} bytes are missing; reading what remains:")

@@ -5,9 +5,12 @@ signal handler runs, so neither a time limit nor Ctrl-C can stop it in-process. 
 read a file which may be damaged therefore read it first in a child process
 (:func:`run_in_child`): ``labpgt inspect`` does all its reading there, ``labpgt
 train --resume`` (and ``labpgt.resume``) reads there everything a resume reads before it touches
-the file or any instrument. If the child does not finish within the limit, or dies of a signal,
-the file is called damaged and nothing was changed; Ctrl-C or SIGTERM while waiting kills the
-child and goes on as usual (an interrupt).
+the file or any instrument. Twice a second the child says it is alive if its reading thread has
+called or returned from any function since (a profile hook counts them): if it is silent for
+:data:`READ_LIMIT_S` (one libhdf5 call stuck on damaged metadata), reads for longer than
+:data:`READ_CAP_S`, or dies of a signal, the file is called damaged and nothing was changed; a slow
+but working read keeps saying it is alive. Ctrl-C or SIGTERM while waiting kills the child and goes
+on as usual (an interrupt).
 
 Also here: :func:`check_not_locked`, whether another program holds a lock on the file (libhdf5
 locks a file for every process that opens it, unless told not to), before ``--resume`` opens it
@@ -29,8 +32,9 @@ from labpgt.runfile.format import TABLES, RunFileError
 
 log = logging.getLogger(__name__)
 
-#: seconds the child may be silent while it reads: it says it is alive twice a second from a
-#: thread, which cannot run while libhdf5 holds the GIL (where damaged metadata makes it loop or sleep)
+#: seconds the child may be silent while it reads: twice a second it says it is alive if its reading
+#: thread has called or returned from a function since (a libhdf5 call stuck on damaged metadata,
+#: looping or sleeping, with or without the GIL, makes it silent)
 READ_LIMIT_S = 5.0
 #: seconds the child may read in all, alive or not (a slow disk, a copy of a large file)
 READ_CAP_S = 300.0
@@ -196,15 +200,24 @@ def _child(task: str, path: str) -> int:
 
     os.write(1, b"ready\n")
     done = threading.Event()
+    calls = [0]
 
-    def beat():  # runs only while the reading thread lets go of the GIL
+    def count(frame, event, arg):  # every Python and C function call and return of the reading thread
+        calls[0] += 1
+
+    def beat():  # says "alive" only if the reading thread got on: a call that never returns stops it
+        seen = -1
         while not done.wait(_BEAT_S):
-            os.write(1, b"beat\n")
+            if calls[0] != seen:
+                seen = calls[0]
+                os.write(1, b"beat\n")
     beating = threading.Thread(target=beat, daemon=True)
     beating.start()
+    sys.setprofile(count)
     try:
         answer = _answer(task, path)
     finally:
+        sys.setprofile(None)
         done.set()
         beating.join()
     os.write(1, (json.dumps(answer) + "\n").encode())
@@ -216,9 +229,15 @@ def _answer(task: str, path: str) -> dict:
         from labpgt.runfile.inspect import inspect
 
         try:
-            answer = {"text": inspect(path)}
+            text = inspect(path)
         except (KeyError, OSError, ValueError, RuntimeError, TypeError) as exc:  # damage inspect did not expect
-            answer = {"text": f"run file: {path}\n  PROBLEM: {path} is damaged: {type(exc).__name__}: {exc}"}
+            text = f"run file: {path}\n  PROBLEM: {path} is damaged: {type(exc).__name__}: {exc}"
+        if "PROBLEM:" not in text and Path(path).is_file():
+            try:  # what a resume reads besides: the last rows of every column, the checkpoints
+                _read_structure(path)
+            except (RunFileError, KeyError, OSError, ValueError, RuntimeError, TypeError) as exc:
+                text += f"\n  PROBLEM: {exc}"
+        answer = {"text": text}
     else:
         try:
             _read_structure(path)

@@ -6,7 +6,6 @@ import functools
 import json
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import h5py
 import numpy as np
 
 from labpgt.runfile.format import FAULT_KINDS, FAULT_ROLES, FORMAT, FORMAT_VERSION, KINDS, RunFileError, STATUSES, TABLES, _EVAL_COLUMNS, _FAULT_COLUMNS, _MEAS_SCALARS, _RESUME_BUDGET, _RESUME_COLUMNS, _STEP_COLUMNS
-from labpgt.runfile.opening import TRANSIENT, is_lock_conflict, open_for_reading, read_attempts, retry_transient
+from labpgt.runfile.opening import TRANSIENT, copy_file, is_lock_conflict, open_for_reading, read_attempts, retry_transient
 from labpgt.runfile.probe import Probe, _read_probe
 from labpgt.runfile.superblock import _SIGNATURE, _superblock, clear_write_flags
 
@@ -69,7 +68,7 @@ _SCRATCH: dict[int, str] = {}  # id(open h5py.File) -> scratch copy to delete on
 def _scratch_copy_without_mark(path) -> str:
     fd, tmp = tempfile.mkstemp(suffix=".h5")
     os.close(fd)
-    shutil.copyfile(path, tmp)
+    copy_file(path, tmp)
     clear_write_flags(tmp)
     return tmp
 
@@ -112,7 +111,8 @@ def _damage_is_a_run_file_error(method):
         except TRANSIENT as exc:
             if isinstance(exc, RunFileError):
                 raise
-            raise RunFileError(f"{self.path}: {method.__name__.strip('_')} is unreadable ({exc}); the file is "
+            what = " ".join([method.__name__.strip("_")] + [str(a) for a in args if isinstance(a, (str, int))])
+            raise RunFileError(f"{self.path}: {what} is unreadable ({exc}); the file is "
                                f"damaged: `labpgt inspect` shows what is still readable") from None
     return wrapper
 
