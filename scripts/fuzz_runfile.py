@@ -27,7 +27,8 @@ damaged file was read before): the child process's time limit alone must end the
 
 Then SIGINT is sent to `inspect` and to `train --resume` of damaged copies at a few moments after
 their start, and while they wait on their check child hung in libhdf5 (100 read attempts); each
-must end of the interrupt (exit status 130) within --sigint-limit s, leaving no child behind.
+must end of the interrupt (exit status 130; or, already on its way out, with its own status within
+0.5 s) within --sigint-limit s, leaving no child behind.
 
 Results: a table, and JSON to scripts/results/fuzz_runfile.json (``--json``). Exit status 0 only if
 there was no hang, no slow end, no traceback, no signal death, no changed file and every SIGINT was
@@ -244,6 +245,10 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
 
 
+#: a tool that ends this soon after SIGINT with its own exit status was already finishing
+FINISHING_S = 0.5
+
+
 def sigint_checks(src: Path, cases: list[dict], delays: list, limit_s: float, workdir: Path,
                   resume_budget: int) -> list[dict]:
     """SIGINT to inspect / train --resume of damaged copies: ``delay`` s after their start, or
@@ -288,12 +293,15 @@ def sigint_checks(src: Path, cases: list[dict], delays: list, limit_s: float, wo
                 # Ctrl-C while Python itself starts (before labpgt's handlers) ends it with Python's
                 # own KeyboardInterrupt traceback and -SIGINT: honoured, if not pretty
                 startup = proc.returncode == -signal.SIGINT
+                # a tool already on its way out when the signal came (its answer given) ends as it was
+                # going to, at once: it is not one that went on working
+                finishing = proc.returncode not in (130, -signal.SIGINT) and seconds <= FINISHING_S
                 results.append({"offset": case["offset"], "tool": tool, "delay_s": delay,
                                 "ended_before_signal": ended_before, "rc": proc.returncode,
                                 "seconds_after_signal": round(seconds, 2), "child_left_running": bool(orphans),
-                                "traceback": "Traceback" in err,
+                                "traceback": "Traceback" in err, "was_finishing": finishing,
                                 "ok": ended_before or (seconds <= limit_s and not orphans
-                                                       and proc.returncode in (130, -signal.SIGINT)
+                                                       and (proc.returncode in (130, -signal.SIGINT) or finishing)
                                                        and ("Traceback" not in err or startup))})
                 copy.unlink()
     return results
@@ -335,7 +343,8 @@ def fuzz(offsets: int = 200, seed: int = 1, resumes: int | None = None, budget: 
                 f"inspect {case['inspect']['outcome']:9s} {case['inspect']['seconds']:5.1f} s"
                 + (f"   resume {case['resume']['outcome']:9s} {case['resume']['seconds']:5.1f} s "
                    f"{case['resume']['file']}" if "resume" in case else ""))
-        sig_cases = ([c for c in cases if c["inspect"]["outcome"] == "error"] or cases)[:sigint_cases]
+        met = [c for c in cases if c["inspect"]["outcome"] in ("hang", "slow")]  # damage met: hung ones first
+        sig_cases = (met + [c for c in cases if c["inspect"]["outcome"] == "error"] or cases)[:sigint_cases]
         sigint = sigint_checks(killed, sig_cases, list(sigint_delays), sigint_limit_s, workdir, resume_budget)
         detected = [c for c in cases if c["inspect"]["outcome"] == "error"] or cases  # damage libhdf5 meets
         unbounded = [dict(c) for c in rng.sample(detected, min(unbounded_n, len(detected)))]

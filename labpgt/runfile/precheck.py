@@ -1,16 +1,15 @@
 """Reading a run file that may be damaged in a child process, with a time limit.
 
-libhdf5 can loop, sleep or crash on damaged metadata, inside C code that holds the GIL: no Python
-signal handler runs, so neither a time limit nor Ctrl-C can stop it in-process. The commands that
-read a file which may be damaged therefore read it first in a child process
-(:func:`run_in_child`): ``labpgt inspect`` does all its reading there, ``labpgt
-train --resume`` (and ``labpgt.resume``) reads there everything a resume reads before it touches
-the file or any instrument. Twice a second the child says it is alive if its reading thread has
-called or returned from any function since (a profile hook counts them): if it is silent for
-:data:`READ_LIMIT_S` (one libhdf5 call stuck on damaged metadata), reads for longer than
-:data:`READ_CAP_S`, or dies of a signal, the file is called damaged and nothing was changed; a slow
-but working read keeps saying it is alive. Ctrl-C or SIGTERM while waiting kills the child and goes
-on as usual (an interrupt).
+libhdf5 can loop, sleep or crash on damaged metadata, inside one C call that does not return: no
+Python signal handler runs then, so neither a time limit nor Ctrl-C can stop it in-process. The
+commands that read a file which may be damaged therefore read it first in a child process
+(:func:`run_in_child`): ``labpgt inspect`` does all its reading there, ``labpgt train --resume``
+(and ``labpgt.resume``) reads there everything a resume reads before it touches the file or any
+instrument. Twice a second the child says it is alive if its reading thread has called or returned
+from any function since (a profile hook counts them): if it is silent for :data:`READ_LIMIT_S` (one
+libhdf5 call stuck on damaged metadata), reads for longer than :data:`READ_CAP_S`, or dies of a
+signal, the file is called damaged and nothing was changed; a slow but working read keeps saying it
+is alive. Ctrl-C or SIGTERM while waiting kills the child and goes on as usual (an interrupt).
 
 Also here: :func:`check_not_locked`, whether another program holds a lock on the file (libhdf5
 locks a file for every process that opens it, unless told not to), before ``--resume`` opens it
