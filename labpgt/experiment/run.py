@@ -66,6 +66,7 @@ class Rig:
     metadata: dict = field(default_factory=dict)  # station, identities, ... for the run file
     checkpoint_extra: dict = field(default_factory=dict)  # name -> callable, stored in every checkpoint
     restore: Callable[[object, dict], None] = lambda trainer, state: None  # after loading a checkpoint
+    start_up_faults: list = field(default_factory=list)  # recovered before the run file existed (recovery.py)
 
 
 @dataclass
@@ -138,6 +139,8 @@ def run_experiment(config: dict | None = None, *, resume=None, resume_given: dic
             recording = Recording(writer, flags=rig.flags, checkpoint_extra=rig.checkpoint_extra,
                                   rows_before=run.n_measurements)
             rig.reservoir.recorder = trainer.recorder = recording
+            for record in rig.start_up_faults:  # met before the file existed: at the first row of this session
+                recording.fault({**record, "measurement_row": recording.n_measurements})
             if not (resumed and resumed.state is not None):
                 trainer.checkpoint()  # step 0: a run killed from here on can be resumed
             status = _train(trainer, config, run_path, progress)
@@ -200,18 +203,24 @@ def _station_rig(config: dict, resumed: Resumed | None) -> Iterator[Rig]:
     from labpgt.experiment.embedded import open_station
     from labpgt.experiment.probe import probe_sweep, reference_probe, station_physical_layer
     from labpgt.reservoirs.encoding import BandReadout, KnobEncoder
+    from labpgt.reservoirs.recovery import RecoveryPolicy
     from labpgt.reservoirs.station import StationReservoir
 
     embedded = resumed.embedded if resumed else config["station"] is None
     station_arg = None if embedded else config["station"]
     recorded_station = resumed.station_text if (resumed and not embedded) else None
+    # start-up faults (connect, the first ramp, the probe, the set-up) under the measurements' policy
+    policy = RecoveryPolicy()
     with open_station(station_arg, seed=config["seed"], noise_scale=config["noise_scale"] if embedded else None,
                       ring_step=ring_step(config) if embedded else None,
-                      station_text=recorded_station) as (station, sim):
+                      station_text=recorded_station, recovery=policy) as (station, sim):
         probe = None
         if resumed is None:
-            probe = reference_probe(station, config)  # kept in the run file as /probe
-            layout = station_physical_layer(station, config, probe)
+            # kept in the run file as /probe (a bad setting or no plausible line is refused, not retried)
+            probe = policy.start_up(station, "the first ramp and the probe sweep",
+                                    lambda: reference_probe(station, config), not_faults=(ConfigError,))
+            layout = policy.start_up(station, "the physical layer",
+                                     lambda: station_physical_layer(station, config, probe), not_faults=(ConfigError,))
         else:
             layout = resumed.layout
             recorded = resumed.probe
@@ -220,15 +229,17 @@ def _station_rig(config: dict, resumed: Resumed | None) -> Iterator[Rig]:
                 # world must first see the probe the original run made (it moved its clock and noise).
                 # Not recorded: it replays the sweep already in /probe (the one that set the run's
                 # reference), it is not a new measurement of the ring
-                probe_sweep(station, recorded.current_a, span_hz=recorded.span_hz, center_hz=recorded.center_hz)
+                policy.start_up(station, "the recorded probe sweep", lambda: probe_sweep(
+                    station, recorded.current_a, span_hz=recorded.span_hz, center_hz=recorded.center_hz))
         encoder, readout = KnobEncoder(**layout["encoder"]), BandReadout(**layout["readout"])
-        reservoir = StationReservoir(station, encoder, readout, simulated=embedded)
+        reservoir = StationReservoir(station, encoder, readout, simulated=embedded, recovery=policy)
 
         def restore(trainer, state):
             if sim is not None:
                 # bring the fresh simulator's magnet to the checkpointed current, then rewind its
                 # world to the checkpoint (clock, noise stream, coil history)
-                reservoir.set_current(trainer.model.current_a())
+                policy.start_up(station, "the ramp to the checkpoint's current",
+                                lambda: reservoir.set_current(trainer.model.current_a()))
                 restore_world(sim, state)
 
         yield Rig(
@@ -236,7 +247,8 @@ def _station_rig(config: dict, resumed: Resumed | None) -> Iterator[Rig]:
             layout=layout, features_per_measurement=readout.n_bands, trace_points=readout.points, probe=probe,
             metadata={"station_toml": station.config_text, "identities": dict(station.identities),
                       "embedded_simulator": embedded},
-            checkpoint_extra={"sim_world": sim.world_state} if sim is not None else {}, restore=restore)
+            checkpoint_extra={"sim_world": sim.world_state} if sim is not None else {}, restore=restore,
+            start_up_faults=policy.start_up_faults)
 
 
 @contextlib.contextmanager
