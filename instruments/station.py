@@ -427,11 +427,13 @@ class Station:
     def leave_safe(self, *, skip: tuple[str, ...] = ()) -> SafeStateReport:
         """The safe steps (:meth:`make_safe`), then the read-back that says whether they worked.
 
-        The report is also kept in ``instruments.safe_state.REPORTS`` (the command line prints it)."""
-        problems = self.make_safe(skip=skip)
+        The report is also kept in ``instruments.safe_state.REPORTS`` (the command line prints it).
+        Ctrl-C and SIGTERM are held until the read-back is recorded: one that arrives while the
+        current ramps down must not cut the read-back off (the command would have nothing to say)."""
         with held_while_safe():
+            problems = self.make_safe(skip=skip)
             report = self.read_back_safe_state(problems, skip=skip)
-        self.safe_report = record(report)
+            self.safe_report = record(report)
         return report
 
     #: the last :class:`SafeStateReport` of this station (None until it was made safe)

@@ -397,6 +397,9 @@ def trial(phase: str, kind: str, index: int, seed: int, root: Path, budget: int,
             result["problems"].append("the rig is not safe and the command did not warn")
         if kind in ("sigint", "sigterm") and not safe:
             result["problems"].append(f"{kind}: the rig was not left safe")
+        touched = cli.watch.first("idn") is not None  # the command had talked to the instruments
+        if kind in ("sigint", "sigterm") and touched and not (claims_safe or warns):
+            result["problems"].append("the command did not report the rig's state (no read-back printed)")
         if kind in ("sigkill", "death"):
             result["left_as_it_was"] = not safe  # SIGKILL: nothing could run; death: the instrument was gone
             if kind == "death":
