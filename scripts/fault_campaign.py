@@ -286,8 +286,11 @@ def run_cli(workdir: Path, args: list[str], timeout_s: float = 300) -> tuple[int
 
 # ----------------------------------------------------------------------------- one trial
 def _aim(cli: Cli, phase: str, windows: dict, rng) -> tuple[float | None, float]:
-    """Wait for the phase's first marker; return (its log time, the delay drawn)."""
-    delay = float(rng.uniform(0.0, windows[phase]))
+    """Wait for the phase's first marker; return (its log time, the delay drawn: uniform in the phase's
+    window, [0, w] s or, given as a pair, [lo, hi] s after the marker)."""
+    window = windows[phase]
+    lo, hi = (float(window[0]), float(window[1])) if isinstance(window, (tuple, list)) else (0.0, float(window))
+    delay = float(rng.uniform(lo, hi))
     if phase == "resume":
         return cli.started, delay
     if phase == "checkpoint":  # one of the checkpoints after step 0, at random
