@@ -291,8 +291,10 @@ def crash_test(kills: int = 20, budget: int = 3000, seed: int = 7, workdir: Path
             f"{what}"
             f"{'' if entry.get('ok', True) else '  PROBLEMS'}")
     # the last chain: resume it to the end
-    if path.exists() and not result["problems"]:
-        if not _completed(path):
+    if not result["problems"]:
+        if not path.exists():  # the last kill left no file: the chain runs from the start
+            run_to_completion(path, budget, seed, resume=False)
+        elif not _completed(path):
             run_to_completion(path, budget, seed, resume=True)
         ok = final_params(path).tobytes() == reference["final_params"].tobytes()
         log(f"chain {chain}: resumed to completion; final parameters "
