@@ -97,6 +97,12 @@ def python() -> list[str]:
     return [sys.executable, "-m", "labpgt.cli"]
 
 
+def _default_signals() -> None:
+    """In the child: Ctrl-C as at a terminal (a shell starts background jobs with SIGINT ignored, and
+    Python then installs no KeyboardInterrupt handler: the interrupts aimed at start-up would be lost)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def env() -> dict:
     e = dict(os.environ)
     e["PYTHONPATH"] = str(ROOT) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
@@ -191,7 +197,7 @@ class Simulator:
         self.out = open(workdir / "sim.out", "w")
         self.proc = subprocess.Popen(python() + ["sim", "serve", "--realtime", "--seed", str(seed), "--control-port",
                                                  "0", "--station-out", str(self.raw)],
-                                     stdout=self.out, stderr=subprocess.STDOUT, cwd=workdir, env=env())
+                                     stdout=self.out, stderr=subprocess.STDOUT, cwd=workdir, env=env(), preexec_fn=_default_signals)
         deadline = time.monotonic() + 60
         while not (self.raw.exists() and "simulator control" in self.raw.read_text()):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -246,7 +252,7 @@ class Cli:
         self._out = open(self.stdout_path, "w")
         self.started = time.time()
         self.proc = subprocess.Popen(python() + ["--log-file", str(self.log)] + args, stdout=self._out,
-                                     stderr=subprocess.STDOUT, cwd=workdir, env=env())
+                                     stderr=subprocess.STDOUT, cwd=workdir, env=env(), preexec_fn=_default_signals)
         self.watch = LogWatch(self.log)
 
     def wait_for(self, marker: str, after: float = -np.inf, timeout_s: float = 300) -> float | None:
@@ -278,7 +284,7 @@ class Cli:
 def run_cli(workdir: Path, args: list[str], timeout_s: float = 300) -> tuple[int | None, str]:
     try:
         proc = subprocess.run(python() + args, capture_output=True, text=True, cwd=workdir, env=env(),
-                              timeout=timeout_s)
+                              timeout=timeout_s, preexec_fn=_default_signals)
     except subprocess.TimeoutExpired:
         return None, "timed out"
     return proc.returncode, proc.stdout + proc.stderr
