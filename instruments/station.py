@@ -398,7 +398,9 @@ class Station:
     def read_back_safe_state(self, problems: Optional[list] = None, *, skip: tuple[str, ...] = ()) -> SafeStateReport:
         """Read the rig's state back (RF output, current output, set-point and measured current,
         analyzer sweep mode) into a :class:`SafeStateReport`; a value that cannot be read stays None
-        (not safe). Sends queries only."""
+        (not safe). Sends queries only -- but after a link fault (a timeout, a garbled reply) the
+        instrument is cleared, or reconnected with its vendor set-up, and asked again
+        (``safe_attempts`` times in all)."""
         threshold = CurrentSource.zero_tolerance_a
         cs = self.instruments.get("current_source")
         if cs is not None:
@@ -418,10 +420,18 @@ class Station:
             instrument = self.instruments.get(role)
             if instrument is None or role in skip:  # skipped: it did not answer; its state stays unknown
                 continue
-            try:
-                setattr(report, name, read(instrument))
-            except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - unknown is reported as not safe
-                report.problems.append(f"{role}: reading back {name} failed: {type(exc).__name__}: {exc}")
+            for attempt in range(1, self.safe_attempts + 1):
+                try:
+                    setattr(report, name, read(instrument))
+                    break
+                except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - unknown is reported as not safe
+                    if attempt == self.safe_attempts or not _worth_another_try(exc):
+                        report.problems.append(f"{role}: reading back {name} failed: {type(exc).__name__}: {exc}")
+                        break
+                    try:  # a link fault (a timeout, a garbled reply): clear or reconnect, and ask again
+                        instrument.recover()
+                    except Exception:  # noqa: BLE001 - the next attempt reports what is wrong
+                        pass
         return report
 
     def leave_safe(self, *, skip: tuple[str, ...] = ()) -> SafeStateReport:

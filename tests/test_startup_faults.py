@@ -132,3 +132,19 @@ def test_a_reply_that_comes_after_an_interrupted_query_is_not_taken_as_the_next_
             station._shutdown()
         assert report.safe and not report.problems, str(report)
         assert is_safe(true_state(server))
+
+
+def test_a_fault_on_the_read_back_is_asked_again_not_reported_as_unknown():
+    with SimServer(seed=0, timeout_s=0.2) as server:
+        station = Station.from_text(server.station_toml())
+        station.connect()
+        try:
+            station.current_source.ramp_to(0.1)
+            station.make_safe()
+            server.instruments["signal_generator"].faults.trigger("timeout")  # its OUTP:STAT? read-back
+            report = station.read_back_safe_state()
+        finally:
+            station._shutdown()
+        injected = [k for _, k, _ in server.instruments["signal_generator"].faults.injected]
+    assert injected == ["timeout"]
+    assert report.rf_output is False and report.safe and not report.problems, str(report)
