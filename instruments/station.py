@@ -487,6 +487,31 @@ class Station:
             exc.safe_state_report = report  # type: ignore[attr-defined]
         return False
 
+    def describe_roles(self) -> list[str]:
+        """One line per role: what it will connect to (``signal_generator: keysight-mxg at TCPIP::...``)."""
+        return [f"{role}: {cfg.driver_name} at {cfg.resource}" for role, cfg in self.roles.items()]
+
+    def moved_resources(self, other: "Station") -> dict[str, tuple[str, str]]:
+        """``other`` as this same rig moved to new addresses: ``{role: (old, new)}`` for each role whose
+        resource differs. Anything else that differs (drivers, limits, settings, options, pacing) is
+        refused with a StationFileError naming it: a recorded experiment continues only on its own rig."""
+        allowed = "only instrument addresses (resource) may change on --resume"
+        if self.pacing != other.pacing:
+            raise StationFileError(other.source, "station.pacing", f"is {other.pacing!r}, recorded {self.pacing!r}",
+                                   allowed)
+        moved = {}
+        for role, mine in self.roles.items():
+            theirs = other.roles[role]
+            compared = {"driver": (mine.driver_name, theirs.driver_name), "options": (mine.options, theirs.options),
+                        "limits": (mine.limits, theirs.limits), "settings": (mine.settings, theirs.settings)}
+            for key, (recorded, given) in compared.items():
+                if recorded != given:
+                    raise StationFileError(other.source, f"{role}.{key}", "differs from the recorded station's",
+                                           allowed)
+            if mine.resource != theirs.resource:
+                moved[role] = (mine.resource, theirs.resource)
+        return moved
+
     def __repr__(self) -> str:
         state = "connected" if self.instruments else "not connected"
         return f"<Station {self.name!r} from {self.source}, {state}>"

@@ -50,6 +50,7 @@ class Resumed:
     embedded: bool
     dataset: object | None  # the dense model's data set, from the file's /dataset record
     probe: object | None = None  # the start-up probe as recorded (/probe)
+    note: str = ""  # what the resume changed, for its status message (a station moved to new addresses)
 
 
 @dataclass
@@ -131,7 +132,7 @@ def run_experiment(config: dict | None = None, *, resume=None, resume_given: dic
             trainer.load_state_dict(resumed.state)
             rig.restore(trainer, resumed.state)
         # (resumed with no checkpoint yet: the run starts over in the same file, its rows so far abandoned)
-        run = (RunFile.open_append(run_path, message=f"resumed; budget {config['budget']}", budget=config["budget"])
+        run = (RunFile.open_append(run_path, message=f"resumed; budget {config['budget']}{resumed.note}", budget=config["budget"])
                if resumed else _create_run_file(run_path, config, rig, trainer, argv, dataset))
         # run-file writes on a writer thread, off the measurement loop; synchronous at every step,
         # evaluation and checkpoint (flushed there), errors raised here (labpgt/runfile/thread.py)
@@ -369,6 +370,8 @@ def dry_run(config: dict, resumed: Resumed | None) -> int:
         sa = station.roles["spectrum_analyzer"]
         sa_limits = sa.driver.limits_for_station(sa.limits).get("frequency_hz")
         print(f"station: {station.name} ({station.source}), pacing {station.pacing}")
+        for line in station.describe_roles():
+            print(f"  {line}")
         print(f"bias current: {config['current_a']} A, trained within ± {config['current_window_a']} A")
         if resumed:
             print("reference: as recorded in the run file")
@@ -405,7 +408,10 @@ def read_resumed(path, given: dict) -> Resumed:
                               f"instead of --resume; --budget extends only a run that has not completed)")
         config = recorded_config(reader, path)
         state = reader.last_checkpoint()
-        given = check_resume_options(given, config, path)
+        embedded = reader.metadata.get("embedded_simulator", False)
+        station_text, moved_note = resumed_station(path, reader.metadata["station_toml"], embedded,
+                                                   given.get("station"))
+        given = check_resume_options({k: v for k, v in given.items() if k != "station"}, config, path)
         if "progress" in given:
             config["progress"] = given["progress"]
         if "budget" in given:
@@ -417,10 +423,34 @@ def read_resumed(path, given: dict) -> Resumed:
                   f"{config['budget']}; {spent} spent at the checkpoint it continues from)", file=sys.stderr)
             config["budget"] = given["budget"]
         return Resumed(config=config, state=state, layout=json.loads(reader.metadata["physical_layer"]),
-                       station_text=reader.metadata["station_toml"],
-                       embedded=reader.metadata.get("embedded_simulator", False),
+                       station_text=station_text, embedded=embedded, note=moved_note,
                        dataset=dataset_of_run(reader, config) if config["model"] != "transformer" else None,
                        probe=_recorded_probe(reader))
+
+
+def resumed_station(path, recorded_text: str, embedded: bool, station_path) -> tuple[str, str]:
+    """The station a resume connects to, and a note for the run file when it moved.
+
+    The recorded station, unless ``--station`` names the same rig at new addresses (its resources may
+    differ, nothing else); shown on stderr before anything connects, so the user sees where it goes."""
+    from instruments.station import Station
+
+    if embedded:
+        if station_path is not None:
+            raise ConfigError(f"{path}: this run was recorded on the embedded simulated ring; --station cannot "
+                              f"move it (allowed with --resume: --budget, --progress/--no-progress)")
+        return recorded_text, ""
+    recorded = Station.from_text(recorded_text, source_name=f"{path} (recorded station)")
+    note = ""
+    if station_path is not None:
+        given = Station.load(station_path)
+        moved = recorded.moved_resources(given)
+        if moved:
+            note = "; moved: " + ", ".join(f"{role} {old} -> {new}" for role, (old, new) in moved.items())
+            recorded, recorded_text = given, given.config_text
+    print(f"resuming on station {recorded.name!r}{' (moved to new addresses)' if note else ' as recorded'}: "
+          + "; ".join(recorded.describe_roles()), file=sys.stderr)
+    return recorded_text, note
 
 
 def _recorded_probe(reader: RunReader):
