@@ -12,6 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from labpgt.runfile import checkpoints
 from labpgt.runfile.format import FAULT_KINDS, FORMAT, RunFileError
 from labpgt.runfile.superblock import _superblock, clear_write_flags
 from labpgt.runfile.reader import RunReader
@@ -74,6 +75,22 @@ def inspect(path) -> str:
     return "\n".join(lines)
 
 
+def _checkpoint_lines(r: RunReader) -> list[str]:
+    """What the checkpoints' checksums say (labpgt/runfile/checkpoints.py); a corrupt one is a PROBLEM."""
+    verdicts = checkpoints.verdicts(r)
+    if not verdicts:
+        return []
+    count = {v: sum(1 for verdict, _ in verdicts if verdict == v) for v in (checkpoints.OK, checkpoints.UNVERIFIED)}
+    lines = [f"  checkpoint checksums: {count[checkpoints.OK]} verified"
+             + (f", {count[checkpoints.UNVERIFIED]} unverified (written before checksums)"
+                if count[checkpoints.UNVERIFIED] else "")]
+    for i, (verdict, why) in enumerate(verdicts):
+        if verdict == checkpoints.CORRUPT:
+            lines.append(f"  PROBLEM: checkpoint {i} is corrupt ({why}); --resume passes it over and continues from "
+                         f"the last valid one before it")
+    return lines
+
+
 def how_to_open(path, r: RunReader) -> list[str]:
     """For a file still marked open for writing (a live writer, or one that was killed): why a
     plain ``h5py.File(path, "r")`` refuses it and what opens it."""
@@ -133,6 +150,7 @@ def _describe(r: RunReader, lines: list) -> None:
     steps, evals = r.steps(), r.evaluations()
     lines.append(f"  measurements: {r.n_measurements}   steps: {len(steps['step'])}   "
                  f"evaluations: {len(evals['step'])}   checkpoints: {r.n_checkpoints}")
+    lines += _checkpoint_lines(r)
     if r.n_faults:
         fl = r.faults()
         kinds = ", ".join(f"{k} {int(np.sum(fl['kind'] == k))}" for k in FAULT_KINDS if np.any(fl["kind"] == k))
