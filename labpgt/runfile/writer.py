@@ -180,6 +180,7 @@ class RunFile:
                 and status == "running" and _pid_alive(last["pid"]):
             raise RunFileError(f"{path}: the run is still being written by process {last['pid']} on this "
                                "host; stop it before resuming")
+        remove_stale_partials(path.parent)  # a creation killed after publishing left its temporary name
         rf = cls._reopen(path)
         # the caller continues from a checkpoint: rows recorded after it are abandoned
         # (kept, but skipped by replay and by RunReader.effective_rows)
