@@ -48,8 +48,18 @@ def publish(partial: Path, path: Path, *, overwrite: bool = False) -> None:
     if overwrite:
         os.replace(partial, path)
     else:
-        os.link(partial, path)
-        os.unlink(partial)
+        try:
+            os.link(partial, path)
+        except FileExistsError:
+            raise FileExistsError(f"run file {path} appeared while this one was being created; a run file is "
+                                  "never overwritten: choose a new path") from None
+        except OSError:  # a file system without hard links: a rename, after one more look
+            if path.exists():
+                raise FileExistsError(f"run file {path} appeared while this one was being created; a run file "
+                                      "is never overwritten: choose a new path") from None
+            os.rename(partial, path)
+        else:
+            os.unlink(partial)
     _sync_folder(path.parent)
 
 
