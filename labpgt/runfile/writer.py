@@ -192,11 +192,15 @@ class RunFile:
         ck = rf._f["checkpoints"]
         start = [int(ck[c][k]) if k >= 0 else 0 for c in ("measurement_rows", "step_rows", "evaluation_rows")]
         stop = committed[:3]
-        rf._append_row("resumes", _RESUME_COLUMNS + (_RESUME_BUDGET,), {
-            "time_s": time.time(), "checkpoint": k, "budget": int(budget),
-            "measurements_start": start[0], "measurements_stop": stop[0], "steps_start": start[1],
-            "steps_stop": stop[1], "evaluations_start": start[2], "evaluations_stop": stop[2]})
-        rf.set_status("running", message)
+        try:
+            rf._append_row("resumes", _RESUME_COLUMNS + (_RESUME_BUDGET,), {
+                "time_s": time.time(), "checkpoint": k, "budget": int(budget),
+                "measurements_start": start[0], "measurements_stop": stop[0], "steps_start": start[1],
+                "steps_stop": stop[1], "evaluations_start": start[2], "evaluations_stop": stop[2]})
+            rf.set_status("running", message)
+        except StorageExhausted:  # still no room: the file stays as it was, closed
+            rf.close()
+            raise
         return rf
 
     @classmethod
