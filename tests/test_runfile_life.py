@@ -117,7 +117,7 @@ def test_a_kill_at_any_moment_of_creation_leaves_no_file_or_a_resumable_one(tmp_
     total = _calls_in_creation(monkeypatch, _argv(tmp_path / "count.h5"))
     assert total > 1000  # long enough for the points below to be distinct moments
     outcomes = {}
-    for at in [1, total // 3, 2 * total // 3, "linked", "after"]:
+    for at in [1, total // 2, "linked", "after"]:
         folder = tmp_path / f"at-{at}"
         folder.mkdir()
         path = folder / "run.h5"
@@ -134,8 +134,7 @@ def test_a_kill_at_any_moment_of_creation_leaves_no_file_or_a_resumable_one(tmp_
             assert main(["train", "--resume", str(path), "--no-progress"]) == 0
         assert _partials(folder) == []  # what a killed creation left behind is gone
         assert _final_params(path) == straight(128), at
-    assert outcomes == {1: "no file", total // 3: "no file", 2 * total // 3: "no file", "linked": "resumable",
-                        "after": "resumable"}
+    assert outcomes == {1: "no file", total // 2: "no file", "linked": "resumable", "after": "resumable"}
 
 
 @pytest.mark.parametrize("stage", ["lay_out", "annotate", "status", "publish"])
