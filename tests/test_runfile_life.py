@@ -113,7 +113,8 @@ def _calls_in_creation(monkeypatch, argv) -> int:
     return calls[0]
 
 
-def test_a_kill_at_any_moment_of_creation_leaves_no_file_or_a_resumable_one(tmp_path, monkeypatch, straight):
+def test_a_kill_at_any_moment_of_creation_leaves_no_file_or_a_resumable_one(tmp_path, monkeypatch, capsys,
+                                                                              straight):
     total = _calls_in_creation(monkeypatch, _argv(tmp_path / "count.h5"))
     assert total > 1000  # long enough for the points below to be distinct moments
     outcomes = {}
@@ -130,7 +131,9 @@ def test_a_kill_at_any_moment_of_creation_leaves_no_file_or_a_resumable_one(tmp_
             outcomes[at] = "resumable"
             with RunReader(path) as r:
                 assert r.status == "running" and r.n_checkpoints == 0
+            capsys.readouterr()
             assert main(_argv(path)) == 2  # a new run does not write over it; it names --resume
+            assert f"continue it with: labpgt train --resume {path}" in capsys.readouterr().err
             assert main(["train", "--resume", str(path), "--no-progress"]) == 0
         assert _partials(folder) == []  # what a killed creation left behind is gone
         assert _final_params(path) == straight(128), at
@@ -302,6 +305,8 @@ def test_any_changed_byte_of_a_checkpoint_makes_it_corrupt(tmp_path, monkeypatch
         _flip(path, column, 1, bit=1)
     with RunReader(path) as r:
         assert [v for v, _ in checkpoints.verdicts(r)] == ["ok", "corrupt"]
+        assert checkpoints.verdicts(r, block_bytes=1) == checkpoints.verdicts(r)  # row blocks: the same
+        assert [checkpoints.verdict(r, i)[0] for i in range(2)] == ["ok", "corrupt"]
         index, state, passed = checkpoints.last_valid(r)
         assert index == 0 and state["step"] == 0 and [i for i, _ in passed] == [1]
 
