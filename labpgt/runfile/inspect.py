@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from labpgt.runfile import checkpoints
+from labpgt.runfile.checkpoints import CORRUPT, OK, UNVERIFIED, verdicts
 from labpgt.runfile.format import FAULT_KINDS, FORMAT, RunFileError
 from labpgt.runfile.superblock import _superblock, clear_write_flags
 from labpgt.runfile.reader import RunReader
@@ -77,15 +77,14 @@ def inspect(path) -> str:
 
 def _checkpoint_lines(r: RunReader) -> list[str]:
     """What the checkpoints' checksums say (labpgt/runfile/checkpoints.py); a corrupt one is a PROBLEM."""
-    verdicts = checkpoints.verdicts(r)
-    if not verdicts:
+    found = verdicts(r)
+    if not found:
         return []
-    count = {v: sum(1 for verdict, _ in verdicts if verdict == v) for v in (checkpoints.OK, checkpoints.UNVERIFIED)}
-    lines = [f"  checkpoint checksums: {count[checkpoints.OK]} verified"
-             + (f", {count[checkpoints.UNVERIFIED]} unverified (written before checksums)"
-                if count[checkpoints.UNVERIFIED] else "")]
-    for i, (verdict, why) in enumerate(verdicts):
-        if verdict == checkpoints.CORRUPT:
+    count = {v: sum(1 for verdict, _ in found if verdict == v) for v in (OK, UNVERIFIED)}
+    lines = [f"  checkpoint checksums: {count[OK]} verified"
+             + (f", {count[UNVERIFIED]} unverified (written before checksums)" if count[UNVERIFIED] else "")]
+    for i, (verdict, why) in enumerate(found):
+        if verdict == CORRUPT:
             lines.append(f"  PROBLEM: checkpoint {i} is corrupt ({why}); --resume passes it over and continues from "
                          f"the last valid one before it")
     return lines
