@@ -402,7 +402,7 @@ def read_resumed(path, given: dict) -> Resumed:
         if passed_over:
             where = (f"checkpoint {index} (step {state['step']})" if state is not None
                      else "the start (no valid checkpoint)")
-            log.warning("%s: corrupt checkpoints %s passed over; continuing from %s", path,
+            log.info("%s: corrupt checkpoints %s passed over; continuing from %s", path,
                         [i for i, _ in passed_over], where)
             print(f"warning: {path}: continuing from {where}; the rows recorded after it are abandoned",
                   file=sys.stderr)

@@ -83,8 +83,16 @@ def _checkpoint_lines(r: RunReader) -> list[str]:
     count = {v: sum(1 for verdict, _ in found if verdict == v) for v in (OK, UNVERIFIED)}
     lines = [f"  checkpoint checksums: {count[OK]} verified"
              + (f", {count[UNVERIFIED]} unverified (written before checksums)" if count[UNVERIFIED] else "")]
+    resumes = r.resumes()
     for i, (verdict, why) in enumerate(found):
-        if verdict == CORRUPT:
+        if verdict != CORRUPT:
+            continue
+        written = float(r._f["checkpoints/time_s"][i])
+        passed_by = [k for k, (j, when) in enumerate(zip(resumes["checkpoint"], resumes["time_s"]))
+                     if j < i and written <= when]
+        if passed_by:  # a later resume continued from an earlier checkpoint: this one is abandoned
+            lines.append(f"  checkpoint {i} is corrupt ({why}); resume {passed_by[0]} passed it over: no longer used")
+        else:
             lines.append(f"  PROBLEM: checkpoint {i} is corrupt ({why}); --resume passes it over and continues from "
                          f"the last valid one before it")
     return lines
