@@ -9,7 +9,9 @@ its end is compared with an uninterrupted run of the same command, bit for bit (
 
 * **creation**: ``--kills`` runs (half SIGKILL, half SIGINT) of ``train --budget 200``, each
   signalled a uniform random delay in [0, ``--max-delay``] s after the first file of the run
-  appears in its folder (the run file, or the temporary name it is built under). Then: no file
+  appears in its folder (the run file, or the temporary name it is built under); by default
+  ``--max-delay`` is how long the file of an uninterrupted run lives, measured first (creation,
+  training and the end: it depends on the machine's load). Then: no file
   under the run's name -> the same command again; a file -> ``--resume``. Counted: what was left
   (no file / resumable / unusable), whether the follow-up ended the run bit for bit, and whether
   the follow-up's advice pointed back at the other command (an advice loop).
@@ -123,8 +125,30 @@ def readable_run(tree: Tree, path: Path) -> dict:
 
 
 # --------------------------------------------------------------------------- creation
-def creation(tree: Tree, work: Path, kills: int, max_delay: float, seed: int, log) -> dict:
+def lifetime(tree: Tree, work: Path, seed: int, runs: int = 3) -> float:
+    """Seconds from the first file of an uninterrupted run appearing in its folder to the run's end
+    (the shortest of ``runs``: the machine's load only ever makes it longer)."""
+    lives = []
+    for k in range(runs):
+        folder = work / f"lifetime-{k}"
+        folder.mkdir()
+        child = subprocess.Popen(tree.cli(*train_args(folder / "run.h5", 200, seed)), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, env=tree.env, cwd=tree.root)
+        while child.poll() is None and not any(folder.iterdir()):
+            time.sleep(0.0005)
+        appeared = time.monotonic()
+        child.wait()
+        lives.append(time.monotonic() - appeared)
+    return min(lives)
+
+
+def creation(tree: Tree, work: Path, kills: int, max_delay: float | None, seed: int, log) -> dict:
     ref = reference(tree, work, 200, seed)
+    life = lifetime(tree, work, seed)
+    if max_delay is None:  # the whole life of the file on this machine now: creation, training, the end
+        max_delay = life
+    log(f"  an uninterrupted run lasts {life * 1e3:.0f} ms from its first file; signals within "
+        f"{max_delay * 1e3:.0f} ms")
     rows = []
     rng = random.Random(seed)
     for i in range(kills):
@@ -145,11 +169,19 @@ def creation(tree: Tree, work: Path, kills: int, max_delay: float, seed: int, lo
             row.update(left="completed", follow_up="none", follow_up_exit=0, follow_up_says="",
                        bit_for_bit=final_params(out) == ref, temporary_names_left=[])
             rows.append(row)
+            log(f"  kill {i}: {sig.name} after {delay * 1e3:.0f} ms -> the run had ended")
             continue
         if not out.exists():
             row["left"] = "no file"
             follow = tree.run(tree.cli(*train_args(out, 200, seed)))
             row["follow_up"] = "same command"
+        elif readable_run(tree, out).get("status") == "completed":  # killed while it was ending
+            row.update(left="completed", state=readable_run(tree, out), follow_up="none", follow_up_exit=0,
+                       follow_up_says="", bit_for_bit=final_params(out) == ref,
+                       temporary_names_left=sorted(p.name for p in folder.iterdir() if ".creating-" in p.name))
+            rows.append(row)
+            log(f"  kill {i}: {sig.name} after {delay * 1e3:.0f} ms -> a completed file (killed while ending)")
+            continue
         else:
             state = readable_run(tree, out)
             row["state"] = state
@@ -171,8 +203,9 @@ def creation(tree: Tree, work: Path, kills: int, max_delay: float, seed: int, lo
         log(f"  kill {i}: {sig.name} after {delay * 1e3:.0f} ms -> {row['left']}; {row['follow_up']} exit "
             f"{follow.returncode}, bit for bit {row['bit_for_bit']}")
     count = {k: sum(1 for r in rows if r["left"] == k and not r["finished_first"])
-             for k in ("no file", "resumable", "unusable")}
-    return {"runs": rows, "left": count, "finished_before_the_signal": sum(r["finished_first"] for r in rows),
+             for k in ("no file", "resumable", "unusable", "completed")}
+    return {"runs": rows, "life_s": round(life, 4), "max_delay_s": round(max_delay, 4), "left": count,
+            "finished_before_the_signal": sum(r["finished_first"] for r in rows),
             "advice_loops": sum(bool(r.get("advice_loop")) for r in rows),
             "follow_ups_bit_for_bit": sum(r["bit_for_bit"] for r in rows),
             "ok": all(r["bit_for_bit"] and r["left"] != "unusable" and not r["temporary_names_left"] for r in rows)}
@@ -295,7 +328,9 @@ def main() -> int:
     parser.add_argument("--tree", default=str(ROOT), help="the labpgt tree to run (PYTHONPATH)")
     parser.add_argument("--label", default="after")
     parser.add_argument("--kills", type=int, default=24)
-    parser.add_argument("--max-delay", type=float, default=0.3, help="s after the run's first file appears")
+    parser.add_argument("--max-delay", type=float, default=None,
+                        help="s after the run's first file appears (default: how long an uninterrupted run's file "
+                             "lives, measured first)")
     parser.add_argument("--limits", type=int, nargs="+", default=[2_000_000, 2_500_000, 3_000_000])
     parser.add_argument("--corruptions", type=int, default=6)
     parser.add_argument("--tmpfs", action="store_true")
