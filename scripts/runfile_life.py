@@ -337,6 +337,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--json", default=str(ROOT / "scripts" / "results" / "runfile_life.json"))
     args = parser.parse_args()
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # started in the background by a shell without job control: SIGINT is ignored, and would be
+        # in every child too (a Ctrl-C that never arrives); give the children the default back
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     tree = Tree(Path(args.tree))
     log = lambda *a: print(*a, flush=True)  # noqa: E731
     started = time.time()
