@@ -32,7 +32,7 @@ from labpgt.experiment import registry
 from labpgt.experiment.builder import build_trainer, dataset_of_config, in_process_reservoir
 from labpgt.experiment.options import (ConfigError, check_resume_options, config_to_toml, defaults, given_options,
                                        parse_config_text, resolve)
-from labpgt.runfile import RunFile, RunReader
+from labpgt.runfile import RunFile, RunFileError, RunReader, checkpoints
 from labpgt.runfile.recording import Recording
 from labpgt.runfile.thread import RecorderThread
 
@@ -51,6 +51,7 @@ class Resumed:
     dataset: object | None  # the dense model's data set, from the file's /dataset record
     probe: object | None = None  # the start-up probe as recorded (/probe)
     note: str = ""  # what the resume changed, for its status message (a station moved to new addresses)
+    checkpoint: int = -1  # the checkpoint row continued from (-1: none, the run starts over)
 
 
 @dataclass
@@ -120,6 +121,8 @@ def run_experiment(config: dict | None = None, *, resume=None, resume_given: dic
     # run's from its file)
     dataset = resumed.dataset if resumed else dataset_of_config(config) if config["model"] != "transformer" else None
     run_path = Path(resume) if resumed else new_run_path(config["out"], config)
+    if not resumed:
+        refuse_existing(run_path)  # before anything moves
     if watch:
         from labpgt.watch.cli import watch_beside  # a page of the run, served by its own process
 
@@ -132,7 +135,8 @@ def run_experiment(config: dict | None = None, *, resume=None, resume_given: dic
             trainer.load_state_dict(resumed.state)
             rig.restore(trainer, resumed.state)
         # (resumed with no checkpoint yet: the run starts over in the same file, its rows so far abandoned)
-        run = (RunFile.open_append(run_path, message=f"resumed; budget {config['budget']}{resumed.note}", budget=config["budget"])
+        run = (RunFile.open_append(run_path, message=f"resumed; budget {config['budget']}{resumed.note}",
+                                   budget=config["budget"], checkpoint=resumed.checkpoint)
                if resumed else _create_run_file(run_path, config, rig, trainer, argv, dataset))
         # run-file writes on a writer thread, off the measurement loop; synchronous at every step,
         # evaluation and checkpoint (flushed there), errors raised here (labpgt/runfile/thread.py)
@@ -407,7 +411,16 @@ def read_resumed(path, given: dict) -> Resumed:
             raise ConfigError(f"{path}: this run is already completed; nothing was changed (start a new run "
                               f"instead of --resume; --budget extends only a run that has not completed)")
         config = recorded_config(reader, path)
-        state = reader.last_checkpoint()
+        index, state, passed_over = checkpoints.last_valid(reader)
+        for i, why in passed_over:  # last first
+            print(f"warning: {path}: checkpoint {i} is corrupt ({why}); it is passed over", file=sys.stderr)
+        if passed_over:
+            where = (f"checkpoint {index} (step {state['step']})" if state is not None
+                     else "the start (no valid checkpoint)")
+            log.info("%s: corrupt checkpoints %s passed over; continuing from %s", path,
+                        [i for i, _ in passed_over], where)
+            print(f"warning: {path}: continuing from {where}; the rows recorded after it are abandoned",
+                  file=sys.stderr)
         embedded = reader.metadata.get("embedded_simulator", False)
         station_text, moved_note = resumed_station(path, reader.metadata["station_toml"], embedded,
                                                    given.get("station"))
@@ -425,7 +438,7 @@ def read_resumed(path, given: dict) -> Resumed:
         return Resumed(config=config, state=state, layout=json.loads(reader.metadata["physical_layer"]),
                        station_text=station_text, embedded=embedded, note=moved_note,
                        dataset=dataset_of_run(reader, config) if config["model"] != "transformer" else None,
-                       probe=_recorded_probe(reader))
+                       probe=_recorded_probe(reader), checkpoint=index)
 
 
 def resumed_station(path, recorded_text: str, embedded: bool, station_path) -> tuple[str, str]:
@@ -480,6 +493,23 @@ def dataset_of_run(reader: RunReader, config: dict):
     if record is None:
         return dataset_of_config(config)
     return Dataset.from_record(record, where=str(reader.path))
+
+
+def refuse_existing(path: Path) -> None:
+    """A new run never writes over a file; say what the file there is and what to do instead."""
+    if not path.exists():
+        return
+    try:
+        with RunReader(path) as reader:
+            status = reader.status
+    except (RunFileError, OSError) as exc:
+        raise ConfigError(f"{path} exists and is no run file that can be continued ({exc}); allowed: another --out "
+                          f"(or remove that file)") from None
+    if status == "completed":
+        raise ConfigError(f"run file {path} exists already and holds a completed run; allowed: another --out (a "
+                          f"folder gives each run a new name)")
+    raise ConfigError(f"run file {path} exists already (status {status}); continue it with: labpgt train --resume "
+                      f"{path}, or choose another --out")
 
 
 def new_run_path(out: str, config: dict) -> Path:

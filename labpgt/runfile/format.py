@@ -21,7 +21,10 @@ Layout (format_version 1)::
     /evaluations/           step, measurements, test_loss, test_accuracy, time_s
     /checkpoints/           step, measurements, time_s, measurement_rows, step_rows,
                             evaluation_rows, params [N, n_params],
-                            optimizer/<name> [N, *shape], rng_state_* and extra_* (text columns)
+                            optimizer/<name> [N, *shape], rng_state_* and extra_* (text columns),
+                            checksum (uint64: SHA-256 of the rest of the row, truncated; files
+                            from before it lack the column until their next resume adds it, with
+                            0 for the earlier rows: unverified)
     /resumes/               one row per --resume: the checkpoint continued from and the row ranges
                             of measurements/steps/evaluations recorded after it (abandoned), and
                             the training budget in force from then on (``budget``; files from
@@ -133,6 +136,10 @@ _CKPT_SCALARS = (
     ("step_rows", "i8", "1", "rows in /steps when the checkpoint was written"),
     ("evaluation_rows", "i8", "1", "rows in /evaluations when the checkpoint was written"),
 )
+#: kept apart from _CKPT_SCALARS: older files lack it (their checkpoints read as unverified; a resume
+#: adds it, 0 in the earlier rows: not recorded). labpgt/runfile/checkpoints.py computes it
+_CKPT_CHECKSUM = ("checksum", "u8", "1", "the first 8 bytes (big-endian) of the SHA-256 of the checkpoint's contents "
+                  "(labpgt/runfile/checkpoints.py); 0: not recorded (written by an older version)")
 _RESUME_COLUMNS = (
     ("time_s", "f8", "s", "unix time of the resume"),
     ("checkpoint", "i8", "1", "checkpoint row the run continued from, -1 = from the start"),
