@@ -8,7 +8,8 @@
   recorded probe sweep (/probe)
 - summary.txt: status, steps, measurements, final test accuracy, duration, instruments, probe
 
-Rows abandoned by a resume are left out, as in replay. Works on a file still being written.
+Rows abandoned by a resume are left out, as in replay. Works on a file still being written. The
+measurement columns are read a window at a time (memory flat in the run's length).
 """
 from __future__ import annotations
 
@@ -22,8 +23,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from labpgt.runfile import KINDS, RunFileError, RunReader  # noqa: E402
+from labpgt.runfile.reader import WINDOW_ROWS, EffectiveRows  # noqa: E402
 
-MAX_SCATTER = 20000  # settings scatter: at most this many rows (evenly spaced) are read
+MAX_SCATTER = 20000  # settings scatter: at most this many rows (evenly spaced) are kept
+#: rows read at a time where a column is summarised whole: a report holds a window, never a column
+SCAN_ROWS = 16 * WINDOW_ROWS
 
 
 def report(path, out_dir) -> list[Path]:
@@ -105,13 +109,10 @@ def _spectra(r, path):
 
 def _settings(r, steps, path):
     fig, (ax_s, ax_c) = plt.subplots(1, 2, figsize=(11, 4))
-    n = r.n_measurements
+    rows = EffectiveRows(r.effective_ranges("measurements"))
+    n = len(rows)
     if n:
-        sel = np.unique(np.linspace(0, n - 1, min(n, MAX_SCATTER)).astype(int))
-        m = r.measurements
-        freq = m.column("frequency_hz")[sel]
-        power = m.column("power_dbm")[sel]
-        step = m.column("step")[sel]
+        freq, power, step = _evenly_spaced(r, rows, ("frequency_hz", "power_dbm", "step"), MAX_SCATTER)
         ref = np.median(freq)
         sc = ax_s.scatter((freq - ref) / 1e6, power, c=step, s=4, cmap="viridis")
         fig.colorbar(sc, ax=ax_s, label="step")
@@ -124,6 +125,26 @@ def _settings(r, steps, path):
     for ax in (ax_s, ax_c):
         ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def _evenly_spaced(r, rows: EffectiveRows, columns, count: int) -> list[np.ndarray]:
+    """``count`` evenly spaced effective rows of ``columns``, picked window by window."""
+    n = len(rows)
+    pick = np.unique(np.linspace(0, n - 1, min(n, count)).astype(np.int64))
+    kept = {name: [] for name in columns}
+    for lo, window in rows.windows(r.measurements, columns, SCAN_ROWS):
+        here = pick[(pick >= lo) & (pick < lo + SCAN_ROWS)] - lo
+        for name in columns:
+            kept[name].append(window[name][here])
+    return [np.concatenate(kept[name]) for name in columns]
+
+
+def _kind_counts(r) -> dict:
+    """Committed measurement rows per kind (abandoned ones included), counted window by window."""
+    counts = np.zeros(len(KINDS), dtype=np.int64)
+    for _, window in EffectiveRows([(0, r.n_measurements)]).windows(r.measurements, ("kind",), SCAN_ROWS):
+        counts += np.bincount(window["kind"].astype(np.int64), minlength=len(KINDS))[:len(KINDS)]
+    return {k: int(c) for k, c in zip(KINDS, counts)}
 
 
 def _probe(probe, path):
@@ -146,8 +167,7 @@ def _summary(r, steps, evals, path, probe_text="not recorded"):
     if len(steps["time_s"]):
         ends.append(float(steps["time_s"][-1]))
     duration = max(ends) - start
-    kinds = r.measurements.column("kind") if r.n_measurements else np.array([], dtype=np.int8)
-    counts = {k: int((kinds == i).sum()) for i, k in enumerate(KINDS)}
+    counts = _kind_counts(r)
     lines = [
         f"run file: {r.path}",
         f"status: {r.status}" + (f" ({r.status_message})" if r.status_message else ""),

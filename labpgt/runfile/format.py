@@ -84,6 +84,11 @@ FORMAT_VERSION = 1
 KINDS = ("train", "probe", "eval")
 STATUSES = ("running", "completed", "failed", "aborted")
 FLAG_BITS = {1: "overload", 2: "unlocked", 4: "repeated", 8: "fault", 16: "simulated"}
+#: each dataset's chunk cache (h5py's rdcc_nbytes) in the writer and the readers. HDF5 2.0's
+#: default is 8 MiB a dataset, and a run file has ~20 row columns: a writer's or a reader's memory
+#: grew by the bytes it passed through each column until 8 MiB each (~150 MB). A writer needs
+#: the chunk it is filling (32-100 KB), a streaming reader the window's chunks.
+CHUNK_CACHE_BYTES = 1 << 20
 BLOCK_ROWS = 64  # rows buffered before a block write (performance.md: ~6x cheaper than single rows)
 TABLES = ("measurements", "steps", "evaluations", "checkpoints", "status", "resumes")
 #: tables newer than format_version 1's first files: present or not, counted after TABLES in /committed

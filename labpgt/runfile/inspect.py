@@ -154,9 +154,9 @@ def _describe(r: RunReader, lines: list) -> None:
         lines.append(f"  instrument {role}: {idn}")
     lines.append(f"  station_toml: {len(md.get('station_toml', ''))} chars; "
                  f"experiment_toml: {len(md.get('experiment_toml', ''))} chars")
-    steps, evals = r.steps(), r.evaluations()
-    lines.append(f"  measurements: {r.n_measurements}   steps: {len(steps['step'])}   "
-                 f"evaluations: {len(evals['step'])}   checkpoints: {r.n_checkpoints}")
+    last_eval = r.last_evaluation()  # the counts and one row: nothing here grows with the run
+    lines.append(f"  measurements: {r.n_measurements}   steps: {r.n_rows('steps')}   "
+                 f"evaluations: {r.n_rows('evaluations')}   checkpoints: {r.n_checkpoints}")
     lines += _checkpoint_lines(r)
     if r.n_faults:
         fl = r.faults()
@@ -175,8 +175,8 @@ def _describe(r: RunReader, lines: list) -> None:
     except RunFileError as e:
         lines.append("  dataset: UNREADABLE")
         lines.append(f"  PROBLEM: {e}")
-    if len(evals["step"]):
-        lines.append(f"  last test accuracy: {evals['test_accuracy'][-1]:.4f} at step {evals['step'][-1]}")
+    if last_eval is not None:
+        lines.append(f"  last test accuracy: {last_eval['test_accuracy']:.4f} at step {last_eval['step']}")
     lines.append(f"  parameters: {r.n_params}; trace points: {r.trace_points}; "
                  f"features per measurement: {r.features_per_measurement}")
     lines.append("  datasets:")

@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from labpgt.runfile.format import (BLOCK_ROWS, FAULT_KINDS, FAULT_ROLES, KINDS, RunFileError, STATUSES,
+from labpgt.runfile.format import (BLOCK_ROWS, CHUNK_CACHE_BYTES, FAULT_KINDS, FAULT_ROLES, KINDS, RunFileError, STATUSES,
                                    _CKPT_CHECKSUM, _CKPT_SCALARS, _EVAL_COLUMNS, _FAULT_COLUMNS,
                                    _MEAS_SCALARS, _RESUME_BUDGET, _RESUME_COLUMNS, _STATUS_COLUMNS, _STEP_COLUMNS)
 from labpgt.runfile.checkpoints import digest
@@ -130,7 +130,7 @@ class RunFile:
         # built under a temporary name, published once complete (labpgt/runfile/creation.py)
         remove_stale_partials(path.parent)
         partial = partial_path(path)
-        f = h5py.File(partial, "w", libver="latest")
+        f = h5py.File(partial, "w", libver="latest", rdcc_nbytes=CHUNK_CACHE_BYTES)
         rf = None
         try:
             lay_out(f, n_params=n_params, param_names=param_names, features_per_measurement=features_per_measurement,
@@ -210,7 +210,7 @@ class RunFile:
         sb = _superblock(path)
         if sb is not None and sb["flags"]:
             clear_write_flags(path)  # the previous writer was killed; its mark would refuse r+
-        f = h5py.File(path, "r+", libver="latest")
+        f = h5py.File(path, "r+", libver="latest", rdcc_nbytes=CHUNK_CACHE_BYTES)
         try:
             committed = [int(x) for x in f["committed"][:]]
             for table, n in zip(tables_of(f), committed):
