@@ -7,7 +7,8 @@ times shifted per repeat so that they grow), and one resume row that abandons 1,
 middle (so the effective rows are two ranges). Every column has the real layout (1,763 bytes a
 measurement with its trace), so the file is as large as a real one, and every tool accepts it.
 
-Per N, each in a child process measured from outside (wall time, and peak RSS from ``os.wait4``):
+Per N, each in a child process: wall time (Python's start included) and the child's own peak RSS
+(VmHWM, which it writes when it exits):
 
 * ``labpgt inspect FILE``
 * ``labpgt report FILE --out DIR``
@@ -17,7 +18,8 @@ Per N, each in a child process measured from outside (wall time, and peak RSS fr
   tree before streaming, the reservoir's construction, which read the whole columns.
 
 A real ``labpgt replay`` of real runs: ``--replay-runs FILE...`` (e.g. files kept by
-``scripts/bench_scaling.py --keep DIR``).
+``scripts/bench_scaling.py --keep DIR``). The run file writer alone, its RSS at every tenth of
+``--writer-rows N`` rows (the chunk caches: training's memory used to grow with the run).
 
     python scripts/bench_stream.py                               # N = 1M and 10M (~19 GB of disk)
     python scripts/bench_stream.py --sizes 100000 1000000 --dir /tmp/s
@@ -45,7 +47,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_floor import machine  # noqa: E402
-from bench_scaling import run_child  # noqa: E402
 
 BLOCK_ROWS = 65536  # rows written at a time into the synthetic file
 ABANDONED_ROWS = 1000  # rows the synthetic resume abandons, in the middle of the file
@@ -69,6 +70,90 @@ with RunReader(sys.argv[1]) as reader:
         rows = len(reservoir._rows)
 print(rows)
 """
+
+
+# the child's own peak RSS: VmHWM of its memory map, written when it exits. (ru_maxrss of a child
+# is no good here: Linux carries the parent's resident size over fork and exec into it.)
+PEAK_AT_EXIT = r"""
+import atexit, runpy, sys
+out, what, target = sys.argv[1:4]
+def peak():
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+    with open(out, "w") as f:
+        f.write(str(kb))
+atexit.register(peak)
+sys.argv = [target] + sys.argv[4:]
+if what == "module":
+    runpy.run_module(target, run_name="__main__", alter_sys=True)
+else:
+    exec(compile(open(target).read(), target, "exec"), {"__name__": "__main__"})
+"""
+
+
+def run_measured(what: str, target: str, args: list[str], *, tree: Path, log_path: Path) -> dict:
+    """Run ``python -m target args`` (what="module") or a script file: wall time, own peak RSS (MB)."""
+    peak_file = log_path.with_suffix(".peak")
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    with open(log_path, "w") as log:
+        t0 = time.perf_counter()
+        code = subprocess.call([sys.executable, "-c", PEAK_AT_EXIT, str(peak_file), what, target, *args],
+                               cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
+        wall = time.perf_counter() - t0
+    if code != 0:
+        raise RuntimeError(f"{target} {' '.join(args)} exited {code}; see {log_path}")
+    return {"wall_s": wall, "peak_rss_mb": int(peak_file.read_text()) / 1024.0}
+
+
+# the run file writer alone, in a child: N rows of the default experiment's layout (401 trace
+# points, 10 features) in steps of 48 rows with a step flush each, an evaluation and a
+# checkpoint every 25 steps; its RSS and time at every tenth of the rows, as JSON
+WRITE_ROWS = r"""
+import json, os, sys, time
+import numpy as np
+from labpgt.runfile import RunFile
+path, total = sys.argv[1], int(sys.argv[2])
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+k, points, features, params = 48, 401, 10, 92
+rng = np.random.default_rng(0)
+batch = {name: np.zeros(k, dtype) for name, dtype in (
+    ("time_s", "f8"), ("step", "i8"), ("kind", "i1"), ("sample_index", "i8"), ("node", "i8"),
+    ("perturbation_direction", "i8"), ("perturbation_sign", "i1"), ("frequency_hz", "f8"), ("power_dbm", "f8"),
+    ("current_a", "f8"), ("trace_start_hz", "f8"), ("trace_stop_hz", "f8"), ("flags", "i8"))}
+batch["trace_dbm"] = rng.normal(size=(k, points)).astype(np.float32)
+batch["features"] = rng.normal(size=(k, features))
+run = RunFile.create(path, n_params=params, features_per_measurement=features, trace_points=points)
+samples, t0, step = [], time.perf_counter(), 0
+while (step + 1) * k <= total:
+    run.measurements_batch(batch)
+    step += 1
+    run.step({"step": step, "loss": 1.0, "accuracy": 0.5, "grad_norm": 1.0, "measurements": step * k,
+              "time_s": 0.0, "current_a": 0.0})
+    if step % 25 == 0:
+        run.evaluation({"step": step, "measurements": step * k, "test_loss": 1.0, "test_accuracy": 0.5, "time_s": 0.0})
+        run.checkpoint({"step": step, "measurements": step * k, "params": np.zeros(params), "optimizer": {},
+                        "rng_state": "{}", "extra": "{}"})
+    if (step * k) // (total // 10) > len(samples) - 1 or not samples:
+        samples.append([step * k, rss_mb(), time.perf_counter() - t0])
+run.set_status("completed")
+run.close()
+os.unlink(path)
+print(json.dumps(samples))
+"""
+
+
+def measure_writer(rows: int, tree: Path, folder: Path) -> dict:
+    script = folder / "write_rows.py"
+    script.write_text(WRITE_ROWS)
+    log = folder / f"writer-{tree.name}.log"
+    child = run_measured("script", str(script), [str(folder / "writer.h5"), str(rows)], tree=tree, log_path=log)
+    samples = json.loads(log.read_text().strip().splitlines()[-1])
+    print(f"  writer {tree}: {rows:,} rows in {child['wall_s']:.0f} s, RSS "
+          + " ".join(f"{s[1]:.0f}" for s in samples) + " MB", flush=True)
+    return {"rows": rows, "wall_s": child["wall_s"], "peak_rss_mb": child["peak_rss_mb"],
+            "samples_rows_rss_mb_s": samples}
 
 
 def record_source(folder: Path, tree: Path) -> Path:
@@ -134,15 +219,16 @@ def synthesize(source: Path, path: Path, n_rows: int) -> dict:
 
 
 def measure_tools(path: Path, tree: Path, folder: Path) -> dict:
-    py = [sys.executable]
+    reader = folder / "read_like_replay.py"
+    reader.write_text(READ_LIKE_REPLAY)
     tools = {
-        "inspect": py + ["-m", "labpgt.cli", "inspect", str(path)],
-        "report": py + ["-m", "labpgt.cli", "report", str(path), "--out", str(folder / f"{path.stem}-report")],
-        "replay_read": py + ["-c", READ_LIKE_REPLAY, str(path)],
+        "inspect": ("module", "labpgt.cli", ["inspect", str(path)]),
+        "report": ("module", "labpgt.cli", ["report", str(path), "--out", str(folder / f"{path.stem}-report")]),
+        "replay_read": ("script", str(reader), [str(path)]),
     }
     out = {}
-    for name, command in tools.items():
-        child = run_child(command, tree=tree, log_path=folder / f"{path.stem}-{name}.log")
+    for name, (what, target, args) in tools.items():
+        child = run_measured(what, target, args, tree=tree, log_path=folder / f"{path.stem}-{name}.log")
         out[name] = {"wall_s": child["wall_s"], "peak_rss_mb": child["peak_rss_mb"]}
         print(f"  {name}: {child['wall_s']:.1f} s, {child['peak_rss_mb']:.0f} MB", flush=True)
     return out
@@ -153,15 +239,20 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", type=int, nargs="*", default=[1_000_000, 10_000_000],
                    help="measurement rows of the synthetic files")
     p.add_argument("--replay-runs", nargs="*", default=[], help="real run files to `labpgt replay`")
+    p.add_argument("--writer-rows", type=int, default=0,
+                   help="also write this many rows with RunFile alone (this tree and --before): RSS by tenth")
     p.add_argument("--source", default="", help="a short real run to repeat (default: record one, budget 20000)")
     p.add_argument("--dir", default="", help="where to write the synthetic files (default: a scratch directory)")
     p.add_argument("--keep", action="store_true", help="keep the synthetic files (in --dir)")
     p.add_argument("--tree", default=str(ROOT), help="source tree whose labpgt runs (default: this one)")
     p.add_argument("--label", default="", help="name of this tree in the results (default: its path)")
+    p.add_argument("--before", default="", help="another source tree (e.g. a checkout from before streaming) "
+                                                 "to measure on the same synthetic files")
     p.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_stream.json"))
     args = p.parse_args(argv)
     tree = Path(args.tree).resolve()
-    result = {"machine": machine(), "tree": str(tree), "label": args.label or str(tree), "synthetic": [],
+    result = {"machine": machine(), "tree": str(tree), "label": args.label or str(tree), "before": args.before,
+              "synthetic": [],
               "replay": [], "command": "python scripts/bench_stream.py " + " ".join(argv if argv is not None
                                                                                     else sys.argv[1:])}
     out = Path(args.out)
@@ -170,11 +261,17 @@ def main(argv=None) -> int:
         p.error("--keep needs --dir (the scratch directory is deleted at the end)")
     with tempfile.TemporaryDirectory(dir=args.dir or None) as scratch:
         folder = Path(args.dir) if args.keep else Path(scratch)
+        if args.writer_rows:
+            result["writer"] = [dict(measure_writer(args.writer_rows, tree, folder), label=result["label"])]
+            if args.before:
+                result["writer"].append(dict(measure_writer(args.writer_rows, Path(args.before).resolve(), folder),
+                                             label="before"))
+            out.write_text(json.dumps(result, indent=2) + "\n")
         for run in args.replay_runs:
             with h5py.File(run, "r") as f:
                 rows = int(f["committed"][0])
-            child = run_child([sys.executable, "-m", "labpgt.cli", "replay", str(run)], tree=tree,
-                              log_path=folder / "replay.log")
+            child = run_measured("module", "labpgt.cli", ["replay", str(run)], tree=tree,
+                                 log_path=folder / "replay.log")
             verdict = (folder / "replay.log").read_text().strip().splitlines()[-1]
             result["replay"].append({"file": str(run), "rows": rows, "wall_s": child["wall_s"],
                                      "peak_rss_mb": child["peak_rss_mb"], "verdict": verdict})
@@ -196,6 +293,9 @@ def main(argv=None) -> int:
                 print(f"N = {n:,}: writing {path} ...", flush=True)
                 entry = synthesize(source, path, n)
                 entry.update(measure_tools(path, tree, folder))
+                if args.before:
+                    print("  before:", flush=True)
+                    entry["before"] = measure_tools(path, Path(args.before).resolve(), folder)
                 entry["loadavg"] = os.getloadavg()
                 result["synthetic"].append(entry)
                 out.write_text(json.dumps(result, indent=2) + "\n")
@@ -216,10 +316,16 @@ def markdown(result: dict) -> str:
             if "skipped" in e:
                 lines.append(f"| {e['rows']:,} | skipped: {e['skipped']} | | | | | | |")
                 continue
-            lines.append(f"| {e['rows']:,} | {e['file_bytes'] / 1e9:.1f} | {e['inspect']['wall_s']:.1f} | "
-                         f"{e['inspect']['peak_rss_mb']:.0f} | {e['report']['wall_s']:.1f} | "
-                         f"{e['report']['peak_rss_mb']:.0f} | {e['replay_read']['wall_s']:.1f} | "
-                         f"{e['replay_read']['peak_rss_mb']:.0f} |")
+            for label, tools in (("", e), (" (before)", e.get("before"))):
+                if tools:
+                    lines.append(
+                        f"| {e['rows']:,}{label} | {e['file_bytes'] / 1e9:.1f} | {tools['inspect']['wall_s']:.1f} | "
+                        f"{tools['inspect']['peak_rss_mb']:.0f} | {tools['report']['wall_s']:.1f} | "
+                        f"{tools['report']['peak_rss_mb']:.0f} | {tools['replay_read']['wall_s']:.1f} | "
+                        f"{tools['replay_read']['peak_rss_mb']:.0f} |")
+    for e in result.get("writer", []):
+        lines += ["", f"RunFile writer alone ({e['label']}): {e['rows']:,} rows in {e['wall_s']:.0f} s; RSS MB at each "
+                  "tenth: " + ", ".join(f"{s[1]:.0f}" for s in e["samples_rows_rss_mb_s"])]
     if result["replay"]:
         lines += ["", "| real run: measurement rows | `labpgt replay` s | peak RSS MB | verdict |", "|---|---|---|---|"]
         for e in result["replay"]:

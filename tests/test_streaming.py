@@ -231,3 +231,44 @@ def test_report_counts_and_samples_window_by_window(recorded, tmp_path, monkeypa
     files = summary.report(resumed, tmp_path / "report")
     text = (tmp_path / "report" / "summary.txt").read_text()
     assert f"measurements recorded: {sum(counts.values())} (" in text and len(files) == 4
+
+
+def test_writer_and_reader_cap_each_datasets_chunk_cache(tmp_path):
+    """HDF5 2.0 caches 8 MiB of every dataset: ~20 row columns kept up to ~150 MB of a long run in
+    a writer's (and a reader's) memory. Both open run files with CHUNK_CACHE_BYTES a dataset."""
+    from labpgt.runfile.format import CHUNK_CACHE_BYTES
+
+    assert CHUNK_CACHE_BYTES <= 1 << 20
+    path = tmp_path / "r.h5"
+    with new_run(path) as run:
+        assert run._f.id.get_access_plist().get_cache()[2] == CHUNK_CACHE_BYTES
+        with RunReader(path) as r:  # a reader of a file being written (SWMR)
+            assert r._f.id.get_access_plist().get_cache()[2] == CHUNK_CACHE_BYTES
+        run.set_status("aborted")
+    with RunFile.open_append(path) as run:
+        assert run._f.id.get_access_plist().get_cache()[2] == CHUNK_CACHE_BYTES
+        run.set_status("completed")
+    with RunReader(path) as r:
+        assert r._f.id.get_access_plist().get_cache()[2] == CHUNK_CACHE_BYTES
+
+
+def test_report_draws_at_most_max_curve_points_per_step_curve(recorded, tmp_path, monkeypatch):
+    _, resumed, _ = recorded
+    monkeypatch.setattr(summary, "MAX_CURVE_POINTS", 10)
+    drawn = []
+    plot = summary.plt.Axes.plot
+
+    def counted(ax, *args, **kw):
+        drawn.append((len(args[0]), kw.get("label", "")))
+        return plot(ax, *args, **kw)
+    monkeypatch.setattr(summary.plt.Axes, "plot", counted)
+    summary.report(resumed, tmp_path / "report")
+    with RunReader(resumed) as r:
+        n_steps = len(r.effective_rows("steps"))
+    k = -(-n_steps // 10)
+    assert n_steps > 10 and k > 1
+    # loss and accuracy per step, labelled so, and the bias current per step (no label)
+    train = [n for n, label in drawn if label.startswith("train")]
+    assert train == [len(range(0, n_steps, k))] * 2 and all(n <= 10 for n in train)
+    assert (f"train (batch, every {k}th step)") in [label for _, label in drawn]
+    assert [n for n, label in drawn if label == ""] == [len(range(0, n_steps, k))]

@@ -6,7 +6,8 @@ virtual nodes, perturbation, and the settings the encoder makes of ``u`` and ``c
 equal to the recorded ones bit for bit. Any difference raises :class:`ReplayDivergence`
 naming the step, sample, node and both values. Rows abandoned by a ``--resume`` (recorded
 after the checkpoint the run continued from) are skipped, so a resumed run replays as the
-uninterrupted run it stands for.
+uninterrupted run it stands for. The recorded rows are read a window at a time (the trainer asks
+for them in order): a replay's memory does not grow with the run's length.
 """
 from __future__ import annotations
 
