@@ -76,7 +76,7 @@ def replay(path, build_trainer, *, encoder: SettingsEncoder, independent_nodes: 
         steps = reader.steps()
         step_rows = reader.effective_rows("steps")
         recorder = _CaptureRecorder({k: steps[k][step_rows] for k in ("step", "loss", "grad_norm")}, recorded_ckpt)
-        del steps
+        del steps  # the other step columns are not compared
         total = reservoir.recorded
         trainer = build_trainer(reservoir, recorder)
         result = ReplayResult(ok=False, message="", measurements_recorded=total)

@@ -21,7 +21,7 @@ from labpgt.runfile.reader import WINDOW_ROWS, EffectiveRows
 
 #: what a replay checks of each recorded row, and the features it answers with
 RECORDED_COLUMNS = ("step", "kind", "sample_index", "node", "perturbation_direction", "perturbation_sign",
-            "frequency_hz", "power_dbm", "current_a", "features")
+                    "frequency_hz", "power_dbm", "current_a", "features")
 
 
 class ReplayDivergence(RuntimeError):
