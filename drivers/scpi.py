@@ -59,6 +59,8 @@ class SCPIInstrument(Instrument):
     transport_options = ("timeout_s", "visa_library")
     #: commands sent once after connecting (vendor modules fill this in)
     init_commands: tuple[str, ...] = ()
+    #: after an interrupted query, read up to the identity's reply (instruments.roles ``_drop_late_reply``)
+    resync_query = "*IDN?"
     #: an entry that never ends would be a fault, not a queue
     max_error_entries = 100
 

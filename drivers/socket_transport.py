@@ -23,7 +23,7 @@ import time
 
 from instruments.errors import TransportTimeout
 
-from .transport import TransportError, decode_reply, parse_block_header
+from .transport import ReopenableLink, TransportError, decode_reply, parse_block_header
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def parse_socket_resource(resource: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(match.group("port"))
 
 
-class SocketTransport:
+class SocketTransport(ReopenableLink):
     """A message-based raw TCP socket (see the module docstring); the VisaTransport API."""
 
     def __init__(self, resource: str, timeout_s: float = 5.0, read_termination: str = "\n",
@@ -100,16 +100,6 @@ class SocketTransport:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(seconds))
         if not receive_only:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(seconds))
-
-    @property
-    def link_down(self) -> bool:
-        """True once the connection was refused or dropped (only :meth:`reconnect` helps then)."""
-        return self._link_down
-
-    def reconnect(self) -> None:
-        """Close the connection and open the resource again (after a dropped connection)."""
-        self.close()
-        self._open()
 
     def close(self) -> None:
         sock, self._sock = self._sock, None

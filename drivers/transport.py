@@ -78,7 +78,30 @@ def _resource_manager(visa_library: str):
     return manager
 
 
-class VisaTransport:
+class ReopenableLink:
+    """What a network transport shares: a link that, once dropped, only reopening brings back.
+    Subclasses set ``_link_down`` and implement ``_open`` and ``close``."""
+
+    _link_down = False
+
+    @property
+    def link_down(self) -> bool:
+        """True once the connection was refused or dropped (only :meth:`reconnect` helps then)."""
+        return self._link_down
+
+    def reconnect(self) -> None:
+        """Close the connection and open the resource again (after a dropped connection)."""
+        self.close()
+        self._open()
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class VisaTransport(ReopenableLink):
     """A message-based VISA resource (TCPIP SOCKET/INSTR, GPIB, USB, ASRL) through pyvisa."""
 
     def __init__(self, resource: str, visa_library: str = "@py", timeout_s: float = 5.0,
@@ -219,16 +242,6 @@ class VisaTransport:
             pass  # the timeout that says "nothing more is coming" (or a dead link)
         finally:
             self._session.timeout = saved_ms
-
-    @property
-    def link_down(self) -> bool:
-        """True once the connection was refused or dropped (only :meth:`reconnect` helps then)."""
-        return self._link_down
-
-    def reconnect(self) -> None:
-        """Close the session and open the resource again (after a dropped connection)."""
-        self.close()
-        self._open()
 
     def close(self) -> None:
         try:

@@ -236,6 +236,8 @@ class Instrument:
         return bool(getattr(self.transport, "link_down", False))
 
     def _io(self, operation, *command: str):
+        if self._reply_may_still_come:
+            self._drop_late_reply()
         if self._needs_clear or self._awaiting is not None:
             # a reply left unread (an abandoned second half) is dropped, never taken as this one's
             self._clear_quietly()
@@ -259,10 +261,50 @@ class Instrument:
             # whatever the instrument queued meanwhile belongs to this timeout, not to the next setting
             self._drain_before_next = True
             raise NoAnswerError(self.role, self.resource, seconds, timeout.detail) from timeout
-        except BaseException:
+        except BaseException as exc:
             # interrupted mid-exchange (Ctrl-C, a fault): a reply may still be on its way
             self._needs_clear = True
+            if isinstance(exc, KeyboardInterrupt) and operation != self.transport.write:
+                # a query cut short by Ctrl-C / SIGTERM: its reply can come after any clear (an
+                # *OPC? waiting for the coil to settle), and must not be taken as the next one's
+                self._reply_may_still_come = True
             raise
+
+    #: a query was interrupted while its reply was still to come (see :meth:`_drop_late_reply`)
+    _reply_may_still_come = False
+    #: a query every instrument of the driver answers with its identity, in order with the others
+    #: (SCPI: ``*IDN?``); None: a clear is all that can be done after an interrupted query
+    resync_query: Optional[str] = None
+    #: replies read at most while looking for the identity after an interrupted query
+    late_replies_max = 8
+
+    def _drop_late_reply(self) -> None:
+        """After a query was interrupted: clear, then ask for the identity and read until it comes
+        back. The instrument answers in order, so every late reply (the interrupted query's, however
+        long it took) is read and dropped before it; the next exchange is in step again."""
+        self._reply_may_still_come = False
+        self._clear_quietly()
+        if self.resync_query is None:
+            return
+        transport = self.transport
+        try:
+            transport.write(self.resync_query)
+            for _ in range(self.late_replies_max):
+                reply = transport.read().strip()
+                if self.identity_matches(reply):
+                    return
+                logger.warning("%s at %s: dropped a late reply %r to a query that was interrupted", self.role,
+                               self.resource, reply[:80])
+        except TransportTimeout as timeout:
+            self._needs_clear = True
+            raise NoAnswerError(self.role, self.resource, timeout.seconds, timeout.detail) from timeout
+        except BaseException:
+            self._needs_clear = True
+            self._reply_may_still_come = True
+            raise
+        self._needs_clear = True
+        raise InstrumentError(f"{self.role}: no identity among {self.late_replies_max} replies after an interrupted "
+                              f"query; the exchange is out of step")
 
     #: set by a timeout: the error queue is read empty before the next exchange
     _drain_before_next = False

@@ -398,7 +398,9 @@ class Station:
     def read_back_safe_state(self, problems: Optional[list] = None, *, skip: tuple[str, ...] = ()) -> SafeStateReport:
         """Read the rig's state back (RF output, current output, set-point and measured current,
         analyzer sweep mode) into a :class:`SafeStateReport`; a value that cannot be read stays None
-        (not safe). Sends queries only."""
+        (not safe). Sends queries only -- but after a link fault (a timeout, a garbled reply) the
+        instrument is cleared, or reconnected with its vendor set-up, and asked again
+        (``safe_attempts`` times in all)."""
         threshold = CurrentSource.zero_tolerance_a
         cs = self.instruments.get("current_source")
         if cs is not None:
@@ -418,20 +420,30 @@ class Station:
             instrument = self.instruments.get(role)
             if instrument is None or role in skip:  # skipped: it did not answer; its state stays unknown
                 continue
-            try:
-                setattr(report, name, read(instrument))
-            except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - unknown is reported as not safe
-                report.problems.append(f"{role}: reading back {name} failed: {type(exc).__name__}: {exc}")
+            for attempt in range(1, self.safe_attempts + 1):
+                try:
+                    setattr(report, name, read(instrument))
+                    break
+                except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - unknown is reported as not safe
+                    if attempt == self.safe_attempts or not _worth_another_try(exc):
+                        report.problems.append(f"{role}: reading back {name} failed: {type(exc).__name__}: {exc}")
+                        break
+                    try:  # a link fault (a timeout, a garbled reply): clear or reconnect, and ask again
+                        instrument.recover()
+                    except Exception:  # noqa: BLE001 - the next attempt reports what is wrong
+                        pass
         return report
 
     def leave_safe(self, *, skip: tuple[str, ...] = ()) -> SafeStateReport:
         """The safe steps (:meth:`make_safe`), then the read-back that says whether they worked.
 
-        The report is also kept in ``instruments.safe_state.REPORTS`` (the command line prints it)."""
-        problems = self.make_safe(skip=skip)
+        The report is also kept in ``instruments.safe_state.REPORTS`` (the command line prints it).
+        Ctrl-C and SIGTERM are held until the read-back is recorded: one that arrives while the
+        current ramps down must not cut the read-back off (the command would have nothing to say)."""
         with held_while_safe():
+            problems = self.make_safe(skip=skip)
             report = self.read_back_safe_state(problems, skip=skip)
-        self.safe_report = record(report)
+            self.safe_report = record(report)
         return report
 
     #: the last :class:`SafeStateReport` of this station (None until it was made safe)
@@ -474,6 +486,31 @@ class Station:
             exc.add_note(f"station {self.name!r}: leaving the rig safe: {report}")
             exc.safe_state_report = report  # type: ignore[attr-defined]
         return False
+
+    def describe_roles(self) -> list[str]:
+        """One line per role: what it will connect to (``signal_generator: keysight-mxg at TCPIP::...``)."""
+        return [f"{role}: {cfg.driver_name} at {cfg.resource}" for role, cfg in self.roles.items()]
+
+    def moved_resources(self, other: "Station") -> dict[str, tuple[str, str]]:
+        """``other`` as this same rig moved to new addresses: ``{role: (old, new)}`` for each role whose
+        resource differs. Anything else that differs (drivers, limits, settings, options, pacing) is
+        refused with a StationFileError naming it: a recorded experiment continues only on its own rig."""
+        allowed = "only instrument addresses (resource) may change on --resume"
+        if self.pacing != other.pacing:
+            raise StationFileError(other.source, "station.pacing", f"is {other.pacing!r}, recorded {self.pacing!r}",
+                                   allowed)
+        moved = {}
+        for role, mine in self.roles.items():
+            theirs = other.roles[role]
+            compared = {"driver": (mine.driver_name, theirs.driver_name), "options": (mine.options, theirs.options),
+                        "limits": (mine.limits, theirs.limits), "settings": (mine.settings, theirs.settings)}
+            for key, (recorded, given) in compared.items():
+                if recorded != given:
+                    raise StationFileError(other.source, f"{role}.{key}", "differs from the recorded station's",
+                                           allowed)
+            if mine.resource != theirs.resource:
+                moved[role] = (mine.resource, theirs.resource)
+        return moved
 
     def __repr__(self) -> str:
         state = "connected" if self.instruments else "not connected"

@@ -37,7 +37,7 @@ def cmd_sim_serve(args) -> int:
 
     faults = fault_settings(args.faults)
     with SimServer(seed=args.seed, flavour=args.flavour, realtime=args.realtime, faults=faults,
-                   start_state=args.start_state) as server:
+                   start_state=args.start_state, control_port=args.control_port) as server:
         text = server.station_toml()
         path = Path(args.station_out)
         path.write_text(text)
@@ -333,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how the first client finds the instruments: reset (power-on state) or unsafe "
                             "(RF on at full power outside the station's band, current flowing in the magnet)")
     serve.add_argument("--station-out", default="sim-station.toml", help="where to write the station file")
+    serve.add_argument("--control-port", type=int, metavar="PORT",
+                       help="serve the simulator's own state (state) and instrument hangs (hang ROLE, revive "
+                            "ROLE) on 127.0.0.1:PORT, one JSON line per command (0: any free port; written "
+                            "into the station file as a comment); see sim/control.py")
     serve.set_defaults(func=cmd_sim_serve)
 
     check = sub.add_parser("check", help="connect each instrument, print identities, confirm the safe state")

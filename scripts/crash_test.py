@@ -2,6 +2,7 @@
 
     python scripts/crash_test.py                 # 20 kills (default), budget 3000, seed 7
     python scripts/crash_test.py --kills 40 --budget 4000 --seed 1
+    python scripts/crash_test.py --kills 60 --seed 3 --json scripts/results/crash_test_life.json
 
 One uninterrupted run (same seed, embedded simulated ring) is the reference. Then chains of
 killed runs: `labpgt train` (or `labpgt train --resume` of the chain's file) is started in a
@@ -18,9 +19,15 @@ subprocess and killed with SIGKILL after a random delay. After every kill the fi
   features to the same row of the reference run (the simulated ring is deterministic);
 
 and when a chain's run completes (`--resume` after the last kill) its final parameters must equal
-the reference's, bit for bit. Kill moments are uniform in [0.2, --max-delay] s, counted from the
-start of a resumed run or from the appearance of a new run's file. A kill that lands before the
-file's creation finished is counted as such (nothing to resume; the chain starts over).
+the reference's, bit for bit. Kill moments are spread over the whole life of a process: two in
+three uniform in [0, life] s from the process's start, where life is the uninterrupted reference
+run's own duration (start-up, the file's creation, training, the end); one in three (new runs
+only) in the creation window, uniform in [0, 0.2] s from the moment the run file appears. A kill
+before the file exists leaves nothing (the chain starts over). A file left by a kill that no
+reader can open or `--resume` cannot continue is *unusable*: counted apart when the kill fell
+in a new run (``unusable_creation``: its creation was cut short -- a new run's file is resumable
+once created, even before its first checkpoint; creation under a temporary name is being done on
+another branch), as a problem when a resumed file no longer opens; the chain starts over.
 
 Results: printed, and JSON to scripts/results/crash_test.json (``--json``). Exit status 0 only if
 every check passed.
@@ -53,12 +60,25 @@ def train_command(out: Path, budget: int, seed: int, resume: bool) -> list[str]:
             "--out", str(out), "--no-progress", "--eval-every", "5", "--checkpoint-every", "2"]
 
 
-def run_to_completion(out: Path, budget: int, seed: int, resume: bool) -> None:
+def run_to_completion(out: Path, budget: int, seed: int, resume: bool) -> float:
+    """Run ``labpgt train`` to its end; returns its wall time (s)."""
+    t0 = time.monotonic()
     proc = subprocess.run(train_command(out, budget, seed, resume), capture_output=True, text=True, cwd=ROOT,
                           timeout=900)
     if proc.returncode != 0:
         raise RuntimeError(f"labpgt train {'--resume ' if resume else ''}failed ({proc.returncode}): "
                            f"{proc.stderr[-2000:]}")
+    return time.monotonic() - t0
+
+
+def resumable(path: Path) -> str | None:
+    """None if ``labpgt train --resume`` can continue ``path`` (checked with --dry-run: the file read,
+    its experiment and checkpoint taken), else why not."""
+    proc = subprocess.run(train_command(path, 0, 0, resume=True) + ["--dry-run"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    if proc.returncode == 0 or "already completed" in proc.stderr + proc.stdout:
+        return None
+    return (proc.stderr or proc.stdout)[-500:]
 
 
 def _abandoned(f, table: str, n: int) -> np.ndarray:
@@ -158,8 +178,17 @@ def final_params(path: Path) -> np.ndarray:
         return f["checkpoints/params"][-1]
 
 
+def _kill_moment(rng, resume: bool, life_s: float, creation_share: float) -> tuple[str, float]:
+    """(where the kill is counted from, delay): the whole life from the start, or the creation window."""
+    if not resume and rng.uniform() < creation_share:
+        return "file appeared", float(rng.uniform(0.0, 0.2))
+    return "process start", float(rng.uniform(0.0, life_s))
+
+
 def crash_test(kills: int = 20, budget: int = 3000, seed: int = 7, workdir: Path | None = None,
-               max_delay_s: float = 3.0, log=print) -> dict:
+               max_delay_s: float | None = None, log=print, creation_share: float = 1 / 3) -> dict:
+    """max_delay_s: the end of the kill window from a process's start (default: the reference run's
+    duration, its whole life)."""
     rng = np.random.default_rng(seed)
     own_tmp = None
     if workdir is None:
@@ -168,10 +197,13 @@ def crash_test(kills: int = 20, budget: int = 3000, seed: int = 7, workdir: Path
     workdir = Path(workdir)
     t0 = time.monotonic()
     reference_path = workdir / "reference.h5"
-    run_to_completion(reference_path, budget, seed, resume=False)
+    life_s = run_to_completion(reference_path, budget, seed, resume=False)
+    if max_delay_s is not None:
+        life_s = float(max_delay_s)
     reference = read_reference(reference_path)
-    log(f"reference run: {len(reference['step'])} measurement rows")
-    result = {"kills": 0, "kills_before_file": 0, "kills_during_creation": 0, "chains_completed": 0,
+    log(f"reference run: {len(reference['step'])} measurement rows; kills within {life_s:.2f} s of a start")
+    result = {"kills": 0, "kills_before_file": 0, "kills_during_creation": 0, "unusable_creation": 0,
+              "unusable_other": 0, "kills_in_creation_window": 0, "chains_completed": 0, "life_s": round(life_s, 2),
               "files_checked": 0, "problems": [], "kill_log": [], "budget": budget, "seed": seed}
     chain = 0
     path = workdir / f"chain{chain}.h5"
@@ -189,13 +221,14 @@ def crash_test(kills: int = 20, budget: int = 3000, seed: int = 7, workdir: Path
             continue
         proc = subprocess.Popen(train_command(path, budget, seed, resume), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, cwd=ROOT)
-        delay = float(rng.uniform(0.2, max_delay_s))
-        if not resume:  # a new run: the moment is counted from the file's appearance (start-up varies)
+        origin, delay = _kill_moment(rng, resume, life_s, creation_share)
+        if origin == "file appeared":  # the creation window: counted from the file's appearance
             while not path.exists() and proc.poll() is None:
                 try:
-                    proc.wait(timeout=0.05)  # watching for the file from outside, not synchronising
+                    proc.wait(timeout=0.002)  # watching for the file from outside, not synchronising
                 except subprocess.TimeoutExpired:
                     pass
+            result["kills_in_creation_window"] += 1
         try:
             proc.wait(timeout=delay)  # a random moment (the run may end first)
             finished = True
@@ -218,23 +251,32 @@ def crash_test(kills: int = 20, budget: int = 3000, seed: int = 7, workdir: Path
             path = workdir / f"chain{chain}.h5"
             continue
         result["kills"] += 1
-        entry = {"kill": result["kills"], "chain": chain, "after_s": round(delay, 3), "resumed": resume}
+        entry = {"kill": result["kills"], "chain": chain, "after_s": round(delay, 3), "from": origin,
+                 "resumed": resume}
         if not path.exists():
             result["kills_before_file"] += 1
             entry["file"] = "not created yet"
         else:
             try:
                 summary = check_file(path, reference)
-            except (OSError, KeyError) as exc:
+                why = resumable(path)
+                if why is not None:
+                    raise KeyError(f"--resume refuses it: {why}")
+            except (OSError, KeyError, IndexError, ValueError) as exc:
                 if resume:
                     result["problems"].append(f"kill {result['kills']}: the resumed file no longer opens: {exc}")
+                    result["unusable_other"] += 1
                     summary = {"problems": [str(exc)]}
-                else:  # killed while HDF5 was still creating the file's layout: nothing to resume
+                else:  # killed while the file's layout was still being created: nothing to resume
+                    # (a new run's file is resumable from its creation's end on, even before its
+                    # first checkpoint: the run starts over in it; so unusable = its creation was cut)
                     result["kills_during_creation"] += 1
-                    entry["file"] = f"killed during creation ({type(exc).__name__}); starting over"
+                    result["unusable_creation"] += 1
+                    entry["file"] = f"unusable, killed during creation ({type(exc).__name__}: {str(exc)[:120]}); " \
+                                    f"starting over"
                     path.unlink()
                     result["kill_log"].append(entry)
-                    log(f"kill {result['kills']:2d} after {delay:.2f} s: {entry['file']}")
+                    log(f"kill {result['kills']:2d} after {delay:.2f} s from the {origin}: {entry['file']}")
                     continue
             result["files_checked"] += 1
             entry.update({k: summary.get(k) for k in ("rows", "effective_rows", "steps", "checkpoints",
@@ -245,11 +287,14 @@ def crash_test(kills: int = 20, budget: int = 3000, seed: int = 7, workdir: Path
             entry["ok"] = not summary["problems"]
         result["kill_log"].append(entry)
         what = entry.get("file") or f"{entry['effective_rows']} effective rows, {entry['steps']} steps"
-        log(f"kill {result['kills']:2d} after {delay:.2f} s ({'resume' if resume else 'new run'}): {what}"
+        log(f"kill {result['kills']:2d} after {delay:.2f} s from the {origin} ({'resume' if resume else 'new run'}): "
+            f"{what}"
             f"{'' if entry.get('ok', True) else '  PROBLEMS'}")
     # the last chain: resume it to the end
-    if path.exists() and not result["problems"]:
-        if not _completed(path):
+    if not result["problems"]:
+        if not path.exists():  # the last kill left no file: the chain runs from the start
+            run_to_completion(path, budget, seed, resume=False)
+        elif not _completed(path):
             run_to_completion(path, budget, seed, resume=True)
         ok = final_params(path).tobytes() == reference["final_params"].tobytes()
         log(f"chain {chain}: resumed to completion; final parameters "
@@ -269,15 +314,23 @@ def main(argv=None) -> int:
     parser.add_argument("--kills", type=int, default=20, help="SIGKILLs in all (default 20)")
     parser.add_argument("--budget", type=int, default=3000, help="training measurements per run")
     parser.add_argument("--seed", type=int, default=7, help="seed of the runs and of the kill moments")
-    parser.add_argument("--max-delay", type=float, default=3.0, help="kill at most this many seconds after start")
+    parser.add_argument("--max-delay", type=float, default=None,
+                        help="kill at most this many seconds after a start (default: the reference run's duration)")
+    parser.add_argument("--creation-share", type=float, default=1 / 3,
+                        help="share of a new run's kills aimed at [0, 0.2] s after its file appears")
     parser.add_argument("--json", default=str(ROOT / "scripts" / "results" / "crash_test.json"))
     args = parser.parse_args(argv)
-    result = crash_test(args.kills, args.budget, args.seed, max_delay_s=args.max_delay)
+    result = crash_test(args.kills, args.budget, args.seed, max_delay_s=args.max_delay,
+                        creation_share=args.creation_share)
+    result["command"] = "python scripts/crash_test.py " + " ".join(argv if argv is not None else sys.argv[1:])
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"\n{result['kills']} kills ({result['kills_before_file']} before the file existed, "
+    print(f"\n{result['kills']} kills over {result['life_s']} s of life ({result['kills_in_creation_window']} aimed at "
+          f"the creation window; {result['kills_before_file']} before the file existed, "
           f"{result['kills_during_creation']} during its creation), {result['files_checked']} files checked, "
           f"{result['chains_completed']} runs resumed to completion, {result['seconds']} s")
+    print(f"unusable files: {result['unusable_creation']} from the creation window (counted apart), "
+          f"{result['unusable_other']} otherwise")
     print("all checks passed" if result["ok"] else "PROBLEMS:\n  " + "\n  ".join(result["problems"]))
     return 0 if result["ok"] else 1
 

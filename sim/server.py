@@ -13,7 +13,9 @@ resource string), ``.instruments`` (role -> simulated instrument, e.g. for ``fau
 ``.station_toml()``. ``faults=`` takes a fault spec (``sim.faults``: a string or a ``[faults]``
 table), seeded from the server's seed unless the spec names its own. ``start_state="unsafe"``
 (or a dict) serves the instruments as a careless user left them, ``wire_log=True`` keeps every
-message received with the rig's state after it in ``.wire_log`` (both: ``sim.start_state``). Stopping closes every socket and file descriptor and joins every thread.
+message received with the rig's state after it in ``.wire_log`` (both: ``sim.start_state``).
+``control_port=N`` (0: any free port) serves the simulator's own state and instrument hangs on
+127.0.0.1 (``sim.control``). Stopping closes every socket and file descriptor and joins every thread.
 """
 from __future__ import annotations
 
@@ -70,6 +72,9 @@ class _ServedDevice:
 
     #: called as ``observer(device, message)`` after each message is handled (a wire log), or None
     observer = None
+    #: a hung instrument (``SimServer.hang``): it keeps its outputs as they are, reads what it is
+    #: sent and neither executes nor answers anything (connections are still accepted)
+    hung = False
 
     def _start_thread(self, label: str) -> None:
         self._waker = _Waker()
@@ -167,6 +172,8 @@ class SocketServer(_ServedDevice):
                 line, buf = buf[:i], buf[i + 1:]
                 if line.endswith(b"\r"):
                     line = line[:-1]
+                if self.hung:
+                    continue
                 out = _safe_handle(self.device, line)
                 if self.observer is not None:
                     self.observer(self.device, line)
@@ -223,6 +230,8 @@ class PtyServer(_ServedDevice):
                     data += os.read(self._master, 4096)
                 except OSError:
                     break
+            if self.hung:
+                continue
             out = _safe_handle(self.device, data)
             if self.observer is not None:
                 self.observer(self.device, data)
@@ -278,7 +287,8 @@ class SimServer:
 
     def __init__(self, seed: int = 0, flavour: str = "keysight", realtime: bool = False, ring_params=None,
                  host: str = "127.0.0.1", ports: dict | None = None, ring=None, faults=None,
-                 timeout_s: float = 5.0, start_state=None, wire_log: bool = False):
+                 timeout_s: float = 5.0, start_state=None, wire_log: bool = False,
+                 control_port: int | None = None):
         if flavour not in FLAVOURS:
             raise ValueError(f"unknown flavour {flavour!r}; choose one of {sorted(FLAVOURS)}")
         self.seed = int(seed)
@@ -302,6 +312,8 @@ class SimServer:
         self.servers: dict = {}
         self.resources: dict[str, str] = {}
         self.drivers: dict[str, str] = {}
+        self._control_port = control_port
+        self.control = None  # sim.control.ControlServer, with control_port
 
     def start(self) -> "SimServer":
         if self.rig is not None:
@@ -328,12 +340,19 @@ class SimServer:
             for server in self.servers.values():
                 server.start()
             apply_spec(self.faults, self.instruments, default_seed=self.seed)
+            if self._control_port is not None:
+                from sim.control import ControlServer
+
+                self.control = ControlServer(self, self._control_port)
         except BaseException:
             self.stop()
             raise
         return self
 
     def stop(self) -> None:
+        if self.control is not None:
+            self.control.stop()
+            self.control = None
         for server in self.servers.values():
             server.stop()
         self.servers.clear()
@@ -371,8 +390,9 @@ class SimServer:
                        "ramps do not wait in wall time; the simulated coil models the lag")
         r, d = self.resources, self.drivers
         lo, hi = lim["current_a"]
+        control = "" if self.control is None else f"# simulator control: 127.0.0.1:{self.control.port}\n"
         return f"""\
-[station]
+{control}[station]
 name = "simulated ring ({self.flavour} flavour, seed {self.seed})"
 pacing = "{pacing}"          # {pacing_note}
 [signal_generator]

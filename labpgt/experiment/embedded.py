@@ -11,7 +11,7 @@ from instruments.station import Station
 @contextlib.contextmanager
 def open_station(station_path: str | Path | None, *, seed: int = 0, flavour: str = "keysight",
                  noise_scale: float | None = None, ring_step: dict | None = None,
-                 station_text: str | None = None) -> Iterator[tuple[Station, object | None]]:
+                 station_text: str | None = None, recovery=None) -> Iterator[tuple[Station, object | None]]:
     """Yield ``(station, sim_server)``; a connected station whose exit leaves the rig safe.
 
     With no station file the embedded simulated ring starts in-process: the same loopback
@@ -20,15 +20,17 @@ def open_station(station_path: str | Path | None, *, seed: int = 0, flavour: str
     ``station_text`` (a station recorded in a run file) takes the place of the file.
     ``noise_scale``: the embedded simulated ring's noise multiplier (None: its default);
     ``ring_step``: a scheduled step change of it (labpgt/reservoirs/direct.py ``simulated_ring_params``).
+    ``recovery``: a :class:`labpgt.reservoirs.recovery.RecoveryPolicy` under which the station is
+    connected (a fault while connecting: the connected roles left safe, then connected again).
     """
     if station_text is not None:
         station = Station.from_text(station_text, source_name=f"{station_path or 'recorded station'}")
-        with station:
+        with _connected(station, recovery):
             yield station, None
         return
     if station_path is not None:
         station = Station.load(station_path)
-        with station:
+        with _connected(station, recovery):
             yield station, None
         return
 
@@ -41,8 +43,15 @@ def open_station(station_path: str | Path | None, *, seed: int = 0, flavour: str
         ring_params = simulated_ring_params(1.0 if noise_scale is None else noise_scale, step=ring_step)
     with SimServer(seed=seed, flavour=flavour, ring_params=ring_params) as server:
         station = Station.from_text(server.station_toml(), source_name="<embedded simulated station>")
-        with station:
+        with _connected(station, recovery):
             yield station, server
+
+
+def _connected(station: Station, recovery) -> Station:
+    """The station, connected (under ``recovery`` if given); its ``with`` leaves the rig safe."""
+    if recovery is not None:
+        recovery.start_up(station, "connecting the station", station.connect)
+    return station
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from labpgt.experiment import registry
 from labpgt.experiment.builder import build_trainer, dataset_of_config, in_process_reservoir
 from labpgt.experiment.options import (ConfigError, check_resume_options, config_to_toml, defaults, given_options,
                                        parse_config_text, resolve)
-from labpgt.runfile import RunFile, RunReader
+from labpgt.runfile import RunFile, RunFileError, RunReader, checkpoints
 from labpgt.runfile.recording import Recording
 from labpgt.runfile.thread import RecorderThread
 
@@ -50,6 +50,8 @@ class Resumed:
     embedded: bool
     dataset: object | None  # the dense model's data set, from the file's /dataset record
     probe: object | None = None  # the start-up probe as recorded (/probe)
+    note: str = ""  # what the resume changed, for its status message (a station moved to new addresses)
+    checkpoint: int = -1  # the checkpoint row continued from (-1: none, the run starts over)
 
 
 @dataclass
@@ -66,6 +68,7 @@ class Rig:
     metadata: dict = field(default_factory=dict)  # station, identities, ... for the run file
     checkpoint_extra: dict = field(default_factory=dict)  # name -> callable, stored in every checkpoint
     restore: Callable[[object, dict], None] = lambda trainer, state: None  # after loading a checkpoint
+    start_up_faults: list = field(default_factory=list)  # recovered before the run file existed (recovery.py)
 
 
 @dataclass
@@ -118,6 +121,8 @@ def run_experiment(config: dict | None = None, *, resume=None, resume_given: dic
     # run's from its file)
     dataset = resumed.dataset if resumed else dataset_of_config(config) if config["model"] != "transformer" else None
     run_path = Path(resume) if resumed else new_run_path(config["out"], config)
+    if not resumed:
+        refuse_existing(run_path)  # before anything moves
     if watch:
         from labpgt.watch.cli import watch_beside  # a page of the run, served by its own process
 
@@ -130,7 +135,8 @@ def run_experiment(config: dict | None = None, *, resume=None, resume_given: dic
             trainer.load_state_dict(resumed.state)
             rig.restore(trainer, resumed.state)
         # (resumed with no checkpoint yet: the run starts over in the same file, its rows so far abandoned)
-        run = (RunFile.open_append(run_path, message=f"resumed; budget {config['budget']}", budget=config["budget"])
+        run = (RunFile.open_append(run_path, message=f"resumed; budget {config['budget']}{resumed.note}",
+                                   budget=config["budget"], checkpoint=resumed.checkpoint)
                if resumed else _create_run_file(run_path, config, rig, trainer, argv, dataset))
         # run-file writes on a writer thread, off the measurement loop; synchronous at every step,
         # evaluation and checkpoint (flushed there), errors raised here (labpgt/runfile/thread.py)
@@ -138,6 +144,8 @@ def run_experiment(config: dict | None = None, *, resume=None, resume_given: dic
             recording = Recording(writer, flags=rig.flags, checkpoint_extra=rig.checkpoint_extra,
                                   rows_before=run.n_measurements)
             rig.reservoir.recorder = trainer.recorder = recording
+            for record in rig.start_up_faults:  # met before the file existed: at the first row of this session
+                recording.fault({**record, "measurement_row": recording.n_measurements})
             if not (resumed and resumed.state is not None):
                 trainer.checkpoint()  # step 0: a run killed from here on can be resumed
             status = _train(trainer, config, run_path, progress)
@@ -200,18 +208,24 @@ def _station_rig(config: dict, resumed: Resumed | None) -> Iterator[Rig]:
     from labpgt.experiment.embedded import open_station
     from labpgt.experiment.probe import probe_sweep, reference_probe, station_physical_layer
     from labpgt.reservoirs.encoding import BandReadout, KnobEncoder
+    from labpgt.reservoirs.recovery import RecoveryPolicy
     from labpgt.reservoirs.station import StationReservoir
 
     embedded = resumed.embedded if resumed else config["station"] is None
     station_arg = None if embedded else config["station"]
     recorded_station = resumed.station_text if (resumed and not embedded) else None
+    # start-up faults (connect, the first ramp, the probe, the set-up) under the measurements' policy
+    policy = RecoveryPolicy()
     with open_station(station_arg, seed=config["seed"], noise_scale=config["noise_scale"] if embedded else None,
                       ring_step=ring_step(config) if embedded else None,
-                      station_text=recorded_station) as (station, sim):
+                      station_text=recorded_station, recovery=policy) as (station, sim):
         probe = None
         if resumed is None:
-            probe = reference_probe(station, config)  # kept in the run file as /probe
-            layout = station_physical_layer(station, config, probe)
+            # kept in the run file as /probe (a bad setting or no plausible line is refused, not retried)
+            probe = policy.start_up(station, "the first ramp and the probe sweep",
+                                    lambda: reference_probe(station, config), not_faults=(ConfigError,))
+            layout = policy.start_up(station, "the physical layer",
+                                     lambda: station_physical_layer(station, config, probe), not_faults=(ConfigError,))
         else:
             layout = resumed.layout
             recorded = resumed.probe
@@ -220,15 +234,17 @@ def _station_rig(config: dict, resumed: Resumed | None) -> Iterator[Rig]:
                 # world must first see the probe the original run made (it moved its clock and noise).
                 # Not recorded: it replays the sweep already in /probe (the one that set the run's
                 # reference), it is not a new measurement of the ring
-                probe_sweep(station, recorded.current_a, span_hz=recorded.span_hz, center_hz=recorded.center_hz)
+                policy.start_up(station, "the recorded probe sweep", lambda: probe_sweep(
+                    station, recorded.current_a, span_hz=recorded.span_hz, center_hz=recorded.center_hz))
         encoder, readout = KnobEncoder(**layout["encoder"]), BandReadout(**layout["readout"])
-        reservoir = StationReservoir(station, encoder, readout, simulated=embedded)
+        reservoir = StationReservoir(station, encoder, readout, simulated=embedded, recovery=policy)
 
         def restore(trainer, state):
             if sim is not None:
                 # bring the fresh simulator's magnet to the checkpointed current, then rewind its
                 # world to the checkpoint (clock, noise stream, coil history)
-                reservoir.set_current(trainer.model.current_a())
+                policy.start_up(station, "the ramp to the checkpoint's current",
+                                lambda: reservoir.set_current(trainer.model.current_a()))
                 restore_world(sim, state)
 
         yield Rig(
@@ -236,7 +252,8 @@ def _station_rig(config: dict, resumed: Resumed | None) -> Iterator[Rig]:
             layout=layout, features_per_measurement=readout.n_bands, trace_points=readout.points, probe=probe,
             metadata={"station_toml": station.config_text, "identities": dict(station.identities),
                       "embedded_simulator": embedded},
-            checkpoint_extra={"sim_world": sim.world_state} if sim is not None else {}, restore=restore)
+            checkpoint_extra={"sim_world": sim.world_state} if sim is not None else {}, restore=restore,
+            start_up_faults=policy.start_up_faults)
 
 
 @contextlib.contextmanager
@@ -357,6 +374,8 @@ def dry_run(config: dict, resumed: Resumed | None) -> int:
         sa = station.roles["spectrum_analyzer"]
         sa_limits = sa.driver.limits_for_station(sa.limits).get("frequency_hz")
         print(f"station: {station.name} ({station.source}), pacing {station.pacing}")
+        for line in station.describe_roles():
+            print(f"  {line}")
         print(f"bias current: {config['current_a']} A, trained within ± {config['current_window_a']} A")
         if resumed:
             print("reference: as recorded in the run file")
@@ -397,8 +416,20 @@ def read_resumed(path, given: dict) -> Resumed:
             raise ConfigError(f"{path}: this run is already completed; nothing was changed (start a new run "
                               f"instead of --resume; --budget extends only a run that has not completed)")
         config = recorded_config(reader, path)
-        state = reader.last_checkpoint()
-        given = check_resume_options(given, config, path)
+        index, state, passed_over = checkpoints.last_valid(reader)
+        for i, why in passed_over:  # last first
+            print(f"warning: {path}: checkpoint {i} is corrupt ({why}); it is passed over", file=sys.stderr)
+        if passed_over:
+            where = (f"checkpoint {index} (step {state['step']})" if state is not None
+                     else "the start (no valid checkpoint)")
+            log.info("%s: corrupt checkpoints %s passed over; continuing from %s", path,
+                        [i for i, _ in passed_over], where)
+            print(f"warning: {path}: continuing from {where}; the rows recorded after it are abandoned",
+                  file=sys.stderr)
+        embedded = reader.metadata.get("embedded_simulator", False)
+        station_text, moved_note = resumed_station(path, reader.metadata["station_toml"], embedded,
+                                                   given.get("station"))
+        given = check_resume_options({k: v for k, v in given.items() if k != "station"}, config, path)
         if "progress" in given:
             config["progress"] = given["progress"]
         if "budget" in given:
@@ -410,10 +441,34 @@ def read_resumed(path, given: dict) -> Resumed:
                   f"{config['budget']}; {spent} spent at the checkpoint it continues from)", file=sys.stderr)
             config["budget"] = given["budget"]
         return Resumed(config=config, state=state, layout=json.loads(reader.metadata["physical_layer"]),
-                       station_text=reader.metadata["station_toml"],
-                       embedded=reader.metadata.get("embedded_simulator", False),
+                       station_text=station_text, embedded=embedded, note=moved_note,
                        dataset=dataset_of_run(reader, config) if config["model"] != "transformer" else None,
-                       probe=_recorded_probe(reader))
+                       probe=_recorded_probe(reader), checkpoint=index)
+
+
+def resumed_station(path, recorded_text: str, embedded: bool, station_path) -> tuple[str, str]:
+    """The station a resume connects to, and a note for the run file when it moved.
+
+    The recorded station, unless ``--station`` names the same rig at new addresses (its resources may
+    differ, nothing else); shown on stderr before anything connects, so the user sees where it goes."""
+    from instruments.station import Station
+
+    if embedded:
+        if station_path is not None:
+            raise ConfigError(f"{path}: this run was recorded on the embedded simulated ring; --station cannot "
+                              f"move it (allowed with --resume: --budget, --progress/--no-progress)")
+        return recorded_text, ""
+    recorded = Station.from_text(recorded_text, source_name=f"{path} (recorded station)")
+    note = ""
+    if station_path is not None:
+        given = Station.load(station_path)
+        moved = recorded.moved_resources(given)
+        if moved:
+            note = "; moved: " + ", ".join(f"{role} {old} -> {new}" for role, (old, new) in moved.items())
+            recorded, recorded_text = given, given.config_text
+    print(f"resuming on station {recorded.name!r}{' (moved to new addresses)' if note else ' as recorded'}: "
+          + "; ".join(recorded.describe_roles()), file=sys.stderr)
+    return recorded_text, note
 
 
 def _recorded_probe(reader: RunReader):
@@ -443,6 +498,23 @@ def dataset_of_run(reader: RunReader, config: dict):
     if record is None:
         return dataset_of_config(config)
     return Dataset.from_record(record, where=str(reader.path))
+
+
+def refuse_existing(path: Path) -> None:
+    """A new run never writes over a file; say what the file there is and what to do instead."""
+    if not path.exists():
+        return
+    try:
+        with RunReader(path) as reader:
+            status = reader.status
+    except (RunFileError, OSError) as exc:
+        raise ConfigError(f"{path} exists and is no run file that can be continued ({exc}); allowed: another --out "
+                          f"(or remove that file)") from None
+    if status == "completed":
+        raise ConfigError(f"run file {path} exists already and holds a completed run; allowed: another --out (a "
+                          f"folder gives each run a new name)")
+    raise ConfigError(f"run file {path} exists already (status {status}); continue it with: labpgt train --resume "
+                      f"{path}, or choose another --out")
 
 
 def new_run_path(out: str, config: dict) -> Path:

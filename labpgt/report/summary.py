@@ -8,7 +8,9 @@
   recorded probe sweep (/probe)
 - summary.txt: status, steps, measurements, final test accuracy, duration, instruments, probe
 
-Rows abandoned by a resume are left out, as in replay. Works on a file still being written.
+Rows abandoned by a resume are left out, as in replay. Works on a file still being written. The
+measurement columns are read a window at a time, and a per-step curve draws at most
+MAX_CURVE_POINTS steps (memory flat in the run's length).
 """
 from __future__ import annotations
 
@@ -22,8 +24,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from labpgt.runfile import KINDS, RunFileError, RunReader  # noqa: E402
+from labpgt.runfile.reader import WINDOW_ROWS, EffectiveRows  # noqa: E402
 
-MAX_SCATTER = 20000  # settings scatter: at most this many rows (evenly spaced) are read
+MAX_SCATTER = 20000  # settings scatter: at most this many rows (evenly spaced) are kept
+#: per-step curves: at most this many points drawn (every k-th step): matplotlib's memory grows
+#: with the points it draws (~70 MB more for the ~156k steps of a 10M-measurement run)
+MAX_CURVE_POINTS = 10000
+#: rows read at a time where a column is summarised whole: a report holds a window, never a column
+SCAN_ROWS = 16 * WINDOW_ROWS
 
 
 def report(path, out_dir) -> list[Path]:
@@ -54,10 +62,18 @@ def _effective(r, table, data):
     return {k: v[rows] for k, v in data.items()}
 
 
+def _every_kth(n: int) -> tuple[slice, str]:
+    """The steps a per-step curve draws, and what its label says of them."""
+    k = -(-n // MAX_CURVE_POINTS) if n else 1
+    return slice(None, None, k), ("" if k == 1 else f", every {k}th step")
+
+
 def _loss_accuracy(steps, evals, path):
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_l.plot(steps["measurements"], steps["loss"], lw=0.8, alpha=0.7, label="train (batch)")
-    ax_a.plot(steps["measurements"], steps["accuracy"], lw=0.8, alpha=0.7, label="train (batch)")
+    drawn, which = _every_kth(len(steps["step"]))
+    ax_l.plot(steps["measurements"][drawn], steps["loss"][drawn], lw=0.8, alpha=0.7, label=f"train (batch{which})")
+    ax_a.plot(steps["measurements"][drawn], steps["accuracy"][drawn], lw=0.8, alpha=0.7,
+              label=f"train (batch{which})")
     if len(evals["step"]):
         ax_l.plot(evals["measurements"], evals["test_loss"], "o-", label="test")
         ax_a.plot(evals["measurements"], evals["test_accuracy"], "o-", label="test")
@@ -105,25 +121,43 @@ def _spectra(r, path):
 
 def _settings(r, steps, path):
     fig, (ax_s, ax_c) = plt.subplots(1, 2, figsize=(11, 4))
-    n = r.n_measurements
+    rows = EffectiveRows(r.effective_ranges("measurements"))
+    n = len(rows)
     if n:
-        sel = np.unique(np.linspace(0, n - 1, min(n, MAX_SCATTER)).astype(int))
-        m = r.measurements
-        freq = m.column("frequency_hz")[sel]
-        power = m.column("power_dbm")[sel]
-        step = m.column("step")[sel]
+        freq, power, step = _evenly_spaced(r, rows, ("frequency_hz", "power_dbm", "step"), MAX_SCATTER)
         ref = np.median(freq)
         sc = ax_s.scatter((freq - ref) / 1e6, power, c=step, s=4, cmap="viridis")
         fig.colorbar(sc, ax=ax_s, label="step")
         ax_s.set(xlabel=f"detuning from {ref / 1e9:.6f} GHz (MHz)")
     ax_s.set(ylabel="drive power (dBm)", title="settings explored")
     if len(steps["step"]):
-        ax_c.plot(steps["step"], steps["current_a"] * 1e3, lw=1)
+        drawn, _ = _every_kth(len(steps["step"]))
+        ax_c.plot(steps["step"][drawn], steps["current_a"][drawn] * 1e3, lw=1)
     ax_c.ticklabel_format(axis="y", useOffset=False)
     ax_c.set(xlabel="step", ylabel="bias current (mA)", title="bias current")
     for ax in (ax_s, ax_c):
         ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def _evenly_spaced(r, rows: EffectiveRows, columns, count: int) -> list[np.ndarray]:
+    """``count`` evenly spaced effective rows of ``columns``, picked window by window."""
+    n = len(rows)
+    pick = np.unique(np.linspace(0, n - 1, min(n, count)).astype(np.int64))
+    kept = {name: [] for name in columns}
+    for lo, window in rows.windows(r.measurements, columns, SCAN_ROWS):
+        here = pick[(pick >= lo) & (pick < lo + SCAN_ROWS)] - lo
+        for name in columns:
+            kept[name].append(window[name][here])
+    return [np.concatenate(kept[name]) for name in columns]
+
+
+def _kind_counts(r) -> dict:
+    """Committed measurement rows per kind (abandoned ones included), counted window by window."""
+    counts = np.zeros(len(KINDS), dtype=np.int64)
+    for _, window in EffectiveRows([(0, r.n_measurements)]).windows(r.measurements, ("kind",), SCAN_ROWS):
+        counts += np.bincount(window["kind"].astype(np.int64), minlength=len(KINDS))[:len(KINDS)]
+    return {k: int(c) for k, c in zip(KINDS, counts)}
 
 
 def _probe(probe, path):
@@ -146,8 +180,7 @@ def _summary(r, steps, evals, path, probe_text="not recorded"):
     if len(steps["time_s"]):
         ends.append(float(steps["time_s"][-1]))
     duration = max(ends) - start
-    kinds = r.measurements.column("kind") if r.n_measurements else np.array([], dtype=np.int8)
-    counts = {k: int((kinds == i).sum()) for i, k in enumerate(KINDS)}
+    counts = _kind_counts(r)
     lines = [
         f"run file: {r.path}",
         f"status: {r.status}" + (f" ({r.status_message})" if r.status_message else ""),

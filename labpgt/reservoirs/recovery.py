@@ -17,20 +17,43 @@ the station on the way out.
 
 Never repeated: a :class:`~instruments.errors.LimitError` (a request outside the limits is a
 bug or a bad setting, not a fault) and anything that is not an instrument's trouble.
+
+Start-up goes through the same policy (:meth:`RecoveryPolicy.start_up`): connecting the
+station, the first ramp and the probe sweep, the measurement set-up (the analyzer's window, RF
+on). A fault there is recovered the same way (the instrument cleared, or reconnected with its
+vendor set-up; a failed connect has already left the connected roles safe and connects again)
+and the step is taken again from its start, at most ``max_attempts`` times in all; then
+:class:`StartUpFailed`. The faults met are kept in ``start_up_faults`` until the run file exists
+(labpgt/experiment/run.py writes them to its faults table, at the first row). Never retried: a
+wrong instrument at an address, a station file's or a limit's refusal, a rig left unsafe, and
+the errors the caller names (a bad experiment setting).
 """
 from __future__ import annotations
 
 import time
 
-from instruments.errors import InstrumentError, InstrumentReportedError, LimitError, NoAnswerError
+import logging
+from typing import Callable
+
+from instruments.errors import (InstrumentError, InstrumentReportedError, LimitError, NoAnswerError, StationFileError,
+                                WrongInstrumentError)
+from instruments.safe_state import UnsafeStateError
 
 from labpgt.contracts import FLAG_FAULT, FLAG_OVERLOAD, FLAG_REPEATED
 
 ROLES = ("signal_generator", "current_source", "spectrum_analyzer")
+#: never taken for an instrument's passing trouble at start-up: retrying cannot help
+NOT_FAULTS_AT_START = (WrongInstrumentError, StationFileError, UnsafeStateError)
+
+log = logging.getLogger(__name__)
 
 
 class MeasurementFailed(InstrumentError, RuntimeError):
     """A measurement could not be obtained within the recovery policy's attempts."""
+
+
+class StartUpFailed(InstrumentError, RuntimeError):
+    """A start-up step could not be completed within the recovery policy's attempts."""
 
 
 class Overloaded(InstrumentError):
@@ -77,6 +100,55 @@ class RecoveryPolicy:
         self.overload_repeats = int(overload_repeats)
         self.recovered = 0
         self.unrecovered = 0
+        #: fault records met at start-up, before a run file exists (the faults table's fields)
+        self.start_up_faults: list[dict] = []
+
+    def start_up(self, station, what: str, action: Callable[[], object], *,
+                 reconnected: Callable[[str], None] | None = None, not_faults: tuple = ()):
+        """``action()`` (a start-up step: ``what`` names it) under the policy; returns its result.
+
+        On an instrument fault: recorded in ``start_up_faults``, the instrument recovered (every
+        connected one when the fault names none; nothing when the station is not connected: its
+        connect starts over), ``reconnected(role)`` called for each one that had to reconnect,
+        and ``action()`` taken again -- ``max_attempts`` times in all, then :class:`StartUpFailed`.
+        Anything else (``not_faults``, :data:`NOT_FAULTS_AT_START`, not an instrument's trouble)
+        is raised at once.
+        """
+        attempt = 1
+        while True:
+            try:
+                result = action()
+                self.recovered += attempt - 1  # the faults met before it worked
+                return result
+            except Exception as exc:  # noqa: BLE001 - classified below; anything else is raised
+                what_failed = None if isinstance(exc, NOT_FAULTS_AT_START + tuple(not_faults)) else \
+                    classify(exc, station)
+                if what_failed is None:
+                    raise
+                role, kind = what_failed
+                self.start_up_faults.append({"time_s": time.time(), "step": 0, "measurement_row": 0, "role": role,
+                                             "kind": kind, "recovered": True, "attempt": attempt,
+                                             "message": f"start-up, {what}: {type(exc).__name__}: {exc}"})
+                if attempt >= self.max_attempts:
+                    for record in self.start_up_faults[-attempt:]:
+                        record["recovered"] = False
+                    self.unrecovered += attempt
+                    raise StartUpFailed(f"{role}: {what} failed {attempt} times at start-up; last fault ({kind}): "
+                                        f"{exc}") from exc
+                log.warning("start-up, %s: %s fault (%s): %s; recovering and trying again (attempt %d of %d)",
+                            what, role, kind, exc, attempt + 1, self.max_attempts)
+                attempt += 1
+                try:
+                    self._recover_at_start(station, role, reconnected)
+                except Exception as again:  # noqa: BLE001 - the next attempt meets it again, or gives up
+                    log.warning("start-up, %s: recovering %s failed: %s", what, role, again)
+
+    @staticmethod
+    def _recover_at_start(station, role: str, reconnected) -> None:
+        roles = [role] if role in station.instruments else list(station.instruments)
+        for name in roles:
+            if station.instruments[name].recover() and reconnected is not None:
+                reconnected(name)
 
     def repeat(self, reservoir, exc: BaseException, *, step: int, row_offset: int, current_a: float,
                frequency_hz: float | None = None, power_dbm: float | None = None,

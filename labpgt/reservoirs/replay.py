@@ -6,7 +6,8 @@ virtual nodes, perturbation, and the settings the encoder makes of ``u`` and ``c
 equal to the recorded ones bit for bit. Any difference raises :class:`ReplayDivergence`
 naming the step, sample, node and both values. Rows abandoned by a ``--resume`` (recorded
 after the checkpoint the run continued from) are skipped, so a resumed run replays as the
-uninterrupted run it stands for.
+uninterrupted run it stands for. The recorded rows are read a window at a time (the trainer asks
+for them in order): a replay's memory does not grow with the run's length.
 """
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ import numpy as np
 
 from labpgt.contracts import KINDS, Perturbation, Reservoir
 from labpgt.runfile import RunReader
+from labpgt.runfile.reader import WINDOW_ROWS, EffectiveRows
+
+#: what a replay checks of each recorded row, and the features it answers with
+RECORDED_COLUMNS = ("step", "kind", "sample_index", "node", "perturbation_direction", "perturbation_sign",
+                    "frequency_hz", "power_dbm", "current_a", "features")
 
 
 class ReplayDivergence(RuntimeError):
@@ -61,7 +67,8 @@ class ReplayReservoir(Reservoir):
     measurements (as the recorded layout says: a ring or a station yes, an echo-state network no).
     """
 
-    def __init__(self, reader: RunReader, encoder: SettingsEncoder, *, independent_nodes: bool = True):
+    def __init__(self, reader: RunReader, encoder: SettingsEncoder, *, independent_nodes: bool = True,
+                 window_rows: int = WINDOW_ROWS):
         self.encoder = encoder
         self.independent_nodes = bool(independent_nodes)
         self.n_nodes = int(encoder.n_nodes)
@@ -69,19 +76,34 @@ class ReplayReservoir(Reservoir):
         self.features_per_node = reader.features_per_measurement
         self.n_features = self.n_nodes * self.features_per_node
         self.measurements = 0
-        rows = reader.effective_rows("measurements")
-        m = reader.measurements
-        # the scalar columns are ~100 bytes a row: hold them (and the features) in memory
-        cols = ("step", "kind", "sample_index", "node", "perturbation_direction", "perturbation_sign",
-                "frequency_hz", "power_dbm", "current_a")
-        self._rec = {c: m.column(c)[rows] for c in cols}
-        self._features = m.column("features")[rows]
-        self._rows = rows
+        # the recorded rows are read a window at a time (the trainer asks for them in order), so
+        # a replay holds ~window_rows rows whatever the run's length; the reader stays open
+        self._reader = reader
+        self._rows = EffectiveRows(reader.effective_ranges("measurements"))
+        self.window_rows = max(1, int(window_rows))
+        self._window_lo = 0  # effective position of the window's first row
+        self._window = self._rows.read(reader.measurements, RECORDED_COLUMNS, 0, 0)
         self.position = 0  # next recorded row (index into the effective rows)
 
     @property
     def remaining(self) -> int:
         return len(self._rows) - self.position
+
+    @property
+    def recorded(self) -> int:
+        """The effective rows the recording holds."""
+        return len(self._rows)
+
+    def _recorded(self, lo: int, need: int) -> dict:
+        """The recorded columns of effective positions [lo, lo + need), from the window (read
+        again from ``lo`` when it does not hold them: a window, or one request if larger)."""
+        have = len(self._window["step"])
+        if lo < self._window_lo or lo + need > self._window_lo + have:
+            hi = min(len(self._rows), lo + max(need, self.window_rows))
+            self._window = self._rows.read(self._reader.measurements, RECORDED_COLUMNS, lo, hi)
+            self._window_lo = lo
+        a = lo - self._window_lo
+        return {c: v[a:a + need] for c, v in self._window.items()}
 
     def measure(self, u, *, current_a, kind, step, sample_index, perturbation=Perturbation()) -> np.ndarray:
         u = np.asarray(u, dtype=np.float64)
@@ -93,7 +115,7 @@ class ReplayReservoir(Reservoir):
             raise RecordingExhausted(
                 f"replay asks for {need} measurements at step {step} ({kind}), but the recording holds only "
                 f"{self.remaining} more (of {len(self._rows)})", step=step)
-        rec = {c: a[lo:lo + need] for c, a in self._rec.items()}
+        rec = self._recorded(lo, need)
         freq, power, cur = encoder_settings(self.encoder, u, current_a)
         req = {
             "step": np.full(need, step, dtype=np.int64),
@@ -114,7 +136,7 @@ class ReplayReservoir(Reservoir):
                 self._diverge(name, j, lo, rec, req, step, kind)
         self.position = lo + need
         self.measurements += need
-        return self._features[lo:lo + need].reshape(b, v * self.features_per_node)
+        return rec["features"].reshape(b, v * self.features_per_node)
 
     def _diverge(self, name, j, lo, rec, req, step, kind):
         def show(col, x):
@@ -123,7 +145,7 @@ class ReplayReservoir(Reservoir):
             if isinstance(x, (float, np.floating)):
                 return f"{float(x)!r} (0x{np.float64(x).view(np.uint64):016x})"
             return repr(int(x))
-        row = int(self._rows[lo + j])
+        row = self._rows.file_row(lo + j)
         raise ReplayDivergence(
             f"replay diverges at step {int(rec['step'][j])} (requested step {step}, {kind}), sample "
             f"{int(rec['sample_index'][j])}, node {int(rec['node'][j])} (recorded row {row}): {name} recorded "

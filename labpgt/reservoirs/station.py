@@ -47,7 +47,8 @@ class StationReservoir(Reservoir):
     pipeline = True
 
     def __init__(self, station, encoder: KnobEncoder, readout: BandReadout,
-                 recorder: Recorder | None = None, *, simulated: bool = False):
+                 recorder: Recorder | None = None, *, simulated: bool = False,
+                 recovery: RecoveryPolicy | None = None):
         self.station = station
         self.encoder = encoder
         self.readout = readout
@@ -58,8 +59,14 @@ class StationReservoir(Reservoir):
         self.measurements = 0
         self.flags_base = FLAG_SIMULATED if simulated else 0
         self._current_a: float | None = None
-        self.recovery = RecoveryPolicy()  # faults: recover, repeat if safe, record (labpgt/recovery.py)
+        # faults: recover, repeat if safe, record (labpgt/reservoirs/recovery.py); the start-up's
+        # policy when given (its start-up faults are kept there)
+        self.recovery = recovery if recovery is not None else RecoveryPolicy()
         self._axis = (float(readout.freqs_hz[0]), float(readout.freqs_hz[-1]), int(readout.points))
+        self.recovery.start_up(station, "the measurement set-up (analyzer window, RF on)", self._set_up,
+                               reconnected=self.reconnected)
+
+    def _set_up(self) -> None:
         self._configure_analyzer()
         self._switch_rf_on()
 

@@ -21,7 +21,10 @@ Layout (format_version 1)::
     /evaluations/           step, measurements, test_loss, test_accuracy, time_s
     /checkpoints/           step, measurements, time_s, measurement_rows, step_rows,
                             evaluation_rows, params [N, n_params],
-                            optimizer/<name> [N, *shape], rng_state_* and extra_* (text columns)
+                            optimizer/<name> [N, *shape], rng_state_* and extra_* (text columns),
+                            checksum (uint64: SHA-256 of the rest of the row, truncated; files
+                            from before it lack the column until their next resume adds it, with
+                            0 for the earlier rows: unverified)
     /resumes/               one row per --resume: the checkpoint continued from and the row ranges
                             of measurements/steps/evaluations recorded after it (abandoned), and
                             the training budget in force from then on (``budget``; files from
@@ -81,6 +84,11 @@ FORMAT_VERSION = 1
 KINDS = ("train", "probe", "eval")
 STATUSES = ("running", "completed", "failed", "aborted")
 FLAG_BITS = {1: "overload", 2: "unlocked", 4: "repeated", 8: "fault", 16: "simulated"}
+#: each dataset's chunk cache (h5py's rdcc_nbytes) in the writer and the readers. HDF5 2.0's
+#: default is 8 MiB a dataset, and a run file has ~20 row columns: a writer's or a reader's memory
+#: grew by the bytes it passed through each column until 8 MiB each (~150 MB). A writer needs
+#: the chunk it is filling (32-100 KB), a streaming reader the window's chunks.
+CHUNK_CACHE_BYTES = 1 << 20
 BLOCK_ROWS = 64  # rows buffered before a block write (performance.md: ~6x cheaper than single rows)
 TABLES = ("measurements", "steps", "evaluations", "checkpoints", "status", "resumes")
 #: tables newer than format_version 1's first files: present or not, counted after TABLES in /committed
@@ -133,6 +141,10 @@ _CKPT_SCALARS = (
     ("step_rows", "i8", "1", "rows in /steps when the checkpoint was written"),
     ("evaluation_rows", "i8", "1", "rows in /evaluations when the checkpoint was written"),
 )
+#: kept apart from _CKPT_SCALARS: older files lack it (their checkpoints read as unverified; a resume
+#: adds it, 0 in the earlier rows: not recorded). labpgt/runfile/checkpoints.py computes it
+_CKPT_CHECKSUM = ("checksum", "u8", "1", "the first 8 bytes (big-endian) of the SHA-256 of the checkpoint's contents "
+                  "(labpgt/runfile/checkpoints.py); 0: not recorded (written by an older version)")
 _RESUME_COLUMNS = (
     ("time_s", "f8", "s", "unix time of the resume"),
     ("checkpoint", "i8", "1", "checkpoint row the run continued from, -1 = from the start"),

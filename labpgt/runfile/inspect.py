@@ -11,6 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from labpgt.runfile.checkpoints import CORRUPT, OK, UNVERIFIED, verdicts
 from labpgt.runfile.format import FAULT_KINDS, FORMAT, RunFileError
 from labpgt.runfile.opening import copy_file, open_for_reading
 from labpgt.runfile.superblock import _superblock, clear_write_flags
@@ -76,6 +77,29 @@ def inspect(path) -> str:
     return "\n".join(lines)
 
 
+def _checkpoint_lines(r: RunReader) -> list[str]:
+    """What the checkpoints' checksums say (labpgt/runfile/checkpoints.py); a corrupt one is a PROBLEM."""
+    found = verdicts(r)
+    if not found:
+        return []
+    count = {v: sum(1 for verdict, _ in found if verdict == v) for v in (OK, UNVERIFIED)}
+    lines = [f"  checkpoint checksums: {count[OK]} verified"
+             + (f", {count[UNVERIFIED]} unverified (written before checksums)" if count[UNVERIFIED] else "")]
+    resumes = r.resumes()
+    for i, (verdict, why) in enumerate(found):
+        if verdict != CORRUPT:
+            continue
+        written = float(r._f["checkpoints/time_s"][i])
+        passed_by = [k for k, (j, when) in enumerate(zip(resumes["checkpoint"], resumes["time_s"]))
+                     if j < i and written <= when]
+        if passed_by:  # a later resume continued from an earlier checkpoint: this one is abandoned
+            lines.append(f"  checkpoint {i} is corrupt ({why}); resume {passed_by[0]} passed it over: no longer used")
+        else:
+            lines.append(f"  PROBLEM: checkpoint {i} is corrupt ({why}); --resume passes it over and continues from "
+                         f"the last valid one before it")
+    return lines
+
+
 def how_to_open(path, r: RunReader) -> list[str]:
     """For a file still marked open for writing (a live writer, or one that was killed): why a
     plain ``h5py.File(path, "r")`` refuses it and what opens it."""
@@ -132,9 +156,10 @@ def _describe(r: RunReader, lines: list) -> None:
         lines.append(f"  instrument {role}: {idn}")
     lines.append(f"  station_toml: {len(md.get('station_toml', ''))} chars; "
                  f"experiment_toml: {len(md.get('experiment_toml', ''))} chars")
-    steps, evals = r.steps(), r.evaluations()
-    lines.append(f"  measurements: {r.n_measurements}   steps: {len(steps['step'])}   "
-                 f"evaluations: {len(evals['step'])}   checkpoints: {r.n_checkpoints}")
+    last_eval = r.last_evaluation()  # the counts and one row: nothing here grows with the run
+    lines.append(f"  measurements: {r.n_measurements}   steps: {r.n_rows('steps')}   "
+                 f"evaluations: {r.n_rows('evaluations')}   checkpoints: {r.n_checkpoints}")
+    lines += _checkpoint_lines(r)
     if r.n_faults:
         fl = r.faults()
         kinds = ", ".join(f"{k} {int(np.sum(fl['kind'] == k))}" for k in FAULT_KINDS if np.any(fl["kind"] == k))
@@ -152,8 +177,8 @@ def _describe(r: RunReader, lines: list) -> None:
     except RunFileError as e:
         lines.append("  dataset: UNREADABLE")
         lines.append(f"  PROBLEM: {e}")
-    if len(evals["step"]):
-        lines.append(f"  last test accuracy: {evals['test_accuracy'][-1]:.4f} at step {evals['step'][-1]}")
+    if last_eval is not None:
+        lines.append(f"  last test accuracy: {last_eval['test_accuracy']:.4f} at step {last_eval['step']}")
     lines.append(f"  parameters: {r.n_params}; trace points: {r.trace_points}; "
                  f"features per measurement: {r.features_per_measurement}")
     lines.append("  datasets:")

@@ -86,12 +86,16 @@ def read_attempts() -> int:
     return int(text)
 
 
-def open_for_reading(path, *, swmr: bool) -> h5py.File:
-    """``h5py.File(path, "r", swmr=swmr)`` without file locks and, for SWMR, with bounded metadata
-    read attempts."""
+def open_for_reading(path, *, swmr: bool, rdcc_nbytes: int | None = None) -> h5py.File:
+    """``h5py.File(path, "r", swmr=swmr, rdcc_nbytes=rdcc_nbytes)`` without file locks and, for
+    SWMR, with bounded metadata read attempts."""
     fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
     fapl.set_fclose_degree(h5py.h5f.CLOSE_STRONG)
     fapl.set_file_locking(False, True)
+    if rdcc_nbytes is not None:
+        cache = list(fapl.get_cache())
+        cache[2] = int(rdcc_nbytes)
+        fapl.set_cache(*cache)
     flags = h5py.h5f.ACC_RDONLY
     if swmr:
         flags |= h5py.h5f.ACC_SWMR_READ

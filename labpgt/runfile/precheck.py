@@ -157,18 +157,18 @@ def inspect_in_child(path) -> str:
 
 def _read_structure(path) -> None:
     """What a resume reads, and every row column's rows from the committed count on (the rows a
-    resume truncates) and its last committed row."""
+    resume truncates) and its last committed row (not whole columns: memory stays bounded)."""
     import h5py
 
+    from labpgt.runfile.checkpoints import last_valid
     from labpgt.runfile.reader import RunReader
 
     with RunReader(path) as r:
         r.status_history()
-        r.steps()
-        r.evaluations()
+        r.last_evaluation()
         r.resumes()
         r.faults()
-        r.last_checkpoint()
+        last_valid(r)  # the checkpoint a resume continues from, and the later ones it passes over
         r.probe()
         r.dataset()
         committed = dict(zip(TABLES, r._committed))

@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from labpgt.runfile.format import FAULT_KINDS, FAULT_ROLES, FORMAT, FORMAT_VERSION, KINDS, RunFileError, STATUSES, TABLES, _EVAL_COLUMNS, _FAULT_COLUMNS, _MEAS_SCALARS, _RESUME_BUDGET, _RESUME_COLUMNS, _STEP_COLUMNS
+from labpgt.runfile.format import CHUNK_CACHE_BYTES, FAULT_KINDS, FAULT_ROLES, FORMAT, FORMAT_VERSION, KINDS, RunFileError, STATUSES, TABLES, _EVAL_COLUMNS, _FAULT_COLUMNS, _MEAS_SCALARS, _RESUME_BUDGET, _RESUME_COLUMNS, _STEP_COLUMNS
 from labpgt.runfile.opening import TRANSIENT, copy_file, is_lock_conflict, open_for_reading, read_attempts, retry_transient
 from labpgt.runfile.probe import Probe, _read_probe
 from labpgt.runfile.superblock import _SIGNATURE, _superblock, clear_write_flags
@@ -41,7 +41,7 @@ def _open_h5(path) -> h5py.File:
     # labpgt/runfile/opening.py), no file lock either way (a reader never blocks a --resume)
     swmr = sb is not None and sb["flags"] != 0
     try:
-        return open_for_reading(path, swmr=swmr)
+        return open_for_reading(path, swmr=swmr, rdcc_nbytes=CHUNK_CACHE_BYTES)
     except Exception as e:  # noqa: BLE001 - h5py raises OSError, RuntimeError, ... for damage
         if is_lock_conflict(e):
             raise RunFileError(f"{path} is locked by another program (a writer that has it open); "
@@ -52,7 +52,7 @@ def _open_h5(path) -> h5py.File:
             # itself is left for the writer that resumes it
             scratch = _scratch_copy_without_mark(path)
             try:
-                f = open_for_reading(scratch, swmr=False)
+                f = open_for_reading(scratch, swmr=False, rdcc_nbytes=CHUNK_CACHE_BYTES)
             except Exception:  # noqa: BLE001
                 os.unlink(scratch)
             else:
@@ -170,6 +170,58 @@ def _clip(index, n):
     return np.where(idx < 0, idx + n, idx)
 
 
+def rows_of(ranges) -> np.ndarray:
+    """The row indices [start, stop) of every range, in order (int64)."""
+    return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in ranges] or [np.zeros(0, dtype=np.int64)])
+
+
+#: rows a streaming reader reads at a time: the scalar columns' chunk (format.py), ~1 MB of a
+#: row's columns with its features, a few MB with its trace
+WINDOW_ROWS = 4096
+
+
+class EffectiveRows:
+    """A table's effective rows (:meth:`RunReader.effective_ranges`) as positions 0 .. n-1, read
+    a window at a time, so that a reader of a long run holds a window, never a column."""
+
+    def __init__(self, ranges):
+        self.ranges = [(int(a), int(b)) for a, b in ranges]
+        # position of each range's first row among the effective rows
+        self._first = np.cumsum([0] + [b - a for a, b in self.ranges])
+
+    def __len__(self) -> int:
+        return int(self._first[-1])
+
+    def file_row(self, position: int) -> int:
+        """The row in the file of effective row ``position``."""
+        i = int(np.searchsorted(self._first, position, side="right")) - 1
+        return self.ranges[i][0] + int(position - self._first[i])
+
+    def pieces(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """The file row ranges holding effective positions [lo, hi), in order."""
+        out = []
+        for (a, b), first in zip(self.ranges, self._first[:-1]):
+            start, stop = max(lo - first, 0), min(hi - first, b - a)
+            if start < stop:
+                out.append((a + int(start), a + int(stop)))
+        return out
+
+    def read(self, measurements: "Measurements", columns, lo: int, hi: int) -> dict:
+        """Columns of effective positions [lo, hi): one h5py read per column and range crossed."""
+        parts = self.pieces(lo, hi)
+        out = {}
+        for name in columns:
+            chunks = [measurements.column(name, slice(a, b)) for a, b in parts]
+            out[name] = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else \
+                measurements.column(name, slice(0, 0))
+        return out
+
+    def windows(self, measurements: "Measurements", columns, window_rows: int = WINDOW_ROWS):
+        """(first position, columns) of consecutive windows of at most ``window_rows`` rows."""
+        for lo in range(0, len(self), window_rows):
+            yield lo, self.read(measurements, columns, lo, min(lo + window_rows, len(self)))
+
+
 class RunReader:
     """Read-only view of a run file; works while a writer is appending (call :meth:`refresh`)."""
 
@@ -258,8 +310,21 @@ class RunReader:
         g = self._f[table]
         return {name: g[name][:n] for name, *_ in columns}
 
+    def n_rows(self, table: str) -> int:
+        """Committed rows of ``table`` (one of TABLES), abandoned ones included."""
+        return self._committed[TABLES.index(table)]
+
     def steps(self) -> dict:
         return self._table("steps", _STEP_COLUMNS)
+
+    @_damage_is_a_run_file_error
+    def last_evaluation(self) -> dict | None:
+        """The last committed evaluation row (column -> value), or None."""
+        n = self.n_rows("evaluations")
+        if not n:
+            return None
+        g = self._f["evaluations"]
+        return {name: g[name][n - 1] for name, *_ in _EVAL_COLUMNS}
 
     def evaluations(self) -> dict:
         return self._table("evaluations", _EVAL_COLUMNS)
@@ -331,16 +396,27 @@ class RunReader:
         except (KeyError, OSError, ValueError) as exc:
             raise RunFileError(f"{self.path}: /dataset is unreadable ({exc}); the file is damaged there") from None
 
-    def effective_rows(self, table: str = "measurements") -> np.ndarray:
-        """Row indices of ``table`` (measurements, steps, evaluations) on the run's path: rows
-        recorded after the checkpoint a resume continued from, and before that resume, are
-        left out (the resumed run did those steps again)."""
+    def effective_ranges(self, table: str = "measurements") -> list[tuple[int, int]]:
+        """The rows of ``table`` (measurements, steps, evaluations) on the run's path, as
+        ascending ``(start, stop)`` ranges: the committed rows minus those a resume abandoned
+        (recorded after the checkpoint it continued from, and before it). A few ranges, however
+        long the run: the readers that stream a table read these."""
         n = self._committed[TABLES.index(table)]
-        keep = np.ones(n, dtype=bool)
         r = self.resumes()
-        for a, b in zip(r[f"{table}_start"], r[f"{table}_stop"]):
-            keep[a:b] = False
-        return np.flatnonzero(keep)
+        abandoned = sorted((int(a), int(b)) for a, b in zip(r[f"{table}_start"], r[f"{table}_stop"]) if b > a)
+        ranges, start = [], 0
+        for a, b in abandoned:
+            if a > start:
+                ranges.append((start, min(a, n)))
+            start = max(start, b)
+        if start < n:
+            ranges.append((start, n))
+        return [(a, b) for a, b in ranges if b > a]
+
+    def effective_rows(self, table: str = "measurements") -> np.ndarray:
+        """Row indices of ``table`` on the run's path (:meth:`effective_ranges`, one int64 per
+        row: for the small tables; stream the measurements with :class:`EffectiveRows`)."""
+        return rows_of(self.effective_ranges(table))
 
     @property
     def n_checkpoints(self) -> int:

@@ -11,11 +11,14 @@ reservoir (labpgt/contracts.py), and the recorder contract is the same for every
 from __future__ import annotations
 
 import json
+import logging
 from typing import Callable
 
 import numpy as np
 
 from labpgt.contracts import Recorder
+
+log = logging.getLogger(__name__)
 
 
 class Recording:
@@ -55,8 +58,11 @@ class Recording:
             for name, value_of in self.checkpoint_extra.items():
                 extra[name] = value_of()
             state = {**state, "extra": json.dumps(extra)}
+        # (scripts/fault_campaign.py aims its interrupts at the checkpoint between these two lines)
+        log.debug("checkpoint at step %d: writing", int(state["step"]))
         for subscriber in self.subscribers:
             subscriber.checkpoint(state)
+        log.debug("checkpoint at step %d: written", int(state["step"]))
 
     def fault(self, record: dict) -> None:
         for subscriber in self.subscribers:

@@ -80,3 +80,18 @@ def clear_write_flags(path) -> bool:
         fh.seek(0)
         fh.write(head)
     return True
+
+
+def set_end_of_file(path, eof: int) -> None:
+    """Rewrite the superblock's end-of-file address (and its checksum): for a writer that ran out of
+    room after HDF5 had reserved space it could never write (labpgt/runfile/storage.py)."""
+    sb = _superblock(path)
+    if sb is None or not sb["checksum_ok"]:
+        raise ValueError(f"{path}: no version 2/3 superblock with a valid checksum at offset 0")
+    n = 12 + 4 * 8
+    with open(path, "r+b") as fh:
+        head = bytearray(fh.read(n + 4))
+        struct.pack_into("<Q", head, 12 + 2 * 8, int(eof))
+        struct.pack_into("<I", head, n, _lookup3(bytes(head[:n])))
+        fh.seek(0)
+        fh.write(head)

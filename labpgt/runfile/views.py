@@ -100,8 +100,8 @@ class Run:
 
     def abandoned(self) -> dict[str, int]:
         """How many committed rows each table holds that a resume abandoned (left out of every view)."""
-        return {table: self._reader._committed[i] - len(self._reader.effective_rows(table))
-                for i, table in enumerate(("measurements", "steps", "evaluations"))}
+        return {table: self._reader.n_rows(table) - sum(b - a for a, b in self._reader.effective_ranges(table))
+                for table in ("measurements", "steps", "evaluations")}
 
     # -- the effective rows ----------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 """
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import socket
 import time
@@ -11,62 +13,40 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from labpgt.runfile.format import BLOCK_ROWS, FAULT_KINDS, FAULT_ROLES, FORMAT, FORMAT_VERSION, KINDS, OPTIONAL_TABLES, RunFileError, STATUSES, TABLES, _CKPT_SCALARS, _EVAL_COLUMNS, _FAULT_COLUMNS, _MEAS_SCALARS, _RESUME_BUDGET, _RESUME_COLUMNS, _STATUS_COLUMNS, _STEP_COLUMNS
-from labpgt.runfile.conventions import annotate, checked_trace_axis
-from labpgt.runfile.probe import Probe, _checked_probe, _write_probe
+from labpgt.runfile.format import (BLOCK_ROWS, CHUNK_CACHE_BYTES, FAULT_KINDS, FAULT_ROLES, KINDS, RunFileError, STATUSES,
+                                   _CKPT_CHECKSUM, _CKPT_SCALARS, _EVAL_COLUMNS, _FAULT_COLUMNS,
+                                   _MEAS_SCALARS, _RESUME_BUDGET, _RESUME_COLUMNS, _STATUS_COLUMNS, _STEP_COLUMNS)
+from labpgt.runfile.checkpoints import digest
+from labpgt.runfile.conventions import checked_trace_axis
+from labpgt.runfile.columns import append, first_column, new_column, tables_of, truncate_group
+from labpgt.runfile.creation import lay_out, partial_path, publish, remove_stale_partials
+from labpgt.runfile.probe import Probe, _checked_probe
+from labpgt.runfile.storage import Room, StorageExhausted, abandon, describe, exhausted, storage_errno
 from labpgt.runfile.superblock import _superblock, clear_write_flags
 from labpgt.runfile.reader import RunReader, _close_h5
+
+log = logging.getLogger(__name__)
 
 
 # writer
 
-def _new_column(group, name, dtype, units, description, width=(), chunk_rows=4096, compression=None):
-    ds = group.create_dataset(
-        name, shape=(0, *width), maxshape=(None, *width), dtype=dtype,
-        chunks=(chunk_rows, *width), compression=compression,
-    )
-    ds.attrs["units"] = units
-    ds.attrs["description"] = description
-    return ds
-
-
-def _new_text_column(group, name, description):
-    _new_column(group, f"{name}_utf8", "u1", "1", f"{description}: UTF-8 bytes of all rows, concatenated")
-    _new_column(group, f"{name}_offset", "i8", "1", f"{description}: start of each row in {name}_utf8")
-    _new_column(group, f"{name}_length", "i8", "1", f"{description}: byte length of each row in {name}_utf8")
-
-
-def _append(ds, values, dtype=None) -> None:
-    """Grow ``ds`` along axis 0 by len(values) rows and write them.
-
-    Low-level h5py calls: about 3x cheaper than ``ds.resize`` + ``ds[a:b] = v`` (~27 vs ~88 us a
-    call, measured), which dominates the per-measurement cost with 15 columns. ``dtype``: the
-    dataset's own dtype when the caller knows it (``ds.dtype`` costs ~15 us a call).
-    """
-    values = np.ascontiguousarray(values, dtype=ds.dtype if dtype is None else dtype)
-    k = values.shape[0]
-    if k == 0:
-        return
-    dsid = ds.id
-    # one dataspace read, grown to the new extent along with the dataset, and the memory space
-    # of this block's shape made once: each h5py object costs a registry entry (~10 us)
-    fspace = dsid.get_space()
-    shape = fspace.shape
-    n = shape[0]
-    grown = (n + k, *shape[1:])
-    dsid.set_extent(grown)
-    fspace.set_extent_simple(grown)
-    fspace.select_hyperslab((n, *(0 for _ in shape[1:])), values.shape)
-    memory_space = _MEMORY_SPACES.get(values.shape)
-    if memory_space is None:
-        if len(_MEMORY_SPACES) > 64:
-            _MEMORY_SPACES.clear()
-        memory_space = _MEMORY_SPACES[values.shape] = h5py.h5s.create_simple(values.shape)
-    dsid.write(memory_space, fspace, values)
-
-
-#: block shape -> its memory dataspace (reused: a simple dataspace with everything selected)
-_MEMORY_SPACES: dict = {}
+def _out_of_room_stops_the_writer(method):
+    """A write that finds the disk full or the file size limit reached stops the writer cleanly
+    (labpgt/runfile/storage.py) and raises StorageExhausted; any other error passes unchanged."""
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except StorageExhausted:  # refused before writing (Room.check): the rows in flight are dropped
+            self._nbuf = 0
+            raise
+        except Exception as exc:
+            code = storage_errno(exc)
+            if code is None:
+                raise
+            self._out_of_room(code, exc)
+            raise exhausted(self.path, code, "while writing it").with_traceback(None) from None
+    return guarded
 
 
 def _kind_code(kind) -> int:
@@ -74,10 +54,6 @@ def _kind_code(kind) -> int:
         return KINDS.index(kind)
     except ValueError:
         raise ValueError(f"measurement kind {kind!r} is not one of {KINDS}") from None
-
-
-def _text_scalar(group, name, text):
-    group.create_dataset(name, data=text if text is not None else "", dtype=h5py.string_dtype("utf-8"))
 
 
 class RunFile:
@@ -103,10 +79,11 @@ class RunFile:
         self._meas["features"] = m["features"]
         self._committed_ds = f["committed"]
         self._committed = [int(x) for x in self._committed_ds[:]]
-        self._tables = _tables_of(f)
-        self._n_rows = {t: int(f[t][_first_column(t)].shape[0]) for t in self._tables}
+        self._tables = tables_of(f)
+        self._n_rows = {t: int(f[t][first_column(t)].shape[0]) for t in self._tables}
         self._optimizer_names = list(f["checkpoints/optimizer"].keys())
         self._alloc_buffer()
+        self._room = Room(f, path)  # how far the file may still grow (labpgt/runfile/storage.py)
         self._status = None
         if self._committed[4]:
             self._status = STATUSES[int(f["status/code"][self._committed[4] - 1])]
@@ -134,7 +111,7 @@ class RunFile:
         """
         path = Path(path)
         if path.exists() and not overwrite:
-            raise FileExistsError(f"run file {path} exists already; choose a new path or resume it with --resume")
+            raise FileExistsError(f"run file {path} exists already; a run file is never overwritten: choose a new path")
         metadata = dict(metadata or {})
         try:
             metadata_json = json.dumps(metadata, sort_keys=True)
@@ -150,90 +127,44 @@ class RunFile:
         if feature_bands_hz is not None:
             feature_bands_hz = tuple(checked_trace_axis(edge, features_per_measurement) for edge in feature_bands_hz)
 
-        f = h5py.File(path, "w", libver="latest")
+        # built under a temporary name, published once complete (labpgt/runfile/creation.py)
+        remove_stale_partials(path.parent)
+        partial = partial_path(path)
+        f = h5py.File(partial, "w", libver="latest", rdcc_nbytes=CHUNK_CACHE_BYTES)
+        rf = None
         try:
-            a = f.attrs
-            a["format"] = FORMAT
-            a["format_version"] = FORMAT_VERSION
-            a["created_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            a["n_params"] = int(n_params)
-            a["features_per_measurement"] = int(features_per_measurement)
-            a["trace_points"] = int(trace_points)
-
-            meta = f.create_group("meta")
-            _text_scalar(meta, "station_toml", metadata.get("station_toml", ""))
-            _text_scalar(meta, "experiment_toml", metadata.get("experiment_toml", ""))
-            _text_scalar(meta, "identities_json", json.dumps(metadata.get("identities", {}), sort_keys=True))
-            _text_scalar(meta, "package_version", str(metadata.get("package_version", "")))
-            _text_scalar(meta, "command_line", str(metadata.get("command_line", "")))
-            _text_scalar(meta, "seed_json", json.dumps(metadata.get("seed")))
-            _text_scalar(meta, "metadata_json", metadata_json)
-            _text_scalar(meta, "param_names_json", json.dumps(param_names))
-
-            tables = TABLES + OPTIONAL_TABLES
-            c = f.create_dataset("committed", data=np.zeros(len(tables), dtype="i8"))
-            c.attrs["units"] = "1"
-            c.attrs["description"] = "complete rows of " + ", ".join(tables) + " (rows beyond are in flight)"
-
-            m = f.create_group("measurements")
-            for name, dtype, units, desc in _MEAS_SCALARS:
-                _new_column(m, name, dtype, units, desc)
-            # 64 rows per trace chunk: one block write = one chunk, a chunk ~100-260 KB
-            _new_column(m, "trace_dbm", "f4", "dBm", "spectrum analyzer trace", (trace_points,),
-                        chunk_rows=BLOCK_ROWS, compression=trace_compression)
-            _new_column(m, "features", "f8", features_units, "readout features of the trace",
-                        (features_per_measurement,), chunk_rows=512)
-
-            s = f.create_group("steps")
-            for col in _STEP_COLUMNS:
-                _new_column(s, *col, chunk_rows=1024)
-            e = f.create_group("evaluations")
-            for col in _EVAL_COLUMNS:
-                _new_column(e, *col, chunk_rows=256)
-            ck = f.create_group("checkpoints")
-            for col in _CKPT_SCALARS:
-                _new_column(ck, *col, chunk_rows=64)
-            _new_column(ck, "params", "f8", "1", "trainable parameters (float64, see /meta/param_names_json)",
-                        (n_params,), chunk_rows=max(1, min(64, (1 << 20) // (8 * max(1, n_params)))))
-            opt = ck.create_group("optimizer")
-            for name, shape in optimizer_state_shapes.items():
-                size = int(np.prod(shape)) if shape else 1
-                _new_column(opt, name, "f8", "1", f"optimizer state {name!r}", shape,
-                            chunk_rows=max(1, min(64, (1 << 20) // (8 * size))))
-            _new_text_column(ck, "rng_state", "numpy bit_generator.state as JSON")
-            _new_text_column(ck, "extra", "trainer extras as JSON")
-            st = f.create_group("status")
-            for col in _STATUS_COLUMNS:
-                _new_column(st, *col, chunk_rows=64)
-            _new_text_column(st, "message", "status message")
-            _new_text_column(st, "host", "host name of the writer")
-            rs = f.create_group("resumes")
-            for col in _RESUME_COLUMNS + (_RESUME_BUDGET,):
-                _new_column(rs, *col, chunk_rows=16)
-            fa = f.create_group("faults")
-            for col in _FAULT_COLUMNS:
-                _new_column(fa, *col, chunk_rows=256)
-            _new_text_column(fa, "message", "what the driver reported")
-            if probe is not None:
-                _write_probe(f, probe)
-            if dataset is not None:
-                dataset.write(f.create_group("dataset"))
-            # dimension scales and CF / NeXus attributes, for xarray, silx, NeXpy (before SWMR)
-            annotate(f, tables=tables, trace_frequency_hz=trace_frequency_hz, feature_bands_hz=feature_bands_hz,
-                     param_names=param_names)
-
+            lay_out(f, n_params=n_params, param_names=param_names, features_per_measurement=features_per_measurement,
+                    trace_points=trace_points, optimizer_state_shapes=optimizer_state_shapes, metadata=metadata,
+                    metadata_json=metadata_json, features_units=features_units, trace_compression=trace_compression,
+                    probe=probe, dataset=dataset, trace_frequency_hz=trace_frequency_hz,
+                    feature_bands_hz=feature_bands_hz)
             f.swmr_mode = True  # from here on: no new objects, no attribute changes
-        except BaseException:
-            f.close()
+            rf = cls(f, path)
+            rf._failure_status = False  # a file that never got its name has no status to keep
+            rf.set_status("running", "created")
+            publish(partial, path, overwrite=overwrite)
+            rf._failure_status = True
+        except BaseException as exc:
+            code = storage_errno(exc)
+            if rf is not None and rf._f is None:
+                pass  # already left after a failed write (RunFile._out_of_room)
+            elif code is not None and not isinstance(exc, StorageExhausted):
+                abandon(f, partial, error=exc, drop_handles=rf._drop_handles if rf is not None else None)
+            else:
+                _close_h5(f)
+            partial.unlink(missing_ok=True)
+            if code is not None:
+                raise exhausted(path, code, "while creating it", resumable=False) from None
             raise
-        rf = cls(f, path)
-        rf.set_status("running", "created")
         return rf
 
     @classmethod
-    def open_append(cls, path, *, message: str = "resumed", budget: int = -1) -> "RunFile":
+    def open_append(cls, path, *, message: str = "resumed", budget: int = -1,
+                    checkpoint: int | None = None) -> "RunFile":
         """Reopen a run to continue it (``--resume``); ``budget``: the training budget in force
-        from now on, kept in the resume's row (-1: not stated).
+        from now on, kept in the resume's row (-1: not stated); ``checkpoint``: the checkpoint row
+        the caller continues from (None: the last; -1: none, the run starts over), the rows recorded
+        after it are abandoned.
 
         Status running, aborted or failed: appends (rows that were in flight when the previous
         writer died are dropped). Status completed: RunFileError, and the file is not touched.
@@ -249,35 +180,57 @@ class RunFile:
                 and status == "running" and _pid_alive(last["pid"]):
             raise RunFileError(f"{path}: the run is still being written by process {last['pid']} on this "
                                "host; stop it before resuming")
+        remove_stale_partials(path.parent)  # a creation killed after publishing left its temporary name
+        rf = cls._reopen(path)
+        # the caller continues from a checkpoint: rows recorded after it are abandoned
+        # (kept, but skipped by replay and by RunReader.effective_rows)
+        committed = rf._committed
+        k = committed[3] - 1 if checkpoint is None else int(checkpoint)
+        if not -1 <= k < committed[3]:
+            rf.close()
+            raise ValueError(f"checkpoint {k} out of range (-1 .. {committed[3] - 1})")
+        ck = rf._f["checkpoints"]
+        start = [int(ck[c][k]) if k >= 0 else 0 for c in ("measurement_rows", "step_rows", "evaluation_rows")]
+        stop = committed[:3]
+        try:
+            rf._append_row("resumes", _RESUME_COLUMNS + (_RESUME_BUDGET,), {
+                "time_s": time.time(), "checkpoint": k, "budget": int(budget),
+                "measurements_start": start[0], "measurements_stop": stop[0], "steps_start": start[1],
+                "steps_stop": stop[1], "evaluations_start": start[2], "evaluations_stop": stop[2]})
+            rf.set_status("running", message)
+        except StorageExhausted:  # still no room: the file stays as it was, closed
+            rf.close()
+            raise
+        return rf
+
+    @classmethod
+    def _reopen(cls, path: Path) -> "RunFile":
+        """The file as of its last commit, open for SWMR appending: a killed writer's mark cleared,
+        its half-written rows dropped, the columns of newer versions added."""
         sb = _superblock(path)
         if sb is not None and sb["flags"]:
             clear_write_flags(path)  # the previous writer was killed; its mark would refuse r+
-        f = h5py.File(path, "r+", libver="latest")
+        f = h5py.File(path, "r+", libver="latest", rdcc_nbytes=CHUNK_CACHE_BYTES)
         try:
             committed = [int(x) for x in f["committed"][:]]
-            for table, n in zip(_tables_of(f), committed):
-                _truncate_group(f[table], n)  # discard half-written rows of the dead writer
-            if _RESUME_BUDGET[0] not in f["resumes"]:  # a file from before the column: add it, -1 = unknown
-                column = _new_column(f["resumes"], *_RESUME_BUDGET, chunk_rows=16)
-                column.resize((committed[5],))
-                column[:] = -1
+            for table, n in zip(tables_of(f), committed):
+                truncate_group(f[table], n)  # discard half-written rows of the dead writer
+            # columns of newer versions, added to an older file: its earlier rows read as not recorded
+            for group, column, rows, fill in (("resumes", _RESUME_BUDGET, committed[5], -1),
+                                              ("checkpoints", _CKPT_CHECKSUM, committed[3], 0)):
+                if column[0] not in f[group]:
+                    ds = new_column(f[group], *column, chunk_rows=16 if group == "resumes" else 64)
+                    ds.resize((rows,))
+                    ds[:] = fill
             f.swmr_mode = True
-        except BaseException:
-            f.close()
-            raise
-        rf = cls(f, path)
-        # the caller continues from the last checkpoint: rows recorded after it are abandoned
-        # (kept, but skipped by replay and by RunReader.effective_rows)
-        k = committed[3]
-        ck = f["checkpoints"]
-        start = [int(ck[c][k - 1]) if k else 0 for c in ("measurement_rows", "step_rows", "evaluation_rows")]
-        stop = committed[:3]
-        rf._append_row("resumes", _RESUME_COLUMNS + (_RESUME_BUDGET,), {
-            "time_s": time.time(), "checkpoint": k - 1, "budget": int(budget),
-            "measurements_start": start[0], "measurements_stop": stop[0], "steps_start": start[1],
-            "steps_stop": stop[1], "evaluations_start": start[2], "evaluations_stop": stop[2]})
-        rf.set_status("running", message)
-        return rf
+        except BaseException as exc:
+            code = storage_errno(exc)
+            if code is None:
+                f.close()
+                raise
+            abandon(f, path, error=exc)
+            raise exhausted(path, code, "reopening it") from None
+        return cls(f, path)
 
     # -- Recorder ------------------------------------------------------------------------
 
@@ -288,6 +241,7 @@ class RunFile:
         self._buf["features"] = np.zeros((BLOCK_ROWS, self.features_per_measurement), np.float64)
         self._nbuf = 0
 
+    @_out_of_room_stops_the_writer
     def measurement(self, record: dict) -> None:
         """Buffer one measurement row; written in blocks, made durable at the next step()."""
         self._check_open()
@@ -329,6 +283,7 @@ class RunFile:
         if self._nbuf == BLOCK_ROWS:
             self._write_buffer()
 
+    @_out_of_room_stops_the_writer
     def measurements_batch(self, batch: dict) -> None:
         """Append many measurements at once (the fast path): columns as arrays of length B.
 
@@ -368,33 +323,38 @@ class RunFile:
             "flags": batch.get("flags", 0),
         }
         self._write_buffer()  # keep rows in order
+        self._room.check("measurements", self._n_rows["measurements"], n)
         for name, dtype, *_ in _MEAS_SCALARS:
             v = np.broadcast_to(np.asarray(cols[name], dtype=dtype), (n,))
-            _append(self._meas[name], v, dtype)
-        _append(self._meas["trace_dbm"], trace, np.float32)
-        _append(self._meas["features"], feats, np.float64)
+            append(self._meas[name], v, dtype)
+        append(self._meas["trace_dbm"], trace, np.float32)
+        append(self._meas["features"], feats, np.float64)
         self._n_rows["measurements"] += n
 
     def _write_buffer(self) -> None:
         k = self._nbuf
         if not k:
             return
+        self._room.check("measurements", self._n_rows["measurements"], k)
         for name, ds in self._meas.items():
-            _append(ds, self._buf[name][:k])
+            append(ds, self._buf[name][:k])
         self._n_rows["measurements"] += k
         self._nbuf = 0
 
+    @_out_of_room_stops_the_writer
     def step(self, record: dict) -> None:
         """One optimisation step; writes all buffered measurements and flushes."""
         self._check_open()
         self._append_row("steps", _STEP_COLUMNS, record)
         self.flush()
 
+    @_out_of_room_stops_the_writer
     def evaluation(self, record: dict) -> None:
         self._check_open()
         self._append_row("evaluations", _EVAL_COLUMNS, record)
         self.flush()
 
+    @_out_of_room_stops_the_writer
     def checkpoint(self, state: dict) -> None:
         """params float64 [n_params], optimizer {name: array}, rng_state and extra as JSON strings."""
         self._check_open()
@@ -416,18 +376,30 @@ class RunFile:
                 raise ValueError(f"optimizer state {name!r} has shape {arr.shape}, declared {ds.shape[1:]}")
             arrays[name] = arr
         self._write_buffer()
-        for name, arr in arrays.items():
-            _append(g["optimizer"][name], arr[None])
-        _append(g["params"], params[None])
-        self._append_text(g, "rng_state", state.get("rng_state") or "")
-        self._append_text(g, "extra", state.get("extra") or "")
+        text_bytes = len(state.get("rng_state") or "") + len(state.get("extra") or "")
+        self._room.check("checkpoints", self._n_rows["checkpoints"], 1, text_bytes)
         # a checkpoint taken after a failed step names the rows at that step's start
         # (state["measurement_rows"]): a resume then abandons the failed step's partial rows
-        self._append_row("checkpoints", _CKPT_SCALARS, {
-            "time_s": time.time(), "measurement_rows": self._n_rows["measurements"], **state,
-            "step_rows": self._n_rows["steps"], "evaluation_rows": self._n_rows["evaluations"]})
+        for name in ("rng_state", "extra"):
+            if not isinstance(state.get(name) or "", str):
+                raise ValueError(f"{name} must be a str (JSON text), got {type(state[name]).__name__}")
+        row = {"time_s": time.time(), "measurement_rows": self._n_rows["measurements"], **state,
+               "step_rows": self._n_rows["steps"], "evaluation_rows": self._n_rows["evaluations"],
+               "params": params, "optimizer": arrays, "rng_state": state.get("rng_state") or "",
+               "extra": state.get("extra") or ""}
+        columns = _CKPT_SCALARS
+        if _CKPT_CHECKSUM[0] in g:  # labpgt/runfile/checkpoints.py
+            row[_CKPT_CHECKSUM[0]] = digest(row)
+            columns = _CKPT_SCALARS + (_CKPT_CHECKSUM,)
+        for name, arr in arrays.items():
+            append(g["optimizer"][name], arr[None])
+        append(g["params"], params[None])
+        self._append_text(g, "rng_state", row["rng_state"])
+        self._append_text(g, "extra", row["extra"])
+        self._append_row("checkpoints", columns, row)
         self.flush()
 
+    @_out_of_room_stops_the_writer
     def fault(self, record: dict) -> bool:
         """One instrument fault (time_s, step, measurement_row, role, kind, recovered, attempt,
         message); made durable with the next flush. A file from before the faults table keeps
@@ -438,6 +410,7 @@ class RunFile:
         role = record["role"] if record["role"] in FAULT_ROLES else "station"
         kind = record["kind"] if record["kind"] in FAULT_KINDS else "other"
         g = self._f["faults"]
+        self._room.check("faults", self._n_rows["faults"], 1, len(str(record.get("message", ""))))
         self._append_text(g, "message", str(record.get("message", "")))
         self._append_row("faults", _FAULT_COLUMNS, {
             "time_s": record.get("time_s", time.time()), "step": record["step"],
@@ -446,12 +419,15 @@ class RunFile:
             "attempt": record.get("attempt", 1)})
         return True
 
+    @_out_of_room_stops_the_writer
     def set_status(self, status: str, message: str = "") -> None:
         """Append to the status log and flush (running, completed, failed, aborted)."""
         self._check_open()
         if status not in STATUSES:
             raise ValueError(f"status {status!r} is not one of {STATUSES}")
         g = self._f["status"]
+        # the reserve left by every other write is for this row
+        self._room.check("status", self._n_rows["status"], 1, len(message) + 256, final=True)
         self._append_text(g, "message", message)
         self._append_text(g, "host", socket.gethostname())
         self._append_row("status", _STATUS_COLUMNS,
@@ -467,6 +443,7 @@ class RunFile:
     def n_measurements(self) -> int:
         return self._n_rows["measurements"] + self._nbuf
 
+    @_out_of_room_stops_the_writer
     def flush(self) -> None:
         """Write buffered rows, flush, then advance /committed and flush again (data before the count)."""
         if self._closed:
@@ -477,7 +454,9 @@ class RunFile:
         # low-level write of the whole dataset (the high-level setitem costs ~0.3 ms per step)
         self._committed_ds.id.write(h5py.h5s.ALL, h5py.h5s.ALL, np.array(self._committed, dtype=np.int64))
         self._f.flush()
+        self._room.pending = 0  # every chunk begun so far is allocated now
 
+    @_out_of_room_stops_the_writer
     def close(self) -> None:
         if self._closed:
             return
@@ -485,7 +464,8 @@ class RunFile:
             self.flush()
         finally:
             self._closed = True
-            _close_h5(self._f)
+            if self._f is not None:  # None: already left after a storage error
+                _close_h5(self._f)
 
     def __enter__(self):
         return self
@@ -505,11 +485,45 @@ class RunFile:
 
     # -- helpers -------------------------------------------------------------------------
 
+    def _drop_handles(self) -> None:
+        """Forget every handle into the HDF5 file (before a close that cannot flush)."""
+        self._meas = {}
+        self._committed_ds = self._room = None
+        self.__dict__.pop("_column_handles", None)
+
+    def _out_of_room(self, code: int, exc: BaseException) -> None:
+        """Stop writing a file that cannot grow: leave it as its last commit, then record the status
+        "failed" if the file takes it (labpgt/runfile/storage.py)."""
+        if self._closed:
+            return
+        log.info("%s: %s; the writer stops", self.path, describe(code))
+        log.debug("%s: the write that failed: %s", self.path, exc)
+        self._closed = True
+        f, self._f = self._f, None
+        abandon(f, self.path, error=exc, drop_handles=self._drop_handles)
+        del f
+        if not self.__dict__.get("_failure_status", True):
+            return
+        message = (f"{describe(code)}: free space (or raise the limit) and continue with: labpgt train --resume "
+                   f"{self.path}")
+        try:
+            rf = RunFile._reopen(self.path)
+            rf._failure_status = False  # no second attempt from inside this one
+            rf.set_status("failed", message)
+            rf.close()
+        except Exception as status_exc:  # noqa: BLE001 - the file keeps its last commit; said, not raised
+            log.warning("%s: the status 'failed' could not be recorded: %s", self.path, status_exc)
+        else:
+            self._status = "failed"
+
+
     def _check_open(self):
         if self._closed:
             raise RunFileError(f"{self.path}: run file is closed")
 
     def _append_row(self, table, columns, record):
+        if table not in ("status", "checkpoints"):  # those check their text and arrays too, first
+            self._room.check(table, self._n_rows[table], 1)
         missing = [name for name, *_ in columns if name not in record]
         if missing:
             raise ValueError(f"{table} record lacks {missing}; expected keys {[c[0] for c in columns]}")
@@ -519,7 +533,7 @@ class RunFile:
             ds = handles.get(name)
             if ds is None:
                 ds = handles[name] = self._f[table][name]
-            _append(ds, np.asarray([record[name]], dtype=dtype), dtype)
+            append(ds, np.asarray([record[name]], dtype=dtype), dtype)
         self._n_rows[table] += 1
 
     @staticmethod
@@ -528,31 +542,9 @@ class RunFile:
             raise ValueError(f"{name} must be a str (JSON text), got {type(text).__name__}")
         data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
         blob = g[f"{name}_utf8"]
-        _append(g[f"{name}_offset"], [blob.shape[0]])
-        _append(g[f"{name}_length"], [data.size])
-        _append(blob, data)
-
-
-def _first_column(table):
-    return {"measurements": "time_s", "steps": "step", "evaluations": "step",
-            "checkpoints": "step", "status": "code", "resumes": "checkpoint", "faults": "time_s"}[table]
-
-
-def _tables_of(f) -> tuple:
-    """The tables this file has, in /committed order (optional ones only where present)."""
-    return TABLES + tuple(t for t in OPTIONAL_TABLES if t in f)
-
-
-def _truncate_group(g, n):
-    for name, obj in g.items():
-        if isinstance(obj, h5py.Group):
-            _truncate_group(obj, n)
-        elif name.endswith("_utf8"):
-            continue  # bytes beyond the last committed offset are unreferenced, harmless
-        elif obj.maxshape[0] is not None:
-            continue  # a fixed coordinate or dimension (labpgt/runfile/conventions.py), not a row column
-        elif obj.shape[0] > n:
-            obj.resize(n, axis=0)
+        append(g[f"{name}_offset"], [blob.shape[0]])
+        append(g[f"{name}_length"], [data.size])
+        append(blob, data)
 
 
 def _pid_alive(pid: int) -> bool:

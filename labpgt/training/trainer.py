@@ -208,7 +208,8 @@ class Trainer:
             state["measurement_rows"] = int(rows)  # the failed step's rows are abandoned on resume
             self.recorder.checkpoint(state)
         except Exception as ckpt_exc:
-            exc.add_note(f"the checkpoint of the failed step could not be written either: {ckpt_exc!r}")
+            if ckpt_exc.__cause__ is not exc:  # not merely the recorder that failed with the step, once more
+                exc.add_note(f"the checkpoint of the failed step could not be written either: {ckpt_exc!r}")
 
     def _finish(self, status: str) -> str:
         self.status = status
