@@ -458,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     first_report = len(REPORTS)
     failure: BaseException | None = None
+    from labpgt.runfile.opening import readers_take_no_locks
+
+    readers_take_no_locks()  # this process opens run files only through labpgt: never block a writer
     try:
         logs.configure(args.verbose, args.log_file)
     except OSError as exc:

@@ -138,8 +138,10 @@ def test_a_signal_while_the_check_hangs_ends_the_command_and_its_child(damaged_k
 HOLDER = textwrap.dedent("""
     import sys, time, h5py
     from labpgt.runfile import RunReader
+    from labpgt.runfile.opening import readers_take_no_locks
     if sys.argv[2] == "labpgt":
-        r = RunReader(sys.argv[1])   # labpgt watch, report, open_run in a notebook
+        readers_take_no_locks()   # as every labpgt command does (watch, report, replay, ...)
+        r = RunReader(sys.argv[1])
     else:
         f = h5py.File(sys.argv[1], "r", swmr=True)   # a notebook: plain h5py, default locking
     print("open", flush=True)
@@ -159,7 +161,7 @@ def test_a_reader_never_blocks_a_resume_and_another_programs_lock_is_named(tmp_p
     copy = tmp_path / "copy.h5"
     shutil.copyfile(path, copy)
     holder = hold_open(path, "labpgt")
-    try:  # labpgt's reader takes no lock: libhdf5 used to refuse this with "[Errno 11] unable to lock file"
+    try:  # labpgt's commands take no lock: libhdf5 used to refuse this with "[Errno 11] unable to lock file"
         check_not_locked(path)
         with RunFile.open_append(path) as rf:
             rf.set_status("aborted", "test")
@@ -202,6 +204,27 @@ LIVE_WRITER = textwrap.dedent("""
     rf.set_status("completed")
     rf.close()
 """)
+
+
+def test_a_reader_without_locks_and_h5py_with_them_share_a_file_in_one_process(tmp_path):
+    """A command's reader takes no lock; libhdf5 refuses a second open of the file in the same
+    process that differs in locking: the reader then opens as the first open did."""
+    import h5py
+
+    from labpgt.runfile import opening
+
+    path = killed_run(tmp_path)
+    with h5py.File(path, "r", swmr=True) as f:  # e.g. xarray in a notebook, locks by default
+        assert f["committed"][0] == 300
+        saved = opening._NO_LOCKS[0]
+        opening.readers_take_no_locks()
+        try:
+            with RunReader(path) as r:
+                assert r.n_measurements == 300
+        finally:
+            opening._NO_LOCKS[0] = saved
+    with RunReader(path) as r, h5py.File(path, "r", swmr=True) as f:  # the default: locks, like h5py
+        assert r.n_measurements == f["committed"][0] == 300
 
 
 def test_readers_of_a_live_run_see_no_damage(tmp_path):

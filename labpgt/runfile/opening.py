@@ -86,12 +86,33 @@ def read_attempts() -> int:
     return int(text)
 
 
+_NO_LOCKS = [False]  # set by readers_take_no_locks()
+
+
+def readers_take_no_locks() -> None:
+    """From now on this process reads run files without file locks (labpgt's commands: their
+    process opens run files only through labpgt). Not the default: in a process of the user's, an
+    open without locks and one with them (h5py, xarray) of the same file refuse each other
+    ("file locking flag values don't match")."""
+    _NO_LOCKS[0] = True
+
+
 def open_for_reading(path, *, swmr: bool, rdcc_nbytes: int | None = None) -> h5py.File:
-    """``h5py.File(path, "r", swmr=swmr, rdcc_nbytes=rdcc_nbytes)`` without file locks and, for
-    SWMR, with bounded metadata read attempts."""
-    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
-    fapl.set_fclose_degree(h5py.h5f.CLOSE_STRONG)
-    fapl.set_file_locking(False, True)
+    """``h5py.File(path, "r", swmr=swmr, rdcc_nbytes=rdcc_nbytes)`` with, for SWMR, bounded
+    metadata read attempts, and without file locks after :func:`readers_take_no_locks` (unless the
+    process has the file open with them already)."""
+    try:
+        return _open(path, swmr, rdcc_nbytes, locking=not _NO_LOCKS[0])
+    except OSError as exc:
+        if "file locking flag values don't match" not in str(exc):
+            raise
+        return _open(path, swmr, rdcc_nbytes, locking=_NO_LOCKS[0])  # as the open already there
+
+
+def _open(path, swmr: bool, rdcc_nbytes: int | None, locking: bool) -> h5py.File:
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)  # as h5py.File makes it: a second open in-process must match
+    if not locking:
+        fapl.set_file_locking(False, True)
     if rdcc_nbytes is not None:
         cache = list(fapl.get_cache())
         cache[2] = int(rdcc_nbytes)

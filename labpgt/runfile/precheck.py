@@ -197,6 +197,9 @@ def _read_structure(path) -> None:
 def _child(task: str, path: str) -> int:
     import threading
 
+    from labpgt.runfile.opening import readers_take_no_locks
+
+    readers_take_no_locks()
     os.write(1, b"ready\n")
     done = threading.Event()
     calls = [0]
