@@ -214,17 +214,18 @@ def test_a_reader_without_locks_and_h5py_with_them_share_a_file_in_one_process(t
     from labpgt.runfile import opening
 
     path = killed_run(tmp_path)
-    with h5py.File(path, "r", swmr=True) as f:  # e.g. xarray in a notebook, locks by default
-        assert f["committed"][0] == 300
-        saved = opening._NO_LOCKS[0]
-        opening.readers_take_no_locks()
-        try:
+    saved = opening._NO_LOCKS[0]  # (a test before may have run a command in this process)
+    try:
+        with h5py.File(path, "r", swmr=True) as f:  # e.g. xarray in a notebook, locks by default
+            assert f["committed"][0] == 300
+            opening.readers_take_no_locks()
             with RunReader(path) as r:
                 assert r.n_measurements == 300
-        finally:
-            opening._NO_LOCKS[0] = saved
-    with RunReader(path) as r, h5py.File(path, "r", swmr=True) as f:  # the default: locks, like h5py
-        assert r.n_measurements == f["committed"][0] == 300
+        opening._NO_LOCKS[0] = False  # a user's process: locks, like h5py
+        with RunReader(path) as r, h5py.File(path, "r", swmr=True) as f:
+            assert r.n_measurements == f["committed"][0] == 300
+    finally:
+        opening._NO_LOCKS[0] = saved
 
 
 def test_readers_of_a_live_run_see_no_damage(tmp_path):
