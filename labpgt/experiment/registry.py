@@ -161,7 +161,7 @@ ESTIMATORS: dict[str, EstimatorSpec] = {spec.name: spec for spec in (
     EstimatorSpec(
         "token-twin", TokenTwin, "physics-aware training on the transformer: one measured pass, the backward pass "
         "through a spline twin of the ring's per-token map fitted to every row measured (ring, not echo-state)",
-        tuning={"transformer": Tuning({"cells": 20, "smoothing": 30.0}, "adam", 0.01, 500, 64)},
+        tuning={"transformer": Tuning({"cells": 14, "smoothing": 30.0}, "adam", 0.01, 500, 64)},
         independent_nodes=True),
     EstimatorSpec(
         "phyll", PhysicalLocalLearning, "physical local learning: each ring block trained on its own contrastive "
