@@ -162,3 +162,37 @@ def test_a_ring_run_replays_bit_for_bit_and_resumes_into_the_uninterrupted_run(t
     capsys.readouterr()
     assert main(["replay", str(path)]) == 0
     assert "bit for bit" in capsys.readouterr().out
+
+
+SOLVE = """
+import hashlib, sys
+import numpy as np
+from labpgt.estimators.token_twin import TokenTwin, banded_cholesky_solve
+twin = TokenTwin(cells=14)
+twin._start(2, 10)
+rng = np.random.default_rng(0)
+twin._add(rng.uniform(-0.8, 0.8, (3000, 2)), rng.normal(size=(3000, 10)))
+twin._solve()
+print(hashlib.sha1(twin.coef.tobytes()).hexdigest())
+"""
+
+
+def test_the_twin_is_solved_to_the_same_bits_whatever_the_blas_thread_count():
+    """np.linalg.solve (OpenBLAS) gives other last bits with another thread count; the twin's own banded
+    Cholesky does not, so a run replays bit for bit on any machine."""
+    import os
+    import subprocess
+    import sys
+
+    from labpgt.estimators.token_twin import banded_cholesky_solve
+
+    rng = np.random.default_rng(1)
+    n, band = 60, 7
+    a = rng.normal(size=(n, n)) * (np.abs(np.subtract.outer(np.arange(n), np.arange(n))) <= band // 2)
+    system = a @ a.T + np.eye(n)  # banded (half-width <= band) and positive definite
+    rhs = rng.normal(size=(n, 3))
+    np.testing.assert_allclose(banded_cholesky_solve(system, rhs, band), np.linalg.solve(system, rhs), rtol=1e-10)
+    digests = {subprocess.run([sys.executable, "-c", SOLVE], capture_output=True, text=True, check=True,
+                              env={**os.environ, "OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
+                              ).stdout for threads in ("1", "2")}
+    assert len(digests) == 1, digests

@@ -13,7 +13,9 @@ Each step measures the clean batch once (B T evaluations), adds its rows to the 
 and backpropagates the readout's exact gradient at the measured features through the twin's
 Jacobian at the measured knobs (Wright et al., Nature 601, 549 (2022)). The ring's band features
 jump where the drive tone or the line crosses a band edge; the spline's knot spacing (2 / cells
-in knob units) smooths those steps the way a finite difference or a +/-epsilon kick does.
+in knob units) smooths those steps the way a finite difference or a +/-epsilon kick does. The
+normal equations are solved without BLAS (:func:`banded_cholesky_solve`), so a run's bits do not
+depend on the BLAS library's thread count.
 """
 from __future__ import annotations
 
@@ -34,6 +36,32 @@ def _cubic(t: np.ndarray):
     w = np.stack([s**3, 3 * t**3 - 6 * t**2 + 4, -3 * t**3 + 3 * t**2 + 3 * t + 1, t**3], axis=-1) / 6.0
     d = np.stack([-(s**2), 3 * t**2 - 4 * t, -3 * t**2 + 2 * t + 1, t**2], axis=-1) / 2.0
     return w, d
+
+
+def banded_cholesky_solve(system: np.ndarray, rhs: np.ndarray, band: int) -> np.ndarray:
+    """Solve system @ x = rhs for a symmetric positive definite ``system`` zero beyond ``band`` off the diagonal.
+
+    Written with numpy's element-wise products and reductions only, never BLAS or LAPACK, so the bits
+    of the answer do not depend on how many threads the BLAS library runs (a run replays bit for bit
+    on another machine or thread count). O(n band^2).
+    """
+    n = len(system)
+    low = np.zeros_like(system)  # the Cholesky factor, lower triangle
+    for j in range(n):
+        lo, hi = max(0, j - band), min(n, j + band + 1)
+        row = low[j, lo:j]
+        low[j, j] = np.sqrt(system[j, j] - np.sum(row * row))
+        if j + 1 < hi:
+            low[j + 1:hi, j] = (system[j + 1:hi, j] - np.sum(low[j + 1:hi, lo:j] * row, axis=1)) / low[j, j]
+    y = np.zeros_like(rhs)
+    for j in range(n):
+        lo = max(0, j - band)
+        y[j] = (rhs[j] - np.sum(low[j, lo:j, None] * y[lo:j], axis=0)) / low[j, j]
+    x = np.zeros_like(rhs)
+    for j in range(n - 1, -1, -1):
+        hi = min(n, j + band + 1)
+        x[j] = (y[j] - np.sum(low[j + 1:hi, j, None] * x[j + 1:hi], axis=0)) / low[j, j]
+    return x
 
 
 class SplineBasis:
@@ -96,7 +124,7 @@ class TokenTwin(EstimatorBase):
 
     name = "token-twin"
 
-    def __init__(self, cells: int = 20, smoothing: float = 30.0, memory: float = 1.0):
+    def __init__(self, cells: int = 14, smoothing: float = 30.0, memory: float = 1.0):
         if cells < 1 or smoothing < 0 or not 0.0 < memory <= 1.0:
             raise ValueError("cells must be >= 1, smoothing >= 0 and memory in (0, 1]")
         self.cells, self.smoothing, self.memory = int(cells), float(smoothing), float(memory)
@@ -139,6 +167,7 @@ class TokenTwin(EstimatorBase):
         grid = np.array(list(itertools.product(range(self.basis.per_axis), repeat=n_dims)))
         near = np.all(np.abs(grid[:, None, :] - grid[None, :, :]) <= 3, axis=2)
         self._pairs = np.argwhere(np.triu(near))  # [pairs, 2], i <= j
+        self._band = int(np.max(self._pairs[:, 1] - self._pairs[:, 0]))
         self._pair_of = np.full((n, n), -1, dtype=np.int64)
         self._pair_of[self._pairs[:, 0], self._pairs[:, 1]] = np.arange(len(self._pairs))
         self._penalty = self.basis.roughness()
@@ -168,7 +197,7 @@ class TokenTwin(EstimatorBase):
         system[self._pairs[:, 1], self._pairs[:, 0]] = self.gram
         # a whisker of ridge keeps the system regular before the rows span the penalty's null space
         system += self.smoothing * self._penalty + 1e-9 * np.eye(n)
-        self.coef = np.linalg.solve(system, self.moment)
+        self.coef = banded_cholesky_solve(system, self.moment, self._band)
 
     def predict(self, knobs: np.ndarray) -> np.ndarray:
         """The twin's features of rows of one token's knobs [n, k] -> [n, M]."""
