@@ -26,9 +26,11 @@ Transformer (digits-seq through both reservoirs; scripts/bench_transformer.py):
   evaluations per sample and token) plateau higher on the ring than one at the same budget
   (4M, 3 seeds: 0.897 vs 0.886 median);
 - token-twin (ring only): backprop's optimizer (Adam 0.01, decay over 500 steps, batch 64, the
-  same step for every layer); the twin's knots every 0.1 knob units (cells 20) with smoothing 30:
-  on seed 1 at 600k, cells 32 / smoothing 10 (with decay over 2000 steps) reached 0.85 against
-  0.91; on seed 2, decay over 2000 steps ended at 0.914 against 0.944 (docs/benchmarks.md).
+  same step for every layer); the twin's knots every 1/7 knob unit (cells 14), smoothing 30. A
+  smoother twin learns faster on this ring (its band features jump where a line crosses a band
+  edge): seed 1 at 600k, cells 32 / smoothing 10 (decay over 2000 steps) 0.85, cells 20 /
+  smoothing 30 0.914, cells 20 / smoothing 100 0.944, cells 14 / smoothing 30 0.942; seed 2, cells
+  20, decay over 2000 steps instead of 500: 0.914 against 0.944 (docs/benchmarks.md).
 
 Deep physical network (``deep``: K passes through the ring, labpgt/models/deep.py; Iris through
 the ring, scripts/bench_phyll.py, docs/benchmarks.md "Deep physical networks and PhyLL"): node
