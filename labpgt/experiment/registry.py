@@ -30,7 +30,8 @@ Transformer (digits-seq through both reservoirs; scripts/bench_transformer.py):
   smoother twin learns faster on this ring (its band features jump where a line crosses a band
   edge): seed 1 at 600k, cells 32 / smoothing 10 (decay over 2000 steps) 0.85, cells 20 /
   smoothing 30 0.914, cells 20 / smoothing 100 0.944, cells 14 / smoothing 30 0.942; seed 2, cells
-  20, decay over 2000 steps instead of 500: 0.914 against 0.944 (docs/benchmarks.md).
+  20, decay over 2000 steps instead of 500: 0.914 against 0.944 (single seeds; the benchmark with
+  these defaults: docs/benchmarks.md).
 
 Deep physical network (``deep``: K passes through the ring, labpgt/models/deep.py; Iris through
 the ring, scripts/bench_phyll.py, docs/benchmarks.md "Deep physical networks and PhyLL"): node
