@@ -51,6 +51,8 @@ def make_trainer(dataset, estimator: str, reservoir: Reservoir, *, model: str = 
     if reservoir_model is None and isinstance(reservoir, NoiselessModel):
         reservoir_model = reservoir
     spec = registry.spec_for(estimator, model)
+    if spec.independent_nodes:  # it models one virtual node's map
+        registry.check_reservoir(estimator, model, reservoir.independent_nodes)
     options = {**registry.estimator_options(spec, model, experiment), **(estimator_options or {})}
     est = registry.build_estimator(spec, options, model=model, reservoir_model=reservoir_model)
     net = _model(model, dataset, reservoir, seed=seed, current_a=current_a,

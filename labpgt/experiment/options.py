@@ -22,6 +22,8 @@ except ModuleNotFoundError:  # Python 3.10
 from labpgt.experiment import registry
 from labpgt.experiment.registry import ESTIMATORS
 from labpgt.models import deep, dense, transformer
+from labpgt.reservoirs.direct import DirectRingReservoir
+from labpgt.reservoirs.esn import EchoStateReservoir
 
 MODEL_DEFAULTS = {"dense": dense.DEFAULTS, "transformer": transformer.DEFAULTS, "deep": deep.DEFAULTS}
 
@@ -249,10 +251,14 @@ def check_combination(config: dict, source: str = "experiment") -> dict:
         raise ConfigError(f"{source}: the transformer's reservoir is evaluated in-process (the simulated ring in "
                           f"direct mode, or an echo-state network); it takes no station")
     check_applies(config, source)
+    # the transformer's in-process reservoirs, as builder.in_process_reservoir makes them
+    nodes = {"ring": DirectRingReservoir, "esn": EchoStateReservoir}[config["reservoir"]].independent_nodes
     defaults_of_model = MODEL_DEFAULTS[config["model"]]
     limits = registry.ModelLimits(defaults_of_model["u_scale"], defaults_of_model.get("train_current", True))
     try:
         registry.check_experiment(config["estimator"], config["model"], config, limits)
+        if config["model"] == "transformer":
+            registry.check_reservoir(config["estimator"], config["model"], nodes)
     except registry.RegistryError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     return config
