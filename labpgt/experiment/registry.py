@@ -37,6 +37,8 @@ is refused for it.
 """
 from __future__ import annotations
 
+import inspect
+import json
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -165,6 +167,27 @@ ESTIMATOR_OPTIONS = sorted({s.option for spec in ESTIMATORS.values() for model i
 
 class RegistryError(ValueError):
     """An estimator or option that does not apply; the message says what is allowed."""
+
+
+#: estimators rebuilt on --resume and replay with the options their run file records
+#: (metadata estimator_options) rather than today's tuned defaults: their options() are exactly their
+#: constructor's keywords, and their tuning has changed since runs were recorded (the twin's
+#: mismatch detection and float32 buffer: a file recorded before them lacks the keys, so the
+#: constructor's defaults, which are the old behaviour, apply)
+REBUILT_FROM_RECORDED_OPTIONS = frozenset({"twin"})
+
+
+def recorded_options(config: dict, recorded) -> dict | None:
+    """The options to rebuild a recorded run's estimator with (``recorded``: its metadata's
+    estimator_options, JSON text), for the estimators in REBUILT_FROM_RECORDED_OPTIONS (else None);
+    an option it does not list gets the constructor's default (never today's tuned value): the
+    estimator as it was when the run was recorded."""
+    if config["estimator"] not in REBUILT_FROM_RECORDED_OPTIONS or not recorded:
+        return None
+    factory = spec_for(config["estimator"], config["model"]).factory_for(config["model"])
+    defaults = {name: p.default for name, p in inspect.signature(factory).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return {**defaults, **(json.loads(recorded) if isinstance(recorded, str) else dict(recorded))}
 
 
 def estimators_for(model: str) -> list[str]:
