@@ -27,7 +27,9 @@ Conditions:
   of the last 4 evaluations before it) that the next evaluation confirms (scripts/bench_phyll.py
   ``recovery``). Reported in measurements and in % of the run's budget (before + after).
 
-    nice python scripts/bench_twin.py --seeds 3 --workers 2 --out scripts/results/bench_twin.json
+    nice python scripts/bench_twin.py --seeds 5 --workers 2 --methods oracle node twin \
+        --out scripts/results/bench_twin_before.json
+    python scripts/bench_twin.py --from-json scripts/results/bench_twin_before.json   # the tables again
 """
 from __future__ import annotations
 
@@ -226,7 +228,13 @@ def main(argv=None) -> int:
     ap.add_argument("--evals-per-decade", type=int, default=8)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", type=Path, default=ROOT / "scripts" / "results" / "bench_twin.json")
+    ap.add_argument("--from-json", nargs="+", type=Path, metavar="RESULTS",
+                    help="no runs: the tables of these result files' runs together (e.g. the oracle of one file, "
+                         "a twin variant of another)")
     args = ap.parse_args(argv)
+    if args.from_json:
+        print(markdown(summarise([r for path in args.from_json for r in json.loads(path.read_text())["runs"]])))
+        return 0
     jobs = []
     for d in args.datasets:
         for method in args.methods:
