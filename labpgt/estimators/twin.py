@@ -56,8 +56,9 @@ class DigitalTwin(EstimatorBase):
     when they enter it (the fit itself runs in float64), which halves the buffer's share of every
     checkpoint; the features' noise is ~1e4 times float32's rounding.
 
-    State (weights, Adam moments, buffer, I_ref, step count, the residual's running mean) is in
-    state_dict(), JSON with arrays as base64 float64, so resume continues bit for bit.
+    State (weights, Adam moments, buffer, I_ref, step count, the residual's running means) is in
+    state_dict(), JSON with arrays as base64 of their bytes (float64; the buffer float32 when
+    buffer_dtype is "f4"), so resume continues bit for bit.
     """
 
     name = "twin"
