@@ -9,10 +9,11 @@ Methods (the registry's tuned defaults, labpgt/experiment/registry.py, plus esti
 
 - ``oracle``       exact gradients of the noiseless simulated ring (the upper bound);
 - ``node``         node perturbation (the dense model's default estimator);
-- ``twin``         the digital twin as it was (DigitalTwin with its original options);
-- ``twin-robust``  the twin with mismatch detection (``mismatch_factor``: a batch whose residual
-                   under the current twin exceeds that many times the recent residual resets
-                   the buffer to fresh rows and re-warms with node perturbation).
+- ``twin``         the digital twin with the registry's tuned options (bench_twin_before.json ran
+                   before issue 16 item 4 tuned it: its ``twin`` rows are the twin as it was);
+- ``twin-f8``      the twin as it was (its buffer in float64, no mismatch detection);
+- ``estimator:{json}``  any estimator with constructor options over the tuned ones, e.g.
+                   ``'twin:{"mismatch_factor": 2.0}'`` (labpgt/estimators/twin.py: mismatch detection).
 
 Conditions:
 
@@ -59,7 +60,7 @@ METHODS = {
     "oracle": ("oracle", {}),
     "node": ("node", {}),
     "twin": ("twin", {}),
-    "twin-robust": ("twin", {"mismatch_factor": 3.0}),
+    "twin-f8": ("twin", {"buffer_dtype": "f8"}),
 }
 DATASETS = ("iris", "wine", "digits")
 BUDGETS = {"iris": 4_000, "wine": 4_000, "digits": 10_000}
