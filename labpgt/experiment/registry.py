@@ -192,10 +192,10 @@ def recorded_options(config: dict, recorded) -> dict | None:
 
 
 #: the estimator an experiment uses when it names none, per model (the twin exists for the dense model
-#: only). The twin needs the fewest training measurements to the target on Iris, wine and digits
-#: (docs/benchmarks.md, "The twin under drift and a step change"); making it the dense model's default
-#: changes what `labpgt train` with no estimator trains, and every test written against node's steps
-DEFAULT_ESTIMATORS = {"dense": "node", "transformer": "node", "deep": "node"}
+#: only). The dense model's is the twin: it needs the fewest training measurements to the target on
+#: Iris, wine and digits, with and without drift (docs/benchmarks.md, "The twin under drift and a step
+#: change"); before issue 16 item 4, node (every run recorded before names its estimator)
+DEFAULT_ESTIMATORS = {"dense": "twin", "transformer": "node", "deep": "node"}
 
 
 def estimators_for(model: str) -> list[str]:
