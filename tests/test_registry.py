@@ -125,7 +125,7 @@ def test_an_oracle_without_a_noiseless_model_is_refused_when_built():
 
 def test_a_kick_that_leaves_the_knob_range_is_refused_before_anything_is_measured(tmp_path, capsys):
     out = tmp_path / "runs"
-    assert main(["train", "--epsilon", "0.2", "--out", str(out)]) == 2
+    assert main(["train", "--estimator", "node", "--epsilon", "0.2", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "epsilon 0.2" in err and "1 - u_scale = 0.1" in err
     assert not out.exists()  # refused with the options, before the station was even started

@@ -54,7 +54,9 @@ OPTIONS: dict[str, Option] = {
     "task": Option(str, "digits-seq", "transformer task", ("digits-seq", "narma10")),
     "reservoir": Option(str, "ring", "transformer reservoir: the simulated ring (direct mode) or an echo-state "
                         "network", ("ring", "esn")),
-    "estimator": Option(str, "node", "gradient estimator (which apply to which model: labpgt/experiment/registry.py)",
+    "estimator": Option(str, None, "gradient estimator (default: " + ", ".join(
+                            f"{name} on the {model} model" for model, name in registry.DEFAULT_ESTIMATORS.items())
+                        + "; which apply to which model: labpgt/experiment/registry.py)",
                         tuple(ESTIMATORS)),
     "budget": Option(int, 20000, "training measurements to spend (the step that reaches it is finished, so a run "
                      "may spend up to one step more)", maximum=10**10),
@@ -247,6 +249,8 @@ def check_combination(config: dict, source: str = "experiment") -> dict:
     ``--blocks`` > 1 on the dense model selects the deep model (recorded as ``model = "deep"``)."""
     if config["model"] == "dense" and config["blocks"] > 1:
         config = {**config, "model": "deep"}
+    if config["estimator"] is None:  # recorded as chosen: a run file always names its estimator
+        config = {**config, "estimator": registry.DEFAULT_ESTIMATORS[config["model"]]}
     if config["model"] == "transformer" and config["station"] is not None:
         raise ConfigError(f"{source}: the transformer's reservoir is evaluated in-process (the simulated ring in "
                           f"direct mode, or an echo-state network); it takes no station")

@@ -44,6 +44,8 @@ is refused for it.
 """
 from __future__ import annotations
 
+import inspect
+import json
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -151,7 +153,8 @@ ESTIMATORS: dict[str, EstimatorSpec] = {spec.name: spec for spec in (
         needs=frozenset({"reservoir_model"})),
     EstimatorSpec(
         "twin", DigitalTwin, "physics-aware training: backward pass through a twin fitted to the run's measurements",
-        tuning={"dense": Tuning({}, "adam", 0.05, 300, 8)}),
+        # buffer_dtype f4: half the checkpoint bytes (docs/benchmarks.md, "The twin under drift and a step change")
+        tuning={"dense": Tuning({"buffer_dtype": "f4"}, "adam", 0.05, 300, 8)}),
     EstimatorSpec(
         "backprop", Backprop, "the transformer baseline: backprop through the reservoir's noiseless model",
         tuning={"transformer": Tuning({"fd_step": 0.05}, "adam", 0.01, 500, 64)},
@@ -180,6 +183,34 @@ ESTIMATOR_OPTIONS = sorted({s.option for spec in ESTIMATORS.values() for model i
 
 class RegistryError(ValueError):
     """An estimator or option that does not apply; the message says what is allowed."""
+
+
+#: estimators rebuilt on --resume and replay with the options their run file records
+#: (metadata estimator_options) rather than today's tuned defaults: their options() are exactly their
+#: constructor's keywords, and their tuning has changed since runs were recorded (the twin's
+#: mismatch detection and float32 buffer: a file recorded before them lacks the keys, so the
+#: constructor's defaults, which are the old behaviour, apply)
+REBUILT_FROM_RECORDED_OPTIONS = frozenset({"twin"})
+
+
+def recorded_options(config: dict, recorded) -> dict | None:
+    """The options to rebuild a recorded run's estimator with (``recorded``: its metadata's
+    estimator_options, JSON text), for the estimators in REBUILT_FROM_RECORDED_OPTIONS (else None);
+    an option it does not list gets the constructor's default (never today's tuned value): the
+    estimator as it was when the run was recorded."""
+    if config["estimator"] not in REBUILT_FROM_RECORDED_OPTIONS or not recorded:
+        return None
+    factory = spec_for(config["estimator"], config["model"]).factory_for(config["model"])
+    defaults = {name: p.default for name, p in inspect.signature(factory).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return {**defaults, **(json.loads(recorded) if isinstance(recorded, str) else dict(recorded))}
+
+
+#: the estimator an experiment uses when it names none, per model (the twin exists for the dense model
+#: only). The dense model's is the twin: it needs the fewest training measurements to the target on
+#: Iris, wine and digits, with and without drift (docs/benchmarks.md, "The twin under drift and a step
+#: change"); before issue 16 item 4, node (every run recorded before names its estimator)
+DEFAULT_ESTIMATORS = {"dense": "twin", "transformer": "node", "deep": "node"}
 
 
 def estimators_for(model: str) -> list[str]:
