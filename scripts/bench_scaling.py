@@ -149,7 +149,7 @@ def main(argv=None) -> int:
         for budget in args.budgets:
             path = folder / f"scaling-{budget}.h5"
             path.unlink(missing_ok=True)
-            train = run_child([sys.executable, "-m", "labpgt.cli", "train", "--budget", str(budget), "--seed",
+            train = run_child([sys.executable, "-m", "labpgt.cli", "train", "--estimator", "node", "--budget", str(budget), "--seed",
                                str(args.seed), "--out", str(path), "--no-progress"],
                               tree=tree, log_path=folder / f"scaling-{budget}-train.log", watch=path)
             figures = file_figures(path)

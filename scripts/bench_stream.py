@@ -160,7 +160,7 @@ def record_source(folder: Path, tree: Path) -> Path:
     """A short real run to repeat: ``labpgt train --budget 20000`` on the embedded ring."""
     path = folder / "source-20000.h5"
     if not path.exists():
-        subprocess.run([sys.executable, "-m", "labpgt.cli", "train", "--budget", "20000", "--seed", "0",
+        subprocess.run([sys.executable, "-m", "labpgt.cli", "train", "--estimator", "node", "--budget", "20000", "--seed", "0",
                         "--out", str(path), "--no-progress"], cwd=tree, env=dict(os.environ, PYTHONPATH=str(tree)),
                        check=True, stdout=subprocess.DEVNULL)
     return path

@@ -10,6 +10,8 @@ digits-seq (8x8 digits as 8 row tokens) through the same reservoir, over several
   (2*B*T evaluations per step);
 - node-token: node's kicks, but each token's knobs credited through that token's measured change of
   the features and the readout's exact gradient (2*B*T evaluations per step; not the default set);
+- token-twin: physics-aware training, one clean measured pass per step (B*T evaluations), the backward
+  pass through a spline twin of the ring's per-token map fitted to every row measured (ring only);
 - pgt: PGT as published, parameter-space perturbation of all parameters (2*B*T per step);
 - spsa: Spall's SPSA on the parameters before the reservoir, exact readout (2*B*T per step).
 
@@ -20,6 +22,11 @@ test accuracy at fixed budgets and at the end, and the median evaluations needed
 
 Default (a few minutes on 2 cores):
     python scripts/bench_transformer.py
+The twin against backprop and node-token, taking their saved runs instead of training them again:
+    python scripts/bench_transformer.py --reservoirs ring --methods backprop node-token token-twin --seeds 5 \
+        --budget-ring 4000000 --budget-backprop-ring 1500000 --budget-method token-twin=1500000 --evals 24 \
+        --reuse scripts/results/bench_transformer_ring_nodetoken2.json \
+        scripts/results/bench_transformer_ring_nodetoken2_seeds34.json --out scripts/results/bench_transformer_ring_twin.json
 Long enough for backprop to flatten and node to plateau (~15 min on 2 cores; docs/benchmarks.md):
     python scripts/bench_transformer.py --reservoirs ring esn --methods backprop node node-token \
         --budget-ring 4000000 --budget-backprop-ring 1500000 --budget-esn 6000000 --evals 24 \
@@ -50,7 +57,7 @@ from labpgt.experiment.builder import make_transformer_trainer  # noqa: E402
 from labpgt.experiment.registry import ESTIMATORS, estimators_for  # noqa: E402
 
 METHODS = ("backprop", "node", "pgt", "spsa")
-EVALS_PER_SAMPLE_TOKEN = {"backprop": 1, "oracle": 1, "node": 2, "pgt": 2, "spsa": 2,
+EVALS_PER_SAMPLE_TOKEN = {"backprop": 1, "oracle": 1, "token-twin": 1, "node": 2, "pgt": 2, "spsa": 2,
                           "node-token": 2 * ESTIMATORS["node-token"].tuning["transformer"].options.get("n_directions", 1)}
 CHECKPOINTS = (200_000, 500_000, 1_000_000, 2_000_000, 4_000_000)
 SECTION = "## Transformer with a reservoir layer"
@@ -174,27 +181,50 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_transformer.json"))
     ap.add_argument("--docs", default=str(ROOT / "docs" / "benchmarks.md"), help="'' to leave the docs alone")
+    ap.add_argument("--budget-method", action="append", default=[], metavar="METHOD=N",
+                    help="training evaluations of one method's runs on every reservoir (repeatable; over "
+                         "--budget-ring / --budget-esn / --budget-backprop-ring)")
+    ap.add_argument("--reuse", nargs="+", default=[], metavar="JSON",
+                    help="take every run these saved results hold with the same task, reservoir, method, seed, "
+                         "budget and number of evaluations instead of training it again (the code of those "
+                         "methods must be unchanged since: the runs are deterministic)")
     ap.add_argument("--from-json", help="re-summarise the runs saved in this JSON (no training)")
     args = ap.parse_args(argv)
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
-        for key in ("seeds", "methods", "reservoirs", "task", "budget_esn", "budget_ring", "budget_backprop_ring"):
-            setattr(args, key, saved["args"].get(key))
+        for key in ("seeds", "methods", "reservoirs", "task", "budget_esn", "budget_ring", "budget_backprop_ring",
+                    "budget_method"):
+            setattr(args, key, saved["args"].get(key) or ([] if key == "budget_method" else None))
         args.out = args.from_json
 
     budgets = {"esn": args.budget_esn, "ring": args.budget_ring}
+    per_method = {m: int(n) for m, n in (item.split("=", 1) for item in args.budget_method)}
 
     def budget_of(res, method):
+        if method in per_method:
+            return per_method[method]
         if res == "ring" and method == "backprop" and args.budget_backprop_ring:
             return args.budget_backprop_ring
         return budgets[res]
 
+    def key(run):
+        return run["task"], run["reservoir"], run["method"], run["seed"], run["budget"], run["n_evals"]
+
     jobs = [{"task": args.task, "reservoir": res, "method": m, "seed": s, "budget": budget_of(res, m),
              "n_evals": args.evals} for res in args.reservoirs for m in args.methods for s in range(args.seeds)]
+    reused = {}
+    for path in args.reuse:
+        for run in json.loads(Path(path).read_text())["runs"]:
+            reused.setdefault(key(run), {**run, "reused_from": path})
+    reused = {k: r for k, r in reused.items() if k in {key(j) for j in jobs}}
+    jobs = [j for j in jobs if key(j) not in reused]
     # slowest first (the ring's backprop differences the noiseless ring every step), for load balance
     jobs.sort(key=lambda j: -(j["budget"] * (5 if j["reservoir"] == "ring" else 1) * (3 if j["method"] == "backprop" else 1)))
     t0 = time.perf_counter()
-    runs = saved["runs"] if args.from_json else []
+    runs = saved["runs"] if args.from_json else list(reused.values())
+    for r in runs if not args.from_json else []:
+        print(f"  {r['reservoir']:4s} {r['method']:8s} seed {r['seed']}: final {r['final_accuracy']:.3f} (from "
+              f"{r['reused_from']})", flush=True)
     with ProcessPoolExecutor(args.workers) as pool:
         if args.from_json:
             jobs = []
@@ -229,7 +259,9 @@ def main(argv=None) -> int:
             "differences of the noiseless simulated ring); `node`, `pgt` (as published, all parameters perturbed) "
             "and `spsa` only measure; `node-token` (not in the benchmark's default set; `labpgt train --model transformer --estimator node-token`) is node perturbation with the same "
             "kicks whose credit reaches each token's knobs through that token's measured change of the features "
-            "and the readout's exact gradient. Every method trains the same model (`labpgt.models.transformer.DEFAULTS`: since "
+            "and the readout's exact gradient; `token-twin` (`--estimator token-twin`, ring only) is physics-aware "
+            "training: one clean measured pass per step, the backward pass through a spline twin of the ring's "
+            "per-token map fitted to every row the run has measured. Every method trains the same model (`labpgt.models.transformer.DEFAULTS`: since "
             "the concat head, per-token projections concatenated before the head, bias current fixed). "
             "“evals to ≥ backprop − 2 pt”: median evaluations until the test accuracy "
             "first comes within 2 points of backprop's final median on the same reservoir (never = not within "
@@ -238,8 +270,8 @@ def main(argv=None) -> int:
         described = []
         for r in args.reservoirs:
             text_r = f"{'echo-state' if r == 'esn' else 'ring'} {fmt_evals(budgets[r])}"
-            if r == "ring" and "backprop" in args.methods and budget_of(r, "backprop") != budgets[r]:
-                text_r += f" (backprop {fmt_evals(budget_of(r, 'backprop'))})"
+            own = [f"{m} {fmt_evals(budget_of(r, m))}" for m in args.methods if budget_of(r, m) != budgets[r]]
+            text_r += f" ({', '.join(own)})" if own else ""
             described.append(text_r)
         heading = (f"{args.task}, {args.seeds} seeds, budgets: " + ", ".join(described)
                    + f"; methods: {', '.join(args.methods)}")

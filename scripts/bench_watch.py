@@ -141,7 +141,7 @@ def main() -> int:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     work = Path(tempfile.mkdtemp(prefix="bench-watch-"))
     run_path = work / "run.h5"
-    train = subprocess.Popen([sys.executable, "-m", "labpgt.cli", "train", "--budget", "100000000", "--out",
+    train = subprocess.Popen([sys.executable, "-m", "labpgt.cli", "train", "--estimator", "node", "--budget", "100000000", "--out",
                               str(run_path), "--no-progress"], env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     while not run_path.exists() and train.poll() is None:

@@ -56,7 +56,7 @@ COMPARED = ("step", "kind", "sample_index", "node", "frequency_hz", "power_dbm",
 def train_command(out: Path, budget: int, seed: int, resume: bool) -> list[str]:
     if resume:
         return [sys.executable, "-m", "labpgt.cli", "train", "--resume", str(out), "--no-progress"]
-    return [sys.executable, "-m", "labpgt.cli", "train", "--budget", str(budget), "--seed", str(seed),
+    return [sys.executable, "-m", "labpgt.cli", "train", "--estimator", "node", "--budget", str(budget), "--seed", str(seed),
             "--out", str(out), "--no-progress", "--eval-every", "5", "--checkpoint-every", "2"]
 
 

@@ -239,7 +239,7 @@ def with_timeouts(text: str) -> str:
 def train_args(run: Path, station: Path, budget: int, seed: int, resume: bool) -> list[str]:
     if resume:
         return ["train", "--resume", str(run), "--no-progress"]
-    return ["train", "--station", str(station), "--budget", str(budget), "--seed", str(seed), "--out", str(run),
+    return ["train", "--estimator", "node", "--station", str(station), "--budget", str(budget), "--seed", str(seed), "--out", str(run),
             "--no-progress", "--eval-every", "2", "--checkpoint-every", "1"]
 
 

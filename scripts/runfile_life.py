@@ -89,7 +89,7 @@ class Tree:
 
 
 def train_args(out: Path, budget: int, seed: int, *extra) -> list:
-    return ["train", "--budget", budget, "--seed", seed, "--out", out, "--no-progress", *extra]
+    return ["train", "--estimator", "node", "--budget", budget, "--seed", seed, "--out", out, "--no-progress", *extra]
 
 
 def final_params(path: Path) -> bytes | None:

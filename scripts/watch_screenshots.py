@@ -52,7 +52,7 @@ def main() -> int:
     out = Path(args.out)
     run_path = Path(tempfile.mkdtemp(prefix="watch-shots-")) / "iris-node-s0.h5"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    train = subprocess.Popen([sys.executable, "-m", "labpgt.cli", "train", "--watch", "--budget", str(args.budget),
+    train = subprocess.Popen([sys.executable, "-m", "labpgt.cli", "train", "--estimator", "node", "--watch", "--budget", str(args.budget),
                               "--out", str(run_path), "--no-progress"], env=env, stdout=subprocess.PIPE, text=True)
     found = re.match(r"watch: (\S+) .* process (\d+);", train.stdout.readline())
     url, watcher = found.group(1), int(found.group(2))

@@ -22,9 +22,9 @@ pd = pytest.importorskip("pandas")
 pytest.importorskip("h5netcdf")
 
 ROOT = Path(__file__).resolve().parents[1]
-#: a small run: 10 steps of the default node estimator on Iris (64 measurements a step), evaluated (30
+#: a small run: 10 steps of the node estimator on Iris (64 measurements a step), evaluated (30
 #: measurements) and checkpointed every 3 steps and at the end
-SMALL = {"budget": 640, "seed": 2, "eval_every": 3, "checkpoint_every": 3}
+SMALL = {"budget": 640, "seed": 2, "eval_every": 3, "checkpoint_every": 3, "estimator": "node"}
 SCALARS = ("step", "kind", "sample_index", "node", "perturbation_direction", "perturbation_sign", "frequency_hz",
            "power_dbm", "current_a", "trace_start_hz", "trace_stop_hz", "flags")
 

@@ -136,7 +136,7 @@ def test_the_shipped_example_experiment_file_is_valid():
 
 def test_a_budget_below_one_batch_is_refused_before_a_run_file_exists(tmp_path, capsys):
     run = tmp_path / "r.h5"
-    assert main(["train", "--budget", "10", "--nodes", "4", "--out", str(run)]) == 2
+    assert main(["train", "--estimator", "node", "--budget", "10", "--nodes", "4", "--out", str(run)]) == 2
     err = capsys.readouterr().err
     assert "smaller than one batch" in err and "128 or more" in err  # 32 samples x 4 nodes
     assert not run.exists()

@@ -207,9 +207,10 @@ def snapshot(path):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One small run on the embedded simulated ring (copied by the tests that change it)."""
+    """One small run (one step of node) on the embedded simulated ring (copied by the tests that change it)."""
     path = tmp_path_factory.mktemp("trained") / "run.h5"
-    assert main(["train", "--budget", "64", "--seed", "3", "--out", str(path), "--no-progress"]) == 0
+    assert main(["train", "--estimator", "node", "--budget", "64", "--seed", "3", "--out", str(path),
+                 "--no-progress"]) == 0
     return path
 
 

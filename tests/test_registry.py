@@ -19,6 +19,11 @@ FLAGS = {"epsilon": ["--epsilon", "0.07"], "directions": ["--directions", "3"], 
 COMBINATIONS = [(model, name) for model in registry.MODELS for name in registry.estimators_for(model)]
 
 
+def transformer_reservoir(name: str) -> str:
+    """The echo-state network (fast), or the ring for an estimator that needs independent virtual nodes."""
+    return "ring" if registry.ESTIMATORS[name].independent_nodes else "esn"
+
+
 def parse(*argv):
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
@@ -29,7 +34,7 @@ def cli_args(model: str, name: str) -> list[str]:
     spec = registry.ESTIMATORS[name]
     args = ["--model", model, "--estimator", name, "--batch-size", "4", "--seed", "5", "--no-progress"]
     if model == "transformer":
-        args += ["--reservoir", "esn", "--budget", "400", "--eval-every", "1000"]
+        args += ["--reservoir", transformer_reservoir(name), "--budget", "400", "--eval-every", "1000"]
     else:
         args += ["--budget", "48"]
     if spec.lr_applies:
@@ -47,7 +52,8 @@ def test_the_registry_is_the_one_list():
     assert registry.MODELS == ("dense", "transformer", "deep")
     assert set(registry.estimators_for("dense")) == {"node", "pgt", "spsa", "oracle", "twin"}
     assert set(registry.estimators_for("deep")) == {"node", "pgt", "phyll"}
-    assert set(registry.estimators_for("transformer")) == {"node", "pgt", "spsa", "oracle", "backprop", "node-token"}
+    assert set(registry.estimators_for("transformer")) == {"node", "pgt", "spsa", "oracle", "backprop", "node-token",
+                                                           "token-twin"}
     # every estimator option of the CLI maps onto a constructor keyword of some estimator
     assert set(registry.ESTIMATOR_OPTIONS) == set(ASKED)
 
@@ -83,7 +89,8 @@ def test_the_cases_that_were_silently_wrong_now_do_what_was_asked(tmp_path):
 def test_options_that_do_not_apply_are_refused_naming_what_does(model, name):
     spec = registry.ESTIMATORS[name]
     taken = {s.option for s in spec.settings_for(model)}
-    base = ["--model", model, "--estimator", name] + (["--reservoir", "esn"] if model == "transformer" else [])
+    base = ["--model", model, "--estimator", name] + (["--reservoir", transformer_reservoir(name)]
+                                                      if model == "transformer" else [])
     for option in set(ASKED) - taken:
         with pytest.raises(ConfigError, match=f"option '{option}' does not apply to estimator '{name}'"):
             resolve(parse(*base, *FLAGS[option]))
@@ -118,7 +125,7 @@ def test_an_oracle_without_a_noiseless_model_is_refused_when_built():
 
 def test_a_kick_that_leaves_the_knob_range_is_refused_before_anything_is_measured(tmp_path, capsys):
     out = tmp_path / "runs"
-    assert main(["train", "--epsilon", "0.2", "--out", str(out)]) == 2
+    assert main(["train", "--estimator", "node", "--epsilon", "0.2", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "epsilon 0.2" in err and "1 - u_scale = 0.1" in err
     assert not out.exists()  # refused with the options, before the station was even started

@@ -8,7 +8,7 @@ import pytest
 from labpgt.cli import main
 from labpgt.runfile import RunReader
 
-ARGS = ["--seed", "4", "--checkpoint-every", "2", "--eval-every", "4", "--no-progress"]
+ARGS = ["--estimator", "node", "--seed", "4", "--checkpoint-every", "2", "--eval-every", "4", "--no-progress"]
 
 
 def interrupt_at_checkpoint(monkeypatch, at_call):

@@ -99,7 +99,27 @@ def test_training_on_the_embedded_ring_ends_with_the_same_bits(tmp_path):
     """A short ``labpgt train`` through the drivers, the wire and the simulated instruments: final
     parameters and every trace, pinned. Computed at commit 67c3a5c, pinned again when the RF-safety
     invariant (issue 11: the generator parked with RF off and read back at connect) added messages,
-    and so simulated time, before the first measurement; nothing else has changed them since."""
+    and so simulated time, before the first measurement; nothing else has changed them since. Node
+    perturbation, the dense model's default estimator until issue 16 item 4 (now named: the pins
+    are node's, unchanged)."""
+    import h5py
+
+    from labpgt.cli import main
+
+    path = tmp_path / "run.h5"
+    assert main(["train", "--budget", "320", "--seed", "3", "--out", str(path), "--no-progress",
+                 "--eval-every", "3", "--checkpoint-every", "2", "--estimator", "node"]) == 0
+    with h5py.File(path, "r") as f:
+        params = f["checkpoints/params"][-1]
+        traces = f["measurements/trace_dbm"][:]
+    assert traces.shape == (380, 401)
+    assert sha(traces.tobytes()) == "8ae36b409c8adfb1f9ca5c524eb93992bd7a28ecc76bcc23d64b3c1075627fcd"
+    assert sha(params.tobytes()) == "fe02163b9fa78a4d8026293b27345c6639485dc6160cc5a1fc54838d583b93d7"
+
+
+def test_training_with_the_default_estimator_ends_with_the_same_bits(tmp_path):
+    """``labpgt train`` with no estimator named: the twin on the dense model since issue 16 item 4
+    (its tuned options: float32 buffer). Pinned when it became the default."""
     import h5py
 
     from labpgt.cli import main
@@ -110,6 +130,8 @@ def test_training_on_the_embedded_ring_ends_with_the_same_bits(tmp_path):
     with h5py.File(path, "r") as f:
         params = f["checkpoints/params"][-1]
         traces = f["measurements/trace_dbm"][:]
-    assert traces.shape == (380, 401)
-    assert sha(traces.tobytes()) == "8ae36b409c8adfb1f9ca5c524eb93992bd7a28ecc76bcc23d64b3c1075627fcd"
-    assert sha(params.tobytes()) == "fe02163b9fa78a4d8026293b27345c6639485dc6160cc5a1fc54838d583b93d7"
+        options = json.loads(json.loads(f["meta/metadata_json"][()])["estimator_options"])
+    assert options["buffer_dtype"] == "f4"
+    assert traces.shape == (710, 401)
+    assert sha(traces.tobytes()) == "6944ab5f116f61594df4baa1ad608dc150d66f668400142c48351aa985cd22ea"
+    assert sha(params.tobytes()) == "99b777d2dec5f4df3f8ff0af4d8ee40757dd5bea16ae8655e3c137ec976a4389"

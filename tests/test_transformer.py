@@ -244,7 +244,8 @@ def test_ring_measurements_go_to_the_recorder_flagged_simulated():
 
 def test_names_are_validated():
     assert tuple(TASKS) == ("digits-seq", "narma10") and IN_PROCESS_RESERVOIRS == ("ring", "esn")
-    assert set(estimators_for("transformer")) == {"backprop", "node", "node-token", "pgt", "spsa", "oracle"}
+    assert set(estimators_for("transformer")) == {"backprop", "node", "node-token", "pgt", "spsa", "oracle",
+                                                  "token-twin"}
     with pytest.raises(ValueError, match="allowed: ring, esn"):
         make_transformer_trainer("digits-seq", "node", "photonic", seed=0, budget=1)
     with pytest.raises(ValueError, match="allowed: digits-seq, narma10"):

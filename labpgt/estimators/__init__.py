@@ -11,7 +11,9 @@ from labpgt.estimators.oracle import Oracle
 from labpgt.estimators.pgt import ParameterPerturbation
 from labpgt.estimators.phyll import PhysicalLocalLearning
 from labpgt.estimators.spsa import SPSA
+from labpgt.estimators.token_twin import TokenTwin
 from labpgt.estimators.twin import DigitalTwin
 
 __all__ = ["Backprop", "DeepNodePerturbation", "DeepParameterPerturbation", "DigitalTwin", "NodePerturbation",
-           "Oracle", "ParameterPerturbation", "PhysicalLocalLearning", "SPSA", "TokenNodePerturbation"]
+           "Oracle", "ParameterPerturbation", "PhysicalLocalLearning", "SPSA", "TokenNodePerturbation",
+           "TokenTwin"]

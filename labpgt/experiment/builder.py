@@ -51,6 +51,8 @@ def make_trainer(dataset, estimator: str, reservoir: Reservoir, *, model: str = 
     if reservoir_model is None and isinstance(reservoir, NoiselessModel):
         reservoir_model = reservoir
     spec = registry.spec_for(estimator, model)
+    if spec.independent_nodes:  # it models one virtual node's map
+        registry.check_reservoir(estimator, model, reservoir.independent_nodes)
     options = {**registry.estimator_options(spec, model, experiment), **(estimator_options or {})}
     est = registry.build_estimator(spec, options, model=model, reservoir_model=reservoir_model)
     net = _model(model, dataset, reservoir, seed=seed, current_a=current_a,
@@ -131,14 +133,19 @@ def dataset_of_config(config: dict):
 
 
 def build_trainer(config: dict, reservoir: Reservoir, *, reservoir_model: NoiselessModel | None = None,
-                  recorder=None, progress=None, current_bounds_a=None, dataset=None) -> Trainer:
+                  recorder=None, progress=None, current_bounds_a=None, dataset=None,
+                  estimator_options: dict | None = None) -> Trainer:
     """The trainer of an experiment configuration, on ``reservoir`` (a station's, an in-process one, or a
     replay of either). ``current_bounds_a``: where the dense model's trained bias current may go (A);
-    ``dataset``: the dense model's data set (a run's recorded one; default: opened from the config)."""
+    ``dataset``: the dense model's data set (a run's recorded one; default: opened from the config);
+    ``estimator_options``: constructor options over the tuned ones (a run's recorded ones on resume).
+    An experiment that names no estimator (``options.defaults()`` not yet checked) gets its model's default."""
+    if config["estimator"] is None:
+        config = {**config, "estimator": registry.DEFAULT_ESTIMATORS[config["model"]]}
     common = dict(seed=config["seed"], budget=config["budget"], batch_size=config["batch_size"], lr=config["lr"],
                   experiment=config, current_a=config["current_a"], reservoir_model=reservoir_model,
                   eval_every=config["eval_every"], checkpoint_every=config["checkpoint_every"],
-                  recorder=recorder, progress=progress)
+                  recorder=recorder, progress=progress, estimator_options=estimator_options)
     if config["model"] == "transformer":
         return make_trainer(load_task(config["task"]), config["estimator"], reservoir, model="transformer", **common)
     if config["model"] == "deep":

@@ -22,6 +22,8 @@ except ModuleNotFoundError:  # Python 3.10
 from labpgt.experiment import registry
 from labpgt.experiment.registry import ESTIMATORS
 from labpgt.models import deep, dense, transformer
+from labpgt.reservoirs.direct import DirectRingReservoir
+from labpgt.reservoirs.esn import EchoStateReservoir
 
 MODEL_DEFAULTS = {"dense": dense.DEFAULTS, "transformer": transformer.DEFAULTS, "deep": deep.DEFAULTS}
 
@@ -52,7 +54,9 @@ OPTIONS: dict[str, Option] = {
     "task": Option(str, "digits-seq", "transformer task", ("digits-seq", "narma10")),
     "reservoir": Option(str, "ring", "transformer reservoir: the simulated ring (direct mode) or an echo-state "
                         "network", ("ring", "esn")),
-    "estimator": Option(str, "node", "gradient estimator (which apply to which model: labpgt/experiment/registry.py)",
+    "estimator": Option(str, None, "gradient estimator (default: " + ", ".join(
+                            f"{name} on the {model} model" for model, name in registry.DEFAULT_ESTIMATORS.items())
+                        + "; which apply to which model: labpgt/experiment/registry.py)",
                         tuple(ESTIMATORS)),
     "budget": Option(int, 20000, "training measurements to spend (the step that reaches it is finished, so a run "
                      "may spend up to one step more)", maximum=10**10),
@@ -245,14 +249,20 @@ def check_combination(config: dict, source: str = "experiment") -> dict:
     ``--blocks`` > 1 on the dense model selects the deep model (recorded as ``model = "deep"``)."""
     if config["model"] == "dense" and config["blocks"] > 1:
         config = {**config, "model": "deep"}
+    if config["estimator"] is None:  # recorded as chosen: a run file always names its estimator
+        config = {**config, "estimator": registry.DEFAULT_ESTIMATORS[config["model"]]}
     if config["model"] == "transformer" and config["station"] is not None:
         raise ConfigError(f"{source}: the transformer's reservoir is evaluated in-process (the simulated ring in "
                           f"direct mode, or an echo-state network); it takes no station")
     check_applies(config, source)
+    # the transformer's in-process reservoirs, as builder.in_process_reservoir makes them
+    nodes = {"ring": DirectRingReservoir, "esn": EchoStateReservoir}[config["reservoir"]].independent_nodes
     defaults_of_model = MODEL_DEFAULTS[config["model"]]
     limits = registry.ModelLimits(defaults_of_model["u_scale"], defaults_of_model.get("train_current", True))
     try:
         registry.check_experiment(config["estimator"], config["model"], config, limits)
+        if config["model"] == "transformer":
+            registry.check_reservoir(config["estimator"], config["model"], nodes)
     except registry.RegistryError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     return config

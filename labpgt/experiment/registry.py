@@ -24,7 +24,14 @@ Transformer (digits-seq through both reservoirs; scripts/bench_transformer.py):
 - node-token: node's kicks and optimizer; its less noisy transformer gradient takes 0.3 of the
   readout's step (ring, 1M: 0.1 learns slower, 1.0 diverges); two kick directions per step (4
   evaluations per sample and token) plateau higher on the ring than one at the same budget
-  (4M, 3 seeds: 0.897 vs 0.886 median).
+  (4M, 3 seeds: 0.897 vs 0.886 median);
+- token-twin (ring only): backprop's optimizer (Adam 0.01, decay over 500 steps, batch 64, the
+  same step for every layer); the twin's knots every 1/7 knob unit (cells 14), smoothing 30. A
+  smoother twin learns faster on this ring (its band features jump where a line crosses a band
+  edge): seed 1 at 600k, cells 32 / smoothing 10 (decay over 2000 steps) 0.85, cells 20 /
+  smoothing 30 0.914, cells 20 / smoothing 100 0.944, cells 14 / smoothing 30 0.942; seed 2, cells
+  20, decay over 2000 steps instead of 500: 0.914 against 0.944 (single seeds; the benchmark with
+  these defaults: docs/benchmarks.md).
 
 Deep physical network (``deep``: K passes through the ring, labpgt/models/deep.py; Iris through
 the ring, scripts/bench_phyll.py, docs/benchmarks.md "Deep physical networks and PhyLL"): node
@@ -37,12 +44,14 @@ is refused for it.
 """
 from __future__ import annotations
 
+import inspect
+import json
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from labpgt.estimators import (SPSA, Backprop, DeepNodePerturbation, DeepParameterPerturbation, DigitalTwin,
                                NodePerturbation, Oracle, ParameterPerturbation, PhysicalLocalLearning,
-                               TokenNodePerturbation)
+                               TokenNodePerturbation, TokenTwin)
 
 #: deep: the dense experiment through K ring blocks (labpgt/models/deep.py), chosen by --blocks > 1 or --model deep
 MODELS = ("dense", "transformer", "deep")
@@ -92,6 +101,9 @@ class EstimatorSpec:
     lr_applies: bool = True  # False: the estimator's own gains are its learning rate
     #: model -> its own class and settings (e.g. node on the deep model); the others use factory and settings
     variants: dict[str, Variant] = field(default_factory=dict)
+    #: True: it models one virtual node's map, so the reservoir's virtual nodes must be independent measurements
+    #: (the ring; not the echo-state network, whose state runs from token to token)
+    independent_nodes: bool = False
 
     def factory_for(self, model: str) -> Callable:
         return self.variants[model].factory if model in self.variants else self.factory
@@ -141,7 +153,8 @@ ESTIMATORS: dict[str, EstimatorSpec] = {spec.name: spec for spec in (
         needs=frozenset({"reservoir_model"})),
     EstimatorSpec(
         "twin", DigitalTwin, "physics-aware training: backward pass through a twin fitted to the run's measurements",
-        tuning={"dense": Tuning({}, "adam", 0.05, 300, 8)}),
+        # buffer_dtype f4: half the checkpoint bytes (docs/benchmarks.md, "The twin under drift and a step change")
+        tuning={"dense": Tuning({"buffer_dtype": "f4"}, "adam", 0.05, 300, 8)}),
     EstimatorSpec(
         "backprop", Backprop, "the transformer baseline: backprop through the reservoir's noiseless model",
         tuning={"transformer": Tuning({"fd_step": 0.05}, "adam", 0.01, 500, 64)},
@@ -151,6 +164,11 @@ ESTIMATORS: dict[str, EstimatorSpec] = {spec.name: spec for spec in (
         tuning={"transformer": Tuning({"epsilon": 0.1, "n_directions": 2}, "adam", 0.01, 2000, 64,
                                       before_lr_ratio=0.3)},
         settings=(_EPSILON, _DIRECTIONS)),
+    EstimatorSpec(
+        "token-twin", TokenTwin, "physics-aware training on the transformer: one measured pass, the backward pass "
+        "through a spline twin of the ring's per-token map fitted to every row measured (ring, not echo-state)",
+        tuning={"transformer": Tuning({"cells": 14, "smoothing": 30.0}, "adam", 0.01, 500, 64)},
+        independent_nodes=True),
     EstimatorSpec(
         "phyll", PhysicalLocalLearning, "physical local learning: each ring block trained on its own contrastive "
         "goodness, no backward pass through the ring (deep model: --blocks > 1 or --model deep)",
@@ -165,6 +183,34 @@ ESTIMATOR_OPTIONS = sorted({s.option for spec in ESTIMATORS.values() for model i
 
 class RegistryError(ValueError):
     """An estimator or option that does not apply; the message says what is allowed."""
+
+
+#: estimators rebuilt on --resume and replay with the options their run file records
+#: (metadata estimator_options) rather than today's tuned defaults: their options() are exactly their
+#: constructor's keywords, and their tuning has changed since runs were recorded (the twin's
+#: mismatch detection and float32 buffer: a file recorded before them lacks the keys, so the
+#: constructor's defaults, which are the old behaviour, apply)
+REBUILT_FROM_RECORDED_OPTIONS = frozenset({"twin"})
+
+
+def recorded_options(config: dict, recorded) -> dict | None:
+    """The options to rebuild a recorded run's estimator with (``recorded``: its metadata's
+    estimator_options, JSON text), for the estimators in REBUILT_FROM_RECORDED_OPTIONS (else None);
+    an option it does not list gets the constructor's default (never today's tuned value): the
+    estimator as it was when the run was recorded."""
+    if config["estimator"] not in REBUILT_FROM_RECORDED_OPTIONS or not recorded:
+        return None
+    factory = spec_for(config["estimator"], config["model"]).factory_for(config["model"])
+    defaults = {name: p.default for name, p in inspect.signature(factory).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return {**defaults, **(json.loads(recorded) if isinstance(recorded, str) else dict(recorded))}
+
+
+#: the estimator an experiment uses when it names none, per model (the twin exists for the dense model
+#: only). The dense model's is the twin: it needs the fewest training measurements to the target on
+#: Iris, wine and digits, with and without drift (docs/benchmarks.md, "The twin under drift and a step
+#: change"); before issue 16 item 4, node (every run recorded before names its estimator)
+DEFAULT_ESTIMATORS = {"dense": "twin", "transformer": "node", "deep": "node"}
 
 
 def estimators_for(model: str) -> list[str]:
@@ -236,6 +282,14 @@ def check_experiment(name: str, model: str, config: dict, limits: ModelLimits) -
         estimator.check_model(limits)
     except (TypeError, ValueError) as exc:
         raise RegistryError(f"estimator {name!r}: {exc}") from None
+
+
+def check_reservoir(name: str, model: str, independent_nodes: bool) -> None:
+    """Refuse an estimator that models one virtual node's map on a reservoir whose nodes are not independent."""
+    if spec_for(name, model).independent_nodes and not independent_nodes:
+        raise RegistryError(f"estimator {name!r} needs a reservoir whose virtual nodes are independent "
+                            f"measurements (the ring); this one carries a state from node to node (the echo-state "
+                            f"network)")
 
 
 def tuning(name: str, model: str, config: dict) -> Tuning:

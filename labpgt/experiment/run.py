@@ -52,6 +52,7 @@ class Resumed:
     probe: object | None = None  # the start-up probe as recorded (/probe)
     note: str = ""  # what the resume changed, for its status message (a station moved to new addresses)
     checkpoint: int = -1  # the checkpoint row continued from (-1: none, the run starts over)
+    estimator_options: dict | None = None  # registry.recorded_options: what the estimator is rebuilt with
 
 
 @dataclass
@@ -130,7 +131,8 @@ def run_experiment(config: dict | None = None, *, resume=None, resume_given: dic
     open_rig = _in_process_rig if config["model"] == "transformer" else _station_rig
     with open_rig(config, resumed) as rig:
         trainer = build_trainer(config, rig.reservoir, reservoir_model=rig.reservoir_model,
-                                current_bounds_a=rig.layout.get("current_bounds_a"), dataset=dataset)
+                                current_bounds_a=rig.layout.get("current_bounds_a"), dataset=dataset,
+                                estimator_options=resumed.estimator_options if resumed else None)
         if resumed and resumed.state is not None:
             trainer.load_state_dict(resumed.state)
             rig.restore(trainer, resumed.state)
@@ -443,7 +445,8 @@ def read_resumed(path, given: dict) -> Resumed:
         return Resumed(config=config, state=state, layout=json.loads(reader.metadata["physical_layer"]),
                        station_text=station_text, embedded=embedded, note=moved_note,
                        dataset=dataset_of_run(reader, config) if config["model"] != "transformer" else None,
-                       probe=_recorded_probe(reader), checkpoint=index)
+                       probe=_recorded_probe(reader), checkpoint=index,
+                       estimator_options=registry.recorded_options(config, reader.metadata.get("estimator_options")))
 
 
 def resumed_station(path, recorded_text: str, embedded: bool, station_path) -> tuple[str, str]:
@@ -570,6 +573,7 @@ def run_replay(path) -> int:
         metadata = dict(reader.metadata)
         config = recorded_config(reader, path)
         dataset = dataset_of_run(reader, config) if config["model"] != "transformer" else None
+        estimator_options = registry.recorded_options(config, metadata.get("estimator_options"))
     layout = json.loads(metadata["physical_layer"])
     spec = registry.spec_for(config["estimator"], config["model"])
     reservoir_model = None
@@ -590,7 +594,8 @@ def run_replay(path) -> int:
 
     def build(reservoir, recorder):
         return build_trainer(config, reservoir, reservoir_model=reservoir_model, recorder=recorder,
-                             current_bounds_a=layout.get("current_bounds_a"), dataset=dataset)
+                             current_bounds_a=layout.get("current_bounds_a"), dataset=dataset,
+                             estimator_options=estimator_options)
 
     result = replay(path, build, encoder=encoder_from_layout(layout), independent_nodes="knobs_only" not in layout)
     print(result.message)
