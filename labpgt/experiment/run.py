@@ -33,6 +33,7 @@ from labpgt.experiment.builder import build_trainer, dataset_of_config, in_proce
 from labpgt.experiment.options import (ConfigError, check_resume_options, config_to_toml, defaults, given_options,
                                        parse_config_text, resolve)
 from labpgt.runfile import RunFile, RunFileError, RunReader, checkpoints
+from labpgt.runfile.precheck import check_before_resume
 from labpgt.runfile.recording import Recording
 from labpgt.runfile.thread import RecorderThread
 
@@ -407,12 +408,8 @@ def dry_run(config: dict, resumed: Resumed | None) -> int:
 # --------------------------------------------------------------------------- run files
 def read_resumed(path, given: dict) -> Resumed:
     """What ``--resume`` continues: the recorded experiment, with the budget in force (the last resume's,
-    or ``--budget``); any other option ``given`` that would change the experiment is refused.
-    A damaged file, or one another program holds open, is refused before anything is read here."""
-    from labpgt.runfile.precheck import check_not_locked, check_readable
-
-    check_readable(path)  # in a child process, with a time limit: damage can hang libhdf5
-    check_not_locked(path)
+    or ``--budget``); any other option ``given`` that would change the experiment is refused."""
+    check_before_resume(path)  # damaged (read in a child, with a time limit), or locked: refused here
     with RunReader(path) as reader:
         if reader.status == "completed":
             raise ConfigError(f"{path}: this run is already completed; nothing was changed (start a new run "

@@ -144,6 +144,13 @@ def check_readable(path) -> None:
         raise RunFileError(f"{answer['error']}; nothing was changed")
 
 
+def check_before_resume(path) -> None:
+    """What ``--resume`` checks before it reads the file itself: :func:`check_readable`, then
+    :func:`check_not_locked`."""
+    check_readable(path)
+    check_not_locked(path)
+
+
 def inspect_in_child(path) -> str:
     """:func:`labpgt.runfile.inspect.inspect`, read in a child process; a hang or crash there is a
     PROBLEM line."""
