@@ -97,9 +97,9 @@ def test_train_then_inspect_and_resume_of_a_completed_run_changes_nothing(tmp_pa
 # the twin's checkpoints carry its whole state (~300 kB: net, Adam moments, row buffer), so it checkpoints
 # and evaluates less often: its ~400 steps still wrap its 1500-row buffer, the SIGTERM checkpoint it resumes
 # from still holds a warmed-up twin, and evaluations and periodic checkpoints still come after the resume
-@pytest.mark.parametrize("estimator", [["--eval-every", "4", "--checkpoint-every", "3"],
+@pytest.mark.parametrize("estimator", [["--estimator", "node", "--eval-every", "4", "--checkpoint-every", "3"],
                                        ["--estimator", "twin", "--eval-every", "20", "--checkpoint-every", "50"]],
-                         ids=["default", "twin"])
+                         ids=["node", "twin"])
 def test_interrupted_run_resumes_to_the_same_final_parameters(tmp_path, estimator):
     budget = "3200"  # ~50 steps (node; ~400 for the twin): the interrupt below lands long before the end
     straight = tmp_path / "straight.h5"

@@ -199,6 +199,7 @@ def test_an_optuna_search_spends_its_trial_budget_and_resumes_without_rerunning(
 out = "{tmp_path / 'out'}"
 seeds = [0]
 [base]
+estimator = "node"
 budget = 320
 eval_every = 2
 [search]
@@ -233,7 +234,8 @@ def test_a_worker_lost_mid_trial_is_retried_and_the_run_resumes(tmp_path):
 
     out = tmp_path / "out"
     path = write(tmp_path / "s.toml", f"[study]\nout = '{out}'\nseeds = [5]\n"
-                                      f"[base]\nbudget = 12000\neval_every = 10\ncheckpoint_every = 10\n")
+                                      f"[base]\nestimator = 'node'\nbudget = 12000\neval_every = 10\n"
+                                      f"checkpoint_every = 10\n")
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": False}) as local:
         driver = subprocess.Popen([sys.executable, "-m", "labpgt.cli", "study", str(path), "--scheduler",
