@@ -15,7 +15,7 @@ from labpgt.cli import main
 from labpgt.runfile import RunReader
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMON = ["--budget", "2000", "--seed", "3", "--eval-every", "5", "--checkpoint-every", "2", "--no-progress"]
+COMMON = ["--estimator", "node", "--budget", "2000", "--seed", "3", "--eval-every", "5", "--checkpoint-every", "2", "--no-progress"]
 
 
 def write_my_csv(path: Path) -> None:
