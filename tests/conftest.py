@@ -1,4 +1,13 @@
+import signal
+
 import pytest
+
+# A shell's background job (`pytest ... &`, or a CI step started that way) begins with SIGINT
+# ignored, and an ignored signal stays ignored across exec: every `labpgt` child the tests start
+# would then take no Ctrl-C, and the tests of Ctrl-C would fail for a reason outside the code.
+# Handling it here puts the children back to the default, as at a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_addoption(parser):
