@@ -28,6 +28,7 @@ from labpgt.runfile.format import (BLOCK_ROWS, FORMAT, FORMAT_VERSION, OPTIONAL_
                                    _CKPT_SCALARS, _EVAL_COLUMNS, _FAULT_COLUMNS, _MEAS_SCALARS, _RESUME_BUDGET,
                                    _RESUME_COLUMNS, _STATUS_COLUMNS, _STEP_COLUMNS)
 from labpgt.runfile.probe import _write_probe
+from labpgt.runfile.format import pid_alive as _alive
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +84,6 @@ def remove_stale_partials(folder: Path) -> list[Path]:
         removed.append(Path(entry.path))
     return removed
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _sync_folder(folder: Path) -> None:

@@ -74,6 +74,8 @@ A writer killed with SIGKILL leaves the superblock marked "open for writing": HD
 """
 from __future__ import annotations
 
+import os
+
 
 import h5py
 
@@ -177,3 +179,14 @@ _TEXT_COLUMNS = {"checkpoints": ("rng_state", "extra"), "status": ("message", "h
 
 class RunFileError(ValueError):
     """A file that is not a readable labpgt run file; the message says what is wrong and what is expected."""
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` (on this host) still runs: a writer's, a creator's, a trial's."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True

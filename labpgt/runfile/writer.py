@@ -24,6 +24,7 @@ from labpgt.runfile.probe import Probe, _checked_probe
 from labpgt.runfile.storage import Room, StorageExhausted, abandon, describe, exhausted, storage_errno
 from labpgt.runfile.superblock import _superblock, clear_write_flags
 from labpgt.runfile.reader import RunReader, _close_h5
+from labpgt.runfile.format import pid_alive as _pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -546,12 +547,3 @@ class RunFile:
         append(g[f"{name}_length"], [data.size])
         append(blob, data)
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

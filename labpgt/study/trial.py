@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from labpgt.runfile.format import pid_alive  # noqa: F401 (the runner takes it from here)
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,15 +65,6 @@ def _die_with_parent() -> None:
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def run_file_state(path: Path) -> dict:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from labpgt.runfile import RunFileError, RunReader
+from labpgt.runfile.format import pid_alive as _pid_alive
 
 try:
     import tomllib
@@ -85,15 +85,6 @@ class RunSnapshot:
     def frozen(self) -> bool:
         return self.status != "running"
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
 
 
 def _options(experiment_toml: str) -> dict:
