@@ -290,3 +290,33 @@ def test_short_fuzz_campaign(tmp_path):
     assert set(result["resumed_files"]) <= {"completed", "untouched"}
     assert all(s["ok"] for s in result["sigint"]) and len(result["sigint"]) == 2
     assert result["ok"]
+
+
+def test_the_check_child_does_not_outlive_a_killed_command(tmp_path):
+    """A SIGKILLed `labpgt inspect` cannot stop its check child itself: the kernel does
+    (PR_SET_PDEATHSIG), so no child stuck in libhdf5 is left behind for ever."""
+    fifo = tmp_path / "run.h5"
+    os.mkfifo(fifo)  # opening it blocks: the child is stuck, as in libhdf5
+    parent = subprocess.Popen([sys.executable, "-c", "from labpgt.runfile.precheck import run_in_child; "
+                               f"run_in_child('check', {str(fifo)!r}, limit_s=60.0, cap_s=120.0)"], cwd=ROOT, env=ENV)
+    children = []
+    try:
+        for _ in range(600):
+            children = _children(parent.pid)
+            if children or parent.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert children, "no check child"
+        time.sleep(0.5)
+    finally:
+        parent.kill()
+        parent.wait()
+    for _ in range(100):  # the kernel's signal is delivered at once; allow for a busy machine
+        if all(not Path(f"/proc/{c}").exists() or "Z" in Path(f"/proc/{c}/stat").read_text().split()[2]
+               for c in children):
+            break
+        time.sleep(0.05)
+    else:
+        for c in children:
+            os.kill(c, signal.SIGKILL)
+        raise AssertionError(f"the check child {children} outlived its killed command")

@@ -201,11 +201,24 @@ def _read_structure(path) -> None:
             raise RunFileError(f"{path} is damaged: {failures[0]}")
 
 
+def _die_with_parent() -> None:
+    """SIGKILL from the kernel when the command that started this child dies (Linux): a SIGKILLed
+    ``labpgt inspect`` could not stop a child stuck in libhdf5 itself, and it must not outlive it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() == 1:  # the parent died before the request took effect
+            os._exit(1)
+
+
 def _child(task: str, path: str) -> int:
     import threading
 
     from labpgt.runfile.opening import readers_take_no_locks
 
+    _die_with_parent()
     readers_take_no_locks()
     os.write(1, b"ready\n")
     done = threading.Event()
