@@ -108,6 +108,19 @@ def _children(pid: int) -> list[int]:
     return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
+def _check_children_of(proc: subprocess.Popen) -> list[int]:
+    """The check's child processes once they appear, given half a second to settle in their read."""
+    children = []
+    for _ in range(600):
+        children = _children(proc.pid)
+        if children or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert children, "no check child"
+    time.sleep(0.5)
+    return children
+
+
 @pytest.mark.parametrize("command, signum, code", [
     (["inspect"], signal.SIGINT, 130), (["train", "--no-progress", "--resume"], signal.SIGINT, 130),
     (["train", "--no-progress", "--resume"], signal.SIGTERM, 143)])
@@ -116,14 +129,7 @@ def test_a_signal_while_the_check_hangs_ends_the_command_and_its_child(damaged_k
                             env={**ENV, "LABPGT_SWMR_READ_ATTEMPTS": "100"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        children = []
-        for _ in range(600):  # the check's child process appears (then hangs in libhdf5)
-            children = _children(proc.pid)
-            if children or proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        assert children, "no check child"
-        time.sleep(0.5)
+        children = _check_children_of(proc)  # the check's child (then hangs in libhdf5)
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=30)  # the hang guard: without the fix, the child would hold it
     finally:
@@ -299,15 +305,8 @@ def test_the_check_child_does_not_outlive_a_killed_command(tmp_path):
     os.mkfifo(fifo)  # opening it blocks: the child is stuck, as in libhdf5
     parent = subprocess.Popen([sys.executable, "-c", "from labpgt.runfile.precheck import run_in_child; "
                                f"run_in_child('check', {str(fifo)!r}, limit_s=60.0, cap_s=120.0)"], cwd=ROOT, env=ENV)
-    children = []
     try:
-        for _ in range(600):
-            children = _children(parent.pid)
-            if children or parent.poll() is not None:
-                break
-            time.sleep(0.05)
-        assert children, "no check child"
-        time.sleep(0.5)
+        children = _check_children_of(parent)
     finally:
         parent.kill()
         parent.wait()
