@@ -36,3 +36,24 @@ try:
         settings.load_profile("ci")
 except ImportError:  # hypothesis is a test extra
     pass
+
+
+def _ctrl_c_at_checkpoint(monkeypatch, at_call: int) -> None:
+    from labpgt.training.trainer import Trainer
+
+    real, calls = Trainer.checkpoint, []
+
+    def checkpoint(self):
+        calls.append(1)
+        if len(calls) == at_call:
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(Trainer, "checkpoint", checkpoint)
+
+
+@pytest.fixture
+def ctrl_c_at_checkpoint():
+    """``arm(monkeypatch, at_call)``: the trainer's ``at_call``-th checkpoint becomes a Ctrl-C (the run
+    is marked aborted), for as long as ``monkeypatch`` (or its context) holds."""
+    return _ctrl_c_at_checkpoint

@@ -105,24 +105,16 @@ def test_bad_data_stops_before_any_run_file(tmp_path, capsys, monkeypatch):
     assert "option 'dataset' = 'bad.csv' applies to the dense and deep models only" in capsys.readouterr().err
 
 
-def test_a_large_data_set_is_kept_as_path_and_hash_and_a_changed_file_is_refused(tmp_path, capsys, monkeypatch):
+def test_a_large_data_set_is_kept_as_path_and_hash_and_a_changed_file_is_refused(tmp_path, capsys, monkeypatch,
+                                                                                 ctrl_c_at_checkpoint):
     from labpgt.data import record as record_module
-    from labpgt.training.trainer import Trainer
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(record_module, "EMBED_LIMIT_BYTES", 1000)  # as if my.csv held more than 10 MB
     write_my_csv(tmp_path / "my.csv")
     run = tmp_path / "run.h5"
-    real, calls = Trainer.checkpoint, []
-
-    def checkpoint(self):  # the third checkpoint becomes a Ctrl-C: an aborted run to resume
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(self)
-
     with monkeypatch.context() as m:
-        m.setattr(Trainer, "checkpoint", checkpoint)
+        ctrl_c_at_checkpoint(m, at_call=3)
         assert main(["train", "--dataset", "my.csv", "--label", "class", "--out", str(run), *COMMON]) == 130
     with RunReader(run) as r:
         record = r.dataset()

@@ -332,27 +332,13 @@ def test_a_damaged_probe_does_not_break_reading_the_run(trained, tmp_path, capsy
 
 
 # --------------------------------------------------------------------------- --resume
-def _interrupt_checkpoint(monkeypatch, at_call):
-    """Make the trainer's ``at_call``-th checkpoint a Ctrl-C (the run is marked aborted)."""
-    from labpgt.training.trainer import Trainer
 
-    real = Trainer.checkpoint
-    calls = []
-
-    def checkpoint(self):
-        calls.append(1)
-        if len(calls) == at_call:
-            raise KeyboardInterrupt
-        return real(self)
-
-    monkeypatch.setattr(Trainer, "checkpoint", checkpoint)
-
-
-def test_resume_before_the_first_checkpoint_replays_the_probe_without_recording_it(tmp_path, monkeypatch, spy):
+def test_resume_before_the_first_checkpoint_replays_the_probe_without_recording_it(tmp_path, monkeypatch, spy,
+                                                                                   ctrl_c_at_checkpoint):
     path = tmp_path / "run.h5"
     argv = ["train", "--budget", "64", "--seed", "4", "--out", str(path), "--no-progress"]
     with monkeypatch.context() as m:
-        _interrupt_checkpoint(m, at_call=1)  # killed before its step-0 checkpoint
+        ctrl_c_at_checkpoint(m, at_call=1)  # killed before its step-0 checkpoint
         assert main(argv) == 130
     with RunReader(path) as r:
         assert r.status == "aborted" and r.n_checkpoints == 0
@@ -379,11 +365,12 @@ def test_resume_before_the_first_checkpoint_replays_the_probe_without_recording_
         assert r.last_checkpoint()["params"].tobytes() == resumed.tobytes()
 
 
-def test_resume_from_a_checkpoint_makes_no_probe_and_keeps_the_recorded_one(tmp_path, monkeypatch, spy):
+def test_resume_from_a_checkpoint_makes_no_probe_and_keeps_the_recorded_one(tmp_path, monkeypatch, spy,
+                                                                            ctrl_c_at_checkpoint):
     path = tmp_path / "run.h5"
     argv = ["train", "--budget", "256", "--seed", "4", "--out", str(path), "--no-progress", "--checkpoint-every", "1"]
     with monkeypatch.context() as m:
-        _interrupt_checkpoint(m, at_call=3)  # step 0 and step 1 checkpointed, then interrupted
+        ctrl_c_at_checkpoint(m, at_call=3)  # step 0 and step 1 checkpointed, then interrupted
         assert main(argv) == 130
     with RunReader(path) as r:
         assert r.status == "aborted" and r.n_checkpoints == 2

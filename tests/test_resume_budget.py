@@ -11,30 +11,16 @@ from labpgt.runfile import RunReader
 ARGS = ["--estimator", "node", "--seed", "4", "--checkpoint-every", "2", "--eval-every", "4", "--no-progress"]
 
 
-def interrupt_at_checkpoint(monkeypatch, at_call):
-    """The trainer's ``at_call``-th checkpoint becomes a Ctrl-C (the run is marked aborted)."""
-    from labpgt.training.trainer import Trainer
-
-    real, calls = Trainer.checkpoint, []
-
-    def checkpoint(self):
-        calls.append(1)
-        if len(calls) == at_call:
-            raise KeyboardInterrupt
-        return real(self)
-
-    monkeypatch.setattr(Trainer, "checkpoint", checkpoint)
-
-
 def params(path) -> bytes:
     with RunReader(path) as r:
         return np.asarray(r.last_checkpoint()["params"]).tobytes()
 
 
-def test_resume_extends_the_budget_records_it_and_refuses_other_changes(tmp_path, capsys, monkeypatch):
+def test_resume_extends_the_budget_records_it_and_refuses_other_changes(tmp_path, capsys, monkeypatch,
+                                                                       ctrl_c_at_checkpoint):
     path = tmp_path / "run.h5"
     with monkeypatch.context() as m:
-        interrupt_at_checkpoint(m, at_call=3)  # checkpoints at steps 0 and 2, then Ctrl-C
+        ctrl_c_at_checkpoint(m, at_call=3)  # checkpoints at steps 0 and 2, then Ctrl-C
         assert main(["train", "--budget", "640", "--out", str(path), *ARGS]) == 130
     with RunReader(path) as r:
         spent = int(r.last_checkpoint()["measurements"])
@@ -59,7 +45,7 @@ def test_resume_extends_the_budget_records_it_and_refuses_other_changes(tmp_path
 
     # extend to 1280 (the same seed may be repeated), interrupted again on the way ...
     with monkeypatch.context() as m:
-        interrupt_at_checkpoint(m, at_call=2)
+        ctrl_c_at_checkpoint(m, at_call=2)
         assert main(["train", "--resume", str(path), "--budget", "1280", "--seed", "4", "--no-progress"]) == 130
     assert "with a budget of 1280 training measurements (was 640; 128 spent" in capsys.readouterr().err
     # ... and resumed without --budget: the extended budget stays in force
@@ -83,10 +69,10 @@ def test_resume_extends_the_budget_records_it_and_refuses_other_changes(tmp_path
     assert "already completed" in capsys.readouterr().err
 
 
-def test_resume_can_shorten_a_budget_not_yet_spent(tmp_path, monkeypatch):
+def test_resume_can_shorten_a_budget_not_yet_spent(tmp_path, monkeypatch, ctrl_c_at_checkpoint):
     path = tmp_path / "run.h5"
     with monkeypatch.context() as m:
-        interrupt_at_checkpoint(m, at_call=3)
+        ctrl_c_at_checkpoint(m, at_call=3)
         assert main(["train", "--budget", "2000", "--out", str(path), *ARGS]) == 130
     assert main(["train", "--resume", str(path), "--budget", "384", "--no-progress"]) == 0
     straight = tmp_path / "straight.h5"
@@ -97,10 +83,10 @@ def test_resume_can_shorten_a_budget_not_yet_spent(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("flag", ["--config"])
-def test_a_config_file_with_resume_is_held_to_the_same_rule(tmp_path, capsys, monkeypatch, flag):
+def test_a_config_file_with_resume_is_held_to_the_same_rule(tmp_path, capsys, monkeypatch, flag, ctrl_c_at_checkpoint):
     path = tmp_path / "run.h5"
     with monkeypatch.context() as m:
-        interrupt_at_checkpoint(m, at_call=2)
+        ctrl_c_at_checkpoint(m, at_call=2)
         assert main(["train", "--budget", "640", "--out", str(path), *ARGS]) == 130
     (tmp_path / "exp.toml").write_text('seed = 4\nestimator = "spsa"\n')
     capsys.readouterr()

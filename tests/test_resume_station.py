@@ -9,33 +9,24 @@ from labpgt.cli import main
 from labpgt.runfile import RunReader
 
 
-def interrupted_run(tmp_path, monkeypatch, server) -> tuple:
+def interrupted_run(tmp_path, monkeypatch, ctrl_c_at_checkpoint, server) -> tuple:
     """A run on ``server``'s station file, Ctrl-C at its third checkpoint (status aborted)."""
-    from labpgt.training.trainer import Trainer
 
     station = tmp_path / "bench.toml"
     station.write_text(server.station_toml())
     run = tmp_path / "run.h5"
-    real, calls = Trainer.checkpoint, []
-
-    def checkpoint(self):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(self)
-
     with monkeypatch.context() as m:
-        m.setattr(Trainer, "checkpoint", checkpoint)
+        ctrl_c_at_checkpoint(m, at_call=3)
         assert main(["train", "--station", str(station), "--budget", "384", "--out", str(run),
                      "--checkpoint-every", "2", "--no-progress"]) == 130
     return station, run
 
 
-def test_resume_shows_the_recorded_station_and_follows_a_move(tmp_path, monkeypatch, capsys):
+def test_resume_shows_the_recorded_station_and_follows_a_move(tmp_path, monkeypatch, capsys, ctrl_c_at_checkpoint):
     from sim.server import SimServer
 
     with SimServer(seed=1) as first:
-        station, run = interrupted_run(tmp_path, monkeypatch, first)
+        station, run = interrupted_run(tmp_path, monkeypatch, ctrl_c_at_checkpoint, first)
         recorded = first.station_toml()
     with SimServer(seed=1) as moved_server:  # the same rig, now at other ports
         moved = tmp_path / "moved.toml"
@@ -65,11 +56,11 @@ def test_resume_shows_the_recorded_station_and_follows_a_move(tmp_path, monkeypa
     assert any("moved: signal_generator" in m and new_address in m for m in messages), messages
 
 
-def test_resume_without_station_names_where_it_connects(tmp_path, monkeypatch, capsys):
+def test_resume_without_station_names_where_it_connects(tmp_path, monkeypatch, capsys, ctrl_c_at_checkpoint):
     from sim.server import SimServer
 
     with SimServer(seed=2) as server:
-        station, run = interrupted_run(tmp_path, monkeypatch, server)
+        station, run = interrupted_run(tmp_path, monkeypatch, ctrl_c_at_checkpoint, server)
         capsys.readouterr()
         address = server.station_toml().split('resource = "')[1].split('"')[0]
         assert main(["train", "--resume", str(run), "--no-progress"]) == 0
@@ -77,22 +68,13 @@ def test_resume_without_station_names_where_it_connects(tmp_path, monkeypatch, c
     assert "resuming on station" in err and "as recorded" in err and address in err, err
 
 
-def test_an_embedded_run_cannot_be_moved_to_a_station(tmp_path, monkeypatch, capsys):
+def test_an_embedded_run_cannot_be_moved_to_a_station(tmp_path, monkeypatch, capsys, ctrl_c_at_checkpoint):
     from sim.server import SimServer
 
-    from labpgt.training.trainer import Trainer
 
     run = tmp_path / "embedded.h5"
-    real, calls = Trainer.checkpoint, []
-
-    def checkpoint(self):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(self)
-
     with monkeypatch.context() as m:
-        m.setattr(Trainer, "checkpoint", checkpoint)
+        ctrl_c_at_checkpoint(m, at_call=2)
         assert main(["train", "--budget", "384", "--out", str(run), "--checkpoint-every", "2", "--no-progress"]) == 130
     before = run.read_bytes()
     with SimServer(seed=0) as server:

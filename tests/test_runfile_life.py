@@ -236,21 +236,6 @@ def test_the_room_a_write_needs_counts_every_chunk_it_begins(tmp_path):
 
 
 # --------------------------------------------------------------------------- checkpoint checksums
-def _interrupt_checkpoint(monkeypatch, at_call):
-    """Make the trainer's ``at_call``-th checkpoint a Ctrl-C (the run is marked aborted)."""
-    from labpgt.training.trainer import Trainer
-
-    real = Trainer.checkpoint
-    calls = []
-
-    def checkpoint(self):
-        calls.append(1)
-        if len(calls) == at_call:
-            raise KeyboardInterrupt
-        return real(self)
-
-    monkeypatch.setattr(Trainer, "checkpoint", checkpoint)
-
 
 def _flip(path, column, row, index=0, bit=0):
     """Flip one bit of a stored checkpoint value, as a bad disk or a bad copy would."""
@@ -262,11 +247,12 @@ def _flip(path, column, row, index=0, bit=0):
         ds[row] = np.frombuffer(bytes(raw), dtype=ds.dtype).reshape(np.shape(values))
 
 
-def test_a_corrupt_last_checkpoint_is_reported_and_the_previous_one_used(tmp_path, monkeypatch, capsys, straight):
+def test_a_corrupt_last_checkpoint_is_reported_and_the_previous_one_used(tmp_path, monkeypatch, capsys, straight,
+                                                                         ctrl_c_at_checkpoint):
     path = tmp_path / "run.h5"
     argv = _argv(path, 256, "--checkpoint-every", "1")
     with monkeypatch.context() as m:
-        _interrupt_checkpoint(m, at_call=4)  # checkpoints at steps 0, 1, 2, then interrupted
+        ctrl_c_at_checkpoint(m, at_call=4)  # checkpoints at steps 0, 1, 2, then interrupted
         assert main(argv) == 130
     with RunReader(path) as r:
         assert r.n_checkpoints == 3
@@ -294,10 +280,10 @@ def test_a_corrupt_last_checkpoint_is_reported_and_the_previous_one_used(tmp_pat
 
 
 @pytest.mark.parametrize("column", ["optimizer/0.m", "rng_state_utf8", "step", "measurement_rows"])
-def test_any_changed_byte_of_a_checkpoint_makes_it_corrupt(tmp_path, monkeypatch, column):
+def test_any_changed_byte_of_a_checkpoint_makes_it_corrupt(tmp_path, monkeypatch, column, ctrl_c_at_checkpoint):
     path = tmp_path / "run.h5"
     with monkeypatch.context() as m:
-        _interrupt_checkpoint(m, at_call=3)
+        ctrl_c_at_checkpoint(m, at_call=3)
         assert main(_argv(path, 256, "--checkpoint-every", "1")) == 130
     if column == "rng_state_utf8":  # text: a byte inside the last row's JSON
         with h5py.File(path, "r") as f:

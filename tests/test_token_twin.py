@@ -128,8 +128,8 @@ def params(path) -> bytes:
         return np.asarray(r.last_checkpoint()["params"]).tobytes()
 
 
-def test_a_ring_run_replays_bit_for_bit_and_resumes_into_the_uninterrupted_run(tmp_path, capsys, monkeypatch):
-    from labpgt.training.trainer import Trainer
+def test_a_ring_run_replays_bit_for_bit_and_resumes_into_the_uninterrupted_run(tmp_path, capsys, monkeypatch,
+                                                                               ctrl_c_at_checkpoint):
 
     straight = tmp_path / "straight.h5"
     assert main(["train", *ARGS, "--budget", "320", "--out", str(straight)]) == 0  # 10 steps of 4 x 8
@@ -143,16 +143,8 @@ def test_a_ring_run_replays_bit_for_bit_and_resumes_into_the_uninterrupted_run(t
 
     # interrupted at its third checkpoint (step 4), then resumed: the twin comes back from the checkpoint
     path = tmp_path / "resumed.h5"
-    real, calls = Trainer.checkpoint, []
-
-    def checkpoint(self):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(self)
-
     with monkeypatch.context() as m:
-        m.setattr(Trainer, "checkpoint", checkpoint)
+        ctrl_c_at_checkpoint(m, at_call=3)
         assert main(["train", *ARGS, "--budget", "320", "--out", str(path)]) == 130
     with RunReader(path) as r:
         state = r.last_checkpoint()
